@@ -1,0 +1,1 @@
+"""Shared internals: input validation, statistics, randomness."""
