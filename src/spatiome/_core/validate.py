@@ -30,8 +30,9 @@ def check_adata(adata: object, *, name: str = "adata") -> AnnData:
     return adata
 
 
-def check_coordinates(coords: object, *, n_obs: int | None = None, where: str = "coordinates"
-                      ) -> np.ndarray:
+def check_coordinates(
+    coords: object, *, n_obs: int | None = None, where: str = "coordinates"
+) -> np.ndarray:
     """Return coordinates as a float64 (n, 2|3) array, rejecting NaN/inf/non-numeric."""
     try:
         array = np.asarray(coords, dtype=np.float64)

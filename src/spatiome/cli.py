@@ -1,0 +1,139 @@
+"""Command line: ``spatiome demo``, ``spatiome run``, ``spatiome datasets``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from ._core.validate import SpatiomeInputError
+
+
+def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="spatiome_out", help="output folder")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--n-domains",
+        type=int,
+        default=None,
+        help="target number of Leiden clusters (default: resolution 1.0)",
+    )
+    parser.add_argument("--no-umap", action="store_true", help="skip UMAP")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="spatiome", description="Spatial transcriptomics from counts to report."
+    )
+    parser.add_argument("--version", action="version", version=f"spatiome {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="run the pipeline on a built-in simulated tissue")
+    _add_pipeline_options(demo)
+    demo.add_argument("--n-spots", type=int, default=3000)
+    demo.add_argument("--n-genes", type=int, default=300)
+
+    run = commands.add_parser("run", help="run the pipeline on a dataset")
+    run.add_argument(
+        "--input",
+        required=True,
+        help="Space Ranger outs/, Xenium folder, .h5ad, or a folder with a "
+        "counts table and coords.csv",
+    )
+    _add_pipeline_options(run)
+
+    data = commands.add_parser("datasets", help="public datasets known to spatiome")
+    data_commands = data.add_subparsers(dest="datasets_command", required=True)
+    data_commands.add_parser("list", help="list the registered datasets")
+    where = data_commands.add_parser("path", help="folder holding a dataset (downloads it)")
+    where.add_argument("name")
+    return parser
+
+
+def _config(args: argparse.Namespace):
+    from .workflow import PipelineConfig
+
+    return PipelineConfig(seed=args.seed, n_domains=args.n_domains, umap=not args.no_umap)
+
+
+def _finish(result, started: float) -> None:
+    print(f"wrote {len(result.files)} files to {result.files['report'].parent}:")
+    for kind, path in sorted(result.files.items()):
+        print(f"  {kind:<11} {path}")
+    print(
+        f"{result.summary['n_svg']} spatially variable genes (q < 0.05), "
+        f"{result.summary['n_clusters']} clusters, {time.perf_counter() - started:.1f} s"
+    )
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .workflow import demo_tissue, format_recovery, run_pipeline
+
+    started = time.perf_counter()
+    tissue = demo_tissue(seed=args.seed, n_spots=args.n_spots, n_genes=args.n_genes)
+    config = _config(args)
+    if config.n_domains is None:
+        config.n_domains = int(tissue.obs["domain"].nunique())
+    result = run_pipeline(
+        tissue,
+        args.out,
+        config,
+        command="demo",
+        truth=True,
+        title="spatiome demo: simulated tissue",
+        progress=not args.no_progress,
+    )
+    print(format_recovery(result.summary))
+    _finish(result, started)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .io import read
+    from .workflow import run_pipeline
+
+    started = time.perf_counter()
+    source = Path(args.input)
+    adata = read(source)
+    result = run_pipeline(
+        adata,
+        args.out,
+        _config(args),
+        command="run",
+        inputs=[source],
+        title=f"spatiome report: {source.name}",
+        progress=not args.no_progress,
+    )
+    _finish(result, started)
+    return 0
+
+
+def _datasets(args: argparse.Namespace) -> int:
+    from . import datasets
+
+    if args.datasets_command == "list":
+        table = datasets.list_datasets()
+        print(table.to_string())
+    else:
+        print(datasets.path(args.name))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``spatiome`` command."""
+    args = build_parser().parse_args(argv)
+    handlers = {"demo": _demo, "run": _run, "datasets": _datasets}
+    try:
+        return handlers[args.command](args)
+    except (SpatiomeInputError, FileNotFoundError) as err:
+        print(f"spatiome: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

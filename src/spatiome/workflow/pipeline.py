@@ -1,0 +1,468 @@
+"""The first pipeline slice: QC, normalize, reduce, domains, Moran, report.
+
+Everything here composes public functions; a notebook user gets the same results by
+calling them in the same order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from anndata import AnnData
+
+from .._core.files import atomic_path
+from .._core.validate import check_adata, get_spatial
+from .provenance import Provenance
+from .report import Section, methods_paragraph, table_html, write_report
+
+logger = logging.getLogger("spatiome")
+
+
+@dataclass
+class PipelineConfig:
+    """Parameters of the pipeline; every field is recorded in the provenance.
+
+    Attributes
+    ----------
+    seed
+        Random seed for every stochastic step (PCA solver, UMAP, Leiden).
+    target_sum
+        Library size after normalization (None: the median total count).
+    n_comps, n_top_genes, umap
+        PCA components, highly variable genes (None: all genes), whether to run UMAP.
+    graph_method
+        Spatial graph: "auto" (Visium hex grid when array_row/array_col exist, else kNN),
+        "grid", "knn", "radius" or "delaunay".
+    n_spatial_neighbors
+        k of the kNN spatial graph.
+    resolution, n_domains
+        Leiden resolution, or a target number of clusters (overrides the resolution).
+    fdr
+        q-value threshold for calling spatially variable genes.
+    n_top_maps
+        How many top spatial genes the report maps.
+    """
+
+    seed: int = 0
+    target_sum: float | None = None
+    n_comps: int = 30
+    n_top_genes: int | None = 2000
+    umap: bool = True
+    graph_method: str = "auto"
+    n_spatial_neighbors: int = 6
+    resolution: float = 1.0
+    n_domains: int | None = None
+    fdr: float = 0.05
+    n_top_maps: int = 6
+
+
+@dataclass
+class PipelineResult:
+    """What a run produced: the annotated data, the SVG table, a summary and file paths."""
+
+    adata: AnnData
+    svg: pd.DataFrame
+    summary: dict[str, Any]
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+STEPS = ("qc", "normalize", "graph", "reduce", "leiden", "moran", "report")
+
+
+def _graph_method(adata: AnnData, method: str) -> str:
+    if method != "auto":
+        return method
+    return "grid" if {"array_row", "array_col"} <= set(adata.obs.columns) else "knn"
+
+
+def evaluate_truth(
+    adata: AnnData,
+    svg: pd.DataFrame,
+    *,
+    fdr: float = 0.05,
+    domain_key: str = "domain",
+    label_key: str = "leiden",
+) -> dict[str, float]:
+    """Compare calls with simulated truth: SVG power and FDR at ``fdr``, ARI of domains.
+
+    Parameters
+    ----------
+    adata
+        Data carrying the truth (``var['is_spatial']``, ``obs[domain_key]``) and the
+        cluster labels in ``obs[label_key]``.
+    svg
+        Per-gene table with a ``qval`` column, indexed by gene.
+    fdr
+        q-value threshold for a call.
+
+    Returns
+    -------
+    dict
+        ``svg_power``, ``svg_fdr``, ``n_called``, ``n_true`` and, when both label columns
+        exist, ``domain_ari``.
+
+    Examples
+    --------
+    >>> import anndata, numpy as np, pandas as pd
+    >>> a = anndata.AnnData(np.zeros((2, 3)))
+    >>> a.var_names = ["g1", "g2", "g3"]
+    >>> a.var["is_spatial"] = [True, True, False]
+    >>> table = pd.DataFrame({"qval": [0.01, 0.5, 0.01]}, index=a.var_names)
+    >>> evaluate_truth(a, table)["svg_power"]
+    0.5
+    """
+    from sklearn.metrics import adjusted_rand_score
+
+    result: dict[str, float] = {}
+    if "is_spatial" in adata.var:
+        truth = adata.var["is_spatial"].reindex(svg.index).fillna(False).to_numpy(bool)
+        called = (svg["qval"] < fdr).to_numpy()
+        result["n_true"] = int(truth.sum())
+        result["n_called"] = int(called.sum())
+        result["svg_power"] = float(called[truth].mean()) if truth.any() else float("nan")
+        result["svg_fdr"] = float((~truth[called]).mean()) if called.any() else 0.0
+    if domain_key in adata.obs and label_key in adata.obs:
+        known = adata.obs[domain_key].notna().to_numpy()
+        result["domain_ari"] = float(
+            adjusted_rand_score(
+                adata.obs[domain_key].to_numpy()[known].astype(str),
+                adata.obs[label_key].to_numpy()[known].astype(str),
+            )
+        )
+    return result
+
+
+class _Progress:
+    """Step-by-step progress on stderr (a tqdm bar when attached to a terminal)."""
+
+    def __init__(self, steps: Sequence[str], enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(
+            total=len(steps),
+            desc="spatiome",
+            unit="step",
+            disable=not enabled,
+            file=sys.stderr,
+            leave=True,
+        )
+
+    def start(self, name: str) -> None:
+        self.bar.set_postfix_str(name)
+        logger.info("step %s: start", name)
+
+    def done(self, name: str, seconds: float) -> None:
+        self.bar.update(1)
+        logger.info("step %s: done in %.2f s", name, seconds)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_pipeline(
+    adata: AnnData,
+    out_dir: str | Path,
+    config: PipelineConfig | None = None,
+    *,
+    command: str = "run",
+    inputs: Sequence[str | Path] = (),
+    title: str = "spatiome report",
+    truth: bool = False,
+    progress: bool = True,
+) -> PipelineResult:
+    """Run QC, normalization, reduction, clustering and Moran's I, and write the outputs.
+
+    Writes ``results.h5ad``, ``svg.csv``, ``provenance.json``, ``report.html`` and
+    ``spatiome.log`` to ``out_dir``, each atomically. The input AnnData is not modified.
+
+    Parameters
+    ----------
+    adata
+        Spots x genes with raw counts in ``layers['counts']`` (or integer ``X``) and
+        coordinates in ``obsm['spatial']``.
+    out_dir
+        Output folder (created if missing).
+    config
+        Pipeline parameters; defaults to :class:`PipelineConfig`.
+    command
+        Name recorded in the provenance ("demo", "run").
+    inputs
+        Input files or folders whose sha256 go into the provenance.
+    title
+        Report title.
+    truth
+        Evaluate against simulated truth and add a recovery section to the report.
+    progress
+        Show a progress bar on stderr.
+
+    Returns
+    -------
+    PipelineResult
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import spatiome as sm
+    >>> tissue = sm.datasets.simulate_tissue(n_spots=400, n_genes=60, random_state=0)
+    >>> result = run_pipeline(tissue, tempfile.mkdtemp(), PipelineConfig(umap=False),
+    ...                       progress=False)
+    >>> sorted(result.files)
+    ['log', 'provenance', 'report', 'results', 'svg']
+    """
+    from .. import domains, graph, pp, svg
+
+    config = config or PipelineConfig()
+    check_adata(adata)
+    get_spatial(adata)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log_handler = _attach_log(out / "spatiome.log")
+    record = Provenance(command=command, parameters=asdict(config), seed=config.seed)
+    for path in inputs:
+        record.add_input(path)
+
+    data = adata.copy()
+    if "counts" not in data.layers:
+        data.layers["counts"] = data.X.copy()
+    graph_method = _graph_method(data, config.graph_method)
+    record.parameters["graph_method"] = graph_method
+    n_clusters = config.n_domains
+
+    actions: dict[str, Callable[[], Any]] = {
+        "qc": lambda: pp.qc_metrics(data),
+        "normalize": lambda: pp.normalize(data, target_sum=config.target_sum),
+        "graph": lambda: graph.spatial_neighbors(
+            data, method=graph_method, n_neighbors=config.n_spatial_neighbors
+        ),
+        "reduce": lambda: pp.reduce(
+            data,
+            n_comps=config.n_comps,
+            n_top_genes=config.n_top_genes,
+            umap=config.umap,
+            random_state=config.seed,
+        ),
+        "leiden": lambda: domains.leiden(
+            data,
+            resolution=config.resolution,
+            n_clusters=n_clusters,
+            random_state=config.seed,
+        ),
+        "moran": lambda: svg.moran(data, random_state=config.seed),
+    }
+    bar = _Progress(STEPS, progress)
+    outputs: dict[str, Any] = {}
+    try:
+        for name, action in actions.items():
+            bar.start(name)
+            with record.step(name) as entry:
+                outputs[name] = action()
+            bar.done(name, entry["seconds"])
+        table = outputs["moran"].sort_values(["qval", "statistic"], ascending=[True, False])
+        summary = _summary(data, table, config, truth)
+        bar.start("report")
+        with record.step("report") as entry:
+            files = _write_outputs(data, table, summary, record, out, title, config)
+        bar.done("report", entry["seconds"])
+    finally:
+        bar.close()
+        logging.getLogger("spatiome").removeHandler(log_handler)
+        log_handler.close()
+    files["log"] = out / "spatiome.log"
+    return PipelineResult(adata=data, svg=table, summary=summary, files=files)
+
+
+def _attach_log(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("spatiome")
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    return handler
+
+
+def _summary(
+    data: AnnData, table: pd.DataFrame, config: PipelineConfig, truth: bool
+) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "n_spots": int(data.n_obs),
+        "n_genes": int(data.n_vars),
+        "n_svg": int((table["qval"] < config.fdr).sum()),
+        "n_clusters": int(data.obs["leiden"].nunique()),
+    }
+    if truth:
+        summary.update(evaluate_truth(data, table, fdr=config.fdr))
+    return summary
+
+
+def _write_outputs(
+    data: AnnData,
+    table: pd.DataFrame,
+    summary: dict[str, Any],
+    record: Provenance,
+    out: Path,
+    title: str,
+    config: PipelineConfig,
+) -> dict[str, Path]:
+    from ..io import write_h5ad
+
+    files = {
+        "svg": out / "svg.csv",
+        "results": out / "results.h5ad",
+        "provenance": out / "provenance.json",
+        "report": out / "report.html",
+    }
+    with atomic_path(files["svg"]) as tmp:
+        table.to_csv(tmp, index_label="gene")
+    record.finished = None
+    provenance = record.to_dict()
+    sections = _report_sections(data, table, summary, provenance, config)
+    write_report(files["report"], title, _subtitle(summary), sections)
+    record.write(files["provenance"])
+    data.uns.setdefault("spatiome", {})
+    data.uns["spatiome"]["provenance"] = json.dumps(record.to_dict(), default=str)
+    data.uns["spatiome"]["summary"] = {k: v for k, v in summary.items() if v is not None}
+    write_h5ad(data, files["results"])
+    return files
+
+
+def _subtitle(summary: dict[str, Any]) -> str:
+    return (
+        f"{summary['n_spots']:,} spots x {summary['n_genes']:,} genes; "
+        f"{summary['n_svg']:,} spatially variable genes; {summary['n_clusters']} clusters"
+    )
+
+
+def _report_sections(
+    data: AnnData,
+    table: pd.DataFrame,
+    summary: dict[str, Any],
+    provenance: dict[str, Any],
+    config: PipelineConfig,
+) -> list[Section]:
+    import matplotlib.pyplot as plt
+
+    from .. import pl
+
+    def figure(fig) -> str:
+        encoded = pl.figure_to_base64_png(fig)
+        plt.close(fig)
+        return encoded
+
+    overview = Section("Tissue", "tissue")
+    overview.add_figure(
+        figure(pl.spatial(data, "total_counts").figure), "Total counts per spot on the tissue."
+    )
+    overview.add_table(
+        pd.DataFrame({"value": pd.Series(summary, dtype=object)}),
+        sortable=False,
+        css_class="metrics",
+    )
+
+    qc = Section("Quality control", "qc")
+    qc.add_figure(figure(pl.qc_violin(data)), "Per-spot QC metrics.")
+    if "pct_counts_mt" in data.obs:
+        qc.add_figure(
+            figure(pl.spatial(data, "pct_counts_mt").figure), "Mitochondrial percentage per spot."
+        )
+
+    clusters = Section("Embedding and clusters", "clusters")
+    clusters.add_figure(figure(pl.spatial(data, "leiden").figure), "Leiden clusters on the tissue.")
+    if "X_umap" in data.obsm:
+        clusters.add_figure(
+            figure(pl.embedding(data, "leiden").figure),
+            "UMAP of expression coloured by Leiden cluster.",
+        )
+    if "domain" in data.obs:
+        clusters.add_figure(figure(pl.spatial(data, "domain").figure), "Simulated true domains.")
+
+    svg_section = Section("Spatially variable genes (Moran's I)", "svg")
+    svg_section.add_text(
+        f"{summary['n_svg']:,} of {summary['n_genes']:,} genes have BH q < {config.fdr}. "
+        "The table lists the top 200 genes; click a column header to sort."
+    )
+    columns = [c for c in ("statistic", "zscore", "pval", "qval") if c in table]
+    svg_section.add_html(table_html(table[columns].head(200)))
+    top = [g for g in table.index[: config.n_top_maps]]
+    if top:
+        svg_section.add_figure(
+            figure(pl.spatial(data, top)), "Log-normalized expression of the top spatial genes."
+        )
+
+    sections = [overview, qc, clusters, svg_section]
+    if any(k in summary for k in ("svg_power", "domain_ari")):
+        truth = Section("Recovery of the simulated truth", "truth")
+        truth.add_table(_truth_table(summary), sortable=False, css_class="metrics")
+        sections.append(truth)
+
+    methods = Section("Methods and provenance", "methods")
+    methods.add_html(methods_paragraph(provenance, list(STEPS)))
+    methods.add_html(
+        "<pre>"
+        + json.dumps(
+            {k: provenance[k] for k in ("parameters", "seed", "versions", "inputs", "steps")},
+            indent=2,
+            default=str,
+        )
+        .replace("&", "&amp;")
+        .replace("<", "&lt;")
+        + "</pre>"
+    )
+    sections.append(methods)
+    return sections
+
+
+def _truth_table(summary: dict[str, Any]) -> pd.DataFrame:
+    labels = {
+        "svg_power": "Moran's I power (true spatial genes called)",
+        "svg_fdr": "Moran's I observed FDR",
+        "n_true": "true spatial genes",
+        "n_called": "genes called",
+        "domain_ari": "ARI of Leiden clusters vs true domains",
+    }
+    rows = {labels[k]: summary[k] for k in labels if k in summary}
+    return pd.DataFrame({"value": pd.Series(rows, dtype=object)})
+
+
+def demo_tissue(seed: int = 0, n_spots: int = 3000, n_genes: int = 300) -> AnnData:
+    """The built-in example: a simulated Visium-like tissue with known truth.
+
+    Examples
+    --------
+    >>> demo_tissue(n_spots=500, n_genes=50).shape
+    (500, 50)
+    """
+    from ..datasets import simulate_tissue
+
+    return simulate_tissue(n_spots=n_spots, n_genes=n_genes, random_state=seed)
+
+
+def format_recovery(summary: dict[str, Any]) -> str:
+    """One line per truth metric, for the terminal."""
+    lines = []
+    if "svg_power" in summary:
+        lines.append(
+            f"Moran's I at q < 0.05: power {summary['svg_power']:.3f} "
+            f"({summary['n_called']} called, {summary['n_true']} truly spatial), "
+            f"observed FDR {summary['svg_fdr']:.3f}"
+        )
+    if "domain_ari" in summary:
+        lines.append(f"Leiden vs true domains: ARI {summary['domain_ari']:.3f}")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "PipelineConfig",
+    "PipelineResult",
+    "run_pipeline",
+    "evaluate_truth",
+    "demo_tissue",
+    "format_recovery",
+    "STEPS",
+]

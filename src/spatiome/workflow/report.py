@@ -1,0 +1,176 @@
+"""A self-contained HTML report: figures embedded as base64 PNG, no external assets."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .._core.files import write_text_atomic
+
+#: Citations for the methods a run may use, keyed by step name.
+CITATIONS = {
+    "qc": "Wolf, Angerer & Theis (2018) SCANPY: large-scale single-cell gene expression data "
+    "analysis. Genome Biology 19:15.",
+    "moran": "Moran (1950) Notes on continuous stochastic phenomena. Biometrika 37:17-23.",
+    "umap": "McInnes, Healy & Melville (2018) UMAP: Uniform Manifold Approximation and "
+    "Projection. arXiv:1802.03426.",
+    "leiden": "Traag, Waltman & van Eck (2019) From Louvain to Leiden: guaranteeing "
+    "well-connected communities. Scientific Reports 9:5233.",
+    "bh": "Benjamini & Hochberg (1995) Controlling the false discovery rate. JRSS B 57:289-300.",
+}
+
+_STYLE = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#222;
+background:#fafafa}
+header{background:#1f3b57;color:#fff;padding:18px 32px}
+header h1{margin:0;font-size:24px} header p{margin:4px 0 0;opacity:.85}
+nav{padding:8px 32px;background:#e9eef3;font-size:14px} nav a{margin-right:16px;color:#1f3b57}
+section{background:#fff;margin:18px 32px;padding:16px 24px;border-radius:6px;
+box-shadow:0 1px 3px rgba(0,0,0,.12)}
+h2{margin-top:0;color:#1f3b57;font-size:20px}
+figure{display:inline-block;margin:8px;vertical-align:top}
+figure img{max-width:100%;height:auto;border:1px solid #ddd}
+figcaption{font-size:13px;color:#555;max-width:560px}
+table{border-collapse:collapse;font-size:13px}
+th,td{padding:4px 10px;border-bottom:1px solid #e3e3e3;text-align:right}
+th{background:#f0f3f6;cursor:pointer;position:sticky;top:0} th:first-child,td:first-child
+{text-align:left}
+.scroll{max-height:480px;overflow:auto;display:inline-block}
+.metrics td:first-child{font-weight:600}
+pre{background:#f5f5f5;padding:10px;overflow:auto;font-size:12px;max-height:360px}
+"""
+
+_SORT_SCRIPT = """
+document.querySelectorAll('table.sortable').forEach(function(table){
+  table.querySelectorAll('th').forEach(function(th, col){
+    th.addEventListener('click', function(){
+      var body = table.tBodies[0];
+      var rows = Array.from(body.rows);
+      var asc = th.dataset.order !== 'asc';
+      rows.sort(function(a, b){
+        var x = a.cells[col].dataset.value || a.cells[col].textContent;
+        var y = b.cells[col].dataset.value || b.cells[col].textContent;
+        var nx = parseFloat(x), ny = parseFloat(y);
+        var cmp = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
+        return asc ? cmp : -cmp;
+      });
+      rows.forEach(function(r){ body.appendChild(r); });
+      th.dataset.order = asc ? 'asc' : 'desc';
+    });
+  });
+});
+"""
+
+
+@dataclass
+class Section:
+    """One report section: a title, an anchor id, and HTML blocks."""
+
+    title: str
+    anchor: str
+    blocks: list[str] = field(default_factory=list)
+
+    def add_text(self, text: str) -> None:
+        """Append a paragraph of plain text (escaped)."""
+        self.blocks.append(f"<p>{html.escape(text)}</p>")
+
+    def add_figure(self, png_base64: str, caption: str) -> None:
+        """Append an embedded PNG figure with a caption."""
+        self.blocks.append(
+            f'<figure><img alt="{html.escape(caption)}" '
+            f'src="data:image/png;base64,{png_base64}"/>'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+
+    def add_table(self, table: pd.DataFrame, *, sortable: bool = True, css_class: str = "") -> None:
+        """Append a table; numbers keep full precision for sorting but print rounded."""
+        self.blocks.append(table_html(table, sortable=sortable, css_class=css_class))
+
+    def add_html(self, fragment: str) -> None:
+        """Append a trusted HTML fragment."""
+        self.blocks.append(fragment)
+
+
+def table_html(table: pd.DataFrame, *, sortable: bool = True, css_class: str = "") -> str:
+    """Render a DataFrame (index as first column) as an HTML table."""
+    classes = " ".join(c for c in ("sortable" if sortable else "", css_class) if c)
+    header = "".join(f"<th>{html.escape(str(c))}</th>" for c in [table.index.name or "", *table])
+    rows = []
+    for label, row in table.iterrows():
+        cells = [f"<td>{html.escape(str(label))}</td>"]
+        for value in row:
+            cells.append(_cell(value))
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (
+        f'<div class="scroll"><table class="{classes}"><thead><tr>{header}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        shown = f"{value:.3g}" if value == value else "NaN"
+        return f'<td data-value="{value!r}">{shown}</td>'
+    return f"<td>{html.escape(str(value))}</td>"
+
+
+def methods_paragraph(provenance: dict[str, Any], used: list[str]) -> str:
+    """A methods paragraph generated from the provenance record, with citations."""
+    versions = provenance.get("versions", {})
+    params = provenance.get("parameters", {})
+    parts = [
+        f"Data were analysed with spatiome {versions.get('spatiome', '?')} "
+        f"(Python {provenance.get('python', '?')}, anndata {versions.get('anndata', '?')}, "
+        f"scanpy {versions.get('scanpy', '?')}) with random seed {provenance.get('seed')}."
+    ]
+    if "qc" in used:
+        parts.append("Per-spot quality metrics were computed with scanpy [1].")
+    if "normalize" in used:
+        parts.append(
+            "Counts were scaled to the median library size and log1p-transformed "
+            f"(target sum {params.get('target_sum') or 'median'})."
+        )
+    if "reduce" in used:
+        parts.append(
+            f"PCA ({params.get('n_comps', 30)} components) and UMAP [3] were computed on "
+            "highly variable genes."
+        )
+    if "leiden" in used:
+        parts.append(
+            f"Spots were clustered with the Leiden algorithm [4] "
+            f"({params.get('n_domains') or 'resolution ' + str(params.get('resolution', 1.0))} "
+            "clusters)."
+        )
+    if "moran" in used:
+        parts.append(
+            f"Spatial autocorrelation of every gene was measured by Moran's I [2] on a "
+            f"{params.get('graph_method', 'kNN')} spatial neighbour graph with row-normalized "
+            "weights; analytic p-values under normality were adjusted by Benjamini-Hochberg [5]."
+        )
+    keys = ["qc", "moran", "umap", "leiden", "bh"]
+    refs = "".join(f"<li>{html.escape(CITATIONS[k])}</li>" for k in keys)
+    return f"<p>{html.escape(' '.join(parts))}</p><ol>{refs}</ol>"
+
+
+def render_report(title: str, subtitle: str, sections: list[Section]) -> str:
+    """Assemble the full HTML page."""
+    nav = "".join(f'<a href="#{s.anchor}">{html.escape(s.title)}</a>' for s in sections)
+    body = "".join(
+        f'<section id="{s.anchor}"><h2>{html.escape(s.title)}</h2>{"".join(s.blocks)}</section>'
+        for s in sections
+    )
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+        f"<header><h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p></header>"
+        f"<nav>{nav}</nav>{body}<script>{_SORT_SCRIPT}</script></body></html>"
+    )
+
+
+def write_report(path: str | Path, title: str, subtitle: str, sections: list[Section]) -> Path:
+    """Render and write the report atomically; returns the path."""
+    return write_text_atomic(path, render_report(title, subtitle, sections))

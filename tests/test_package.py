@@ -1,0 +1,44 @@
+"""Packaging promises: light import, README commands equal to CI's."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_import_does_not_load_optional_extras_or_heavy_deps():
+    code = (
+        "import sys, spatiome; spatiome.__version__;"
+        "bad = [m for m in ('torch', 'dask', 'distributed', 'spatialdata', 'scanpy')"
+        " if m in sys.modules]; print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_subpackages_do_not_load_optional_extras():
+    code = (
+        "import sys, spatiome as sm\n"
+        "for name in ('io', 'datasets', 'graph', 'pp', 'svg', 'domains', 'pl', 'workflow'):\n"
+        "    getattr(sm, name)\n"
+        "print(','.join(m for m in ('torch', 'dask', 'spatialdata') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def _readme_commands() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    setup = text.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```(?:bash|sh)\n(.+?)\n```", setup)
+
+
+def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
+    commands = _readme_commands()
+    assert len(commands) == 2, commands
+    assert "spatiome demo" in commands[0]
+    assert "pytest" in commands[1]
+    ci = (REPO / ".ci" / "run").read_text()
+    assert commands[1] in ci

@@ -1,0 +1,96 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import spatiome as sm
+from spatiome.cli import main
+from spatiome.workflow import PipelineConfig, evaluate_truth, run_pipeline
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    code = main(
+        ["demo", "--out", str(out), "--n-spots", "1500", "--n-genes", "120", "--no-progress"]
+    )
+    assert code == 0
+    return out
+
+
+def test_demo_writes_all_outputs(demo_run):
+    for name in ("report.html", "results.h5ad", "svg.csv", "provenance.json", "spatiome.log"):
+        assert (demo_run / name).stat().st_size > 0, name
+    assert not [p for p in demo_run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_demo_recovers_truth(demo_run):
+    adata = sm.io.read_h5ad(demo_run / "results.h5ad")
+    summary = adata.uns["spatiome"]["summary"]
+    assert summary["svg_power"] >= 0.8
+    assert summary["svg_fdr"] <= 0.1
+    assert summary["domain_ari"] >= 0.5
+    table = pd.read_csv(demo_run / "svg.csv", index_col=0)
+    assert {"statistic", "pval", "qval"} <= set(table.columns)
+    assert len(table) == adata.n_vars
+
+
+def test_provenance_records_versions_inputs_steps(demo_run):
+    record = json.loads((demo_run / "provenance.json").read_text())
+    assert record["command"] == "demo"
+    assert record["seed"] == 0
+    assert {"spatiome", "anndata", "scanpy", "numpy"} <= set(record["versions"])
+    names = [s["name"] for s in record["steps"]]
+    assert names[:6] == ["qc", "normalize", "graph", "reduce", "leiden", "moran"]
+    assert all(s["seconds"] >= 0 for s in record["steps"])
+
+
+def test_report_is_self_contained_and_has_sections(demo_run):
+    page = (demo_run / "report.html").read_text()
+    for anchor in ("tissue", "qc", "clusters", "svg", "truth", "methods"):
+        assert f'id="{anchor}"' in page
+    assert page.count("data:image/png;base64,") >= 6
+    assert "http://" not in page and "https://" not in page.replace("https://doi", "")
+
+
+def test_run_on_h5ad_input_records_checksum(tmp_path):
+    tissue = sm.datasets.simulate_tissue(n_spots=400, n_genes=60, random_state=3)
+    source = tmp_path / "tissue.h5ad"
+    sm.io.write_h5ad(tissue, source)
+    out = tmp_path / "out"
+    assert (
+        main(["run", "--input", str(source), "--out", str(out), "--no-umap", "--no-progress"]) == 0
+    )
+    record = json.loads((out / "provenance.json").read_text())
+    (digests,) = record["inputs"].values()
+    assert digests["tissue.h5ad"] == sm._core.files.sha256_file(source)
+
+
+def test_run_missing_input_is_one_clear_error(tmp_path, capsys):
+    code = main(["run", "--input", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and err.count("\n") == 1
+
+
+def test_pipeline_is_deterministic_and_leaves_input_untouched(tmp_path):
+    tissue = sm.datasets.simulate_tissue(n_spots=400, n_genes=60, random_state=1)
+    before = tissue.copy()
+    config = PipelineConfig(umap=False, n_domains=4)
+    first = run_pipeline(tissue, tmp_path / "a", config, progress=False)
+    second = run_pipeline(tissue, tmp_path / "b", config, progress=False)
+    pd.testing.assert_frame_equal(first.svg, second.svg)
+    assert (first.adata.obs["leiden"] == second.adata.obs["leiden"]).all()
+    assert set(tissue.obs.columns) == set(before.obs.columns)
+    assert (tissue.X != before.X).nnz == 0
+
+
+def test_evaluate_truth_counts_false_discoveries():
+    adata = sm.datasets.simulate_tissue(n_spots=200, n_genes=20, random_state=0)
+    truth = adata.var["is_spatial"].to_numpy()
+    q = np.where(truth, 0.001, 0.9)
+    q[np.flatnonzero(~truth)[0]] = 0.001
+    result = evaluate_truth(adata, pd.DataFrame({"qval": q}, index=adata.var_names))
+    assert result["svg_power"] == 1.0
+    assert result["svg_fdr"] == pytest.approx(1 / (truth.sum() + 1))
