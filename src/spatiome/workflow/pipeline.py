@@ -76,12 +76,6 @@ class PipelineResult:
 STEPS = ("qc", "normalize", "graph", "reduce", "leiden", "moran", "report")
 
 
-def _graph_method(adata: AnnData, method: str) -> str:
-    if method != "auto":
-        return method
-    return "grid" if {"array_row", "array_col"} <= set(adata.obs.columns) else "knn"
-
-
 def evaluate_truth(
     adata: AnnData,
     svg: pd.DataFrame,
@@ -231,7 +225,9 @@ def run_pipeline(
     data = adata.copy()
     if "counts" not in data.layers:
         data.layers["counts"] = data.X.copy()
-    graph_method = _graph_method(data, config.graph_method)
+    graph_method = (
+        graph.default_method(data) if config.graph_method == "auto" else config.graph_method
+    )
     record.parameters["graph_method"] = graph_method
     n_clusters = config.n_domains
 
