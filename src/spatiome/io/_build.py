@@ -70,13 +70,33 @@ def build_anndata(
     if "gene_symbol" not in var_frame:
         var_frame["gene_symbol"] = genes.to_numpy()
 
+    var_frame.index = pd.Index(_make_unique(genes))
     adata = AnnData(X=matrix, obs=obs_frame, var=var_frame)
-    adata.var_names_make_unique()
     adata.layers["counts"] = matrix.copy()
     adata.obsm["spatial"] = coords
     adata.uns["spatial_unit"] = spatial_unit
     adata.uns["spatiome"] = {"source": dict(source or {})}
     return adata
+
+
+def _make_unique(names: pd.Index) -> list[str]:
+    """Suffix repeated names with -1, -2, ... (as anndata does), before building the object."""
+    seen: dict[str, int] = {}
+    taken = set(names)
+    unique = []
+    for name in names:
+        if name not in seen:
+            seen[name] = 0
+            unique.append(name)
+            continue
+        while True:
+            seen[name] += 1
+            candidate = f"{name}-{seen[name]}"
+            if candidate not in taken:
+                break
+        taken.add(candidate)
+        unique.append(candidate)
+    return unique
 
 
 def _smallest_int_dtype(matrix: sp.csr_matrix) -> sp.csr_matrix:
