@@ -123,11 +123,13 @@ def qc_metrics(
 
 
 def detect_species(gene_names: Sequence[str]) -> str:
-    """Guess ``"human"`` or ``"mouse"`` from the case of gene symbols.
+    """Guess ``"human"`` or ``"mouse"`` from gene symbols.
 
-    Human (HGNC) symbols are upper case (``ACTB``), mouse (MGI) symbols capitalized
-    (``Actb``). Names without letters or looking like Ensembl ids are ignored; ties and
-    undecidable inputs fall back to ``"human"``.
+    Mitochondrial genes decide when only one convention is present (``MT-`` human,
+    ``mt-`` mouse). Otherwise the case of the symbols does: human (HGNC) symbols are upper
+    case (``ACTB``), mouse (MGI) symbols capitalized (``Actb``). Names without letters or
+    looking like Ensembl ids are ignored; ties and undecidable inputs fall back to
+    ``"human"``.
 
     Examples
     --------
@@ -135,15 +137,19 @@ def detect_species(gene_names: Sequence[str]) -> str:
     'mouse'
     >>> detect_species(["ACTB", "GAPDH", "MT-CO1"])
     'human'
+    >>> detect_species(["Gene0001", "Gene0002", "MT-ND1"])
+    'human'
     """
     names = pd.Index(np.asarray(gene_names).astype(str))
     names = names[~names.str.match(r"^ENS[A-Z]*G\d")]
+    n_lower_mt = int(names.str.startswith("mt-").sum())
+    n_upper_mt = int(names.str.startswith("MT-").sum())
+    if (n_lower_mt > 0) != (n_upper_mt > 0):
+        return "mouse" if n_lower_mt else "human"
     letters = names.str.replace(r"[^A-Za-z]", "", regex=True)
     letters = letters[letters.str.len() > 1]
     n_upper = int(letters.str.isupper().sum())
     n_capitalized = int((letters.str[0].str.isupper() & letters.str[1:].str.islower()).sum())
-    n_lower_mt = int(names.str.startswith("mt-").sum())
-    n_upper_mt = int(names.str.startswith("MT-").sum())
     if n_capitalized + n_lower_mt > n_upper + n_upper_mt:
         return "mouse"
     return "human"

@@ -383,7 +383,7 @@ def _report_sections(
         f"{summary['n_svg']:,} of {summary['n_genes']:,} genes have BH q < {config.fdr}. "
         "The table lists the top 200 genes; click a column header to sort."
     )
-    columns = [c for c in ("statistic", "zscore", "pval", "qval") if c in table]
+    columns = [c for c in ("statistic", "zscore", "pval", "log10_pval", "qval") if c in table]
     svg_section.add_html(table_html(table[columns].head(200)))
     top = [g for g in table.index[: config.n_top_maps]]
     if top:
