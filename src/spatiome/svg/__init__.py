@@ -18,5 +18,6 @@ Examples
 """
 
 from .autocorr import geary, moran
+from .trendseek import trendseek
 
-__all__ = ["moran", "geary"]
+__all__ = ["moran", "geary", "trendseek"]
