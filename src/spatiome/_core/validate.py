@@ -95,13 +95,17 @@ def _values(matrix: sp.spmatrix | np.ndarray) -> np.ndarray:
 def check_counts(matrix: sp.spmatrix | np.ndarray, *, where: str = "counts") -> None:
     """Raise unless ``matrix`` holds finite, non-negative integer counts."""
     values = _values(matrix)
-    if values.size and not np.isfinite(values).all():
+    if values.size == 0:
+        return
+    # Integer storage is finite and integral by construction: only the sign can be wrong.
+    is_integer = np.issubdtype(values.dtype, np.integer)
+    if not is_integer and not np.isfinite(values).all():
         raise SpatiomeInputError(f"{where} contains NaN or infinite values: fix the input")
-    if values.size and values.min() < 0:
+    if values.min() < 0:
         raise SpatiomeInputError(
             f"{where} contains negative values (min {values.min():g}); raw counts are expected"
         )
-    if values.size and not np.all(np.equal(np.mod(values, 1), 0)):
+    if not is_integer and not np.all(np.equal(np.mod(values, 1), 0)):
         raise SpatiomeInputError(
             f"{where} contains non-integer values; raw counts are expected "
             "(pass layer='counts' or the unnormalized matrix)"
