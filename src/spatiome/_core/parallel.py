@@ -126,13 +126,20 @@ def map_gene_chunks(
                 f"got {type(client).__name__}"
             )
         starts, stops = zip(*chunks, strict=True)
-        futures = client.map(func, starts, stops, pure=False)
+        # Ship the function (and the arrays it closes over) to each worker once, instead
+        # of embedding it in every task.
+        shared = client.scatter(func, broadcast=True, hash=False)
+        futures = client.map(_call_chunk, [shared] * len(chunks), starts, stops, pure=False)
         return list(client.gather(futures))
     workers = min(resolve_n_jobs(n_jobs), len(chunks))
     if workers == 1:
         return [func(start, stop) for start, stop in chunks]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(lambda chunk: func(*chunk), chunks))
+
+
+def _call_chunk(func: Callable[[int, int], T], start: int, stop: int) -> T:
+    return func(start, stop)
 
 
 __all__ = ["map_gene_chunks", "gene_chunks", "default_chunk_size", "resolve_n_jobs"]
