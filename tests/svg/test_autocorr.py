@@ -318,3 +318,28 @@ def test_agrees_with_squidpy_when_installed():
     assert np.allclose(ref["var_norm"], table["variance_norm"].iloc[:-1], rtol=1e-10)
     positive = table["zscore"].iloc[:-1] > 0
     assert np.allclose(ref["pval_norm"][positive], table["pval"].iloc[:-1][positive], rtol=1e-8)
+
+
+def test_spatial_depth_pattern_warns_for_log_normalized_values_only():
+    adata = sm.datasets.simulate_tissue(
+        n_spots=800, n_genes=40, frac_spatial=0.0, depth_gradient=1.0, random_state=7
+    )
+    sm.graph.spatial_neighbors(adata)
+    logged = adata.copy()
+    sm.pp.normalize(logged)
+    with pytest.warns(UserWarning, match="spatially autocorrelated"):
+        moran(logged, copy=True)
+    with pytest.warns(UserWarning, match="Geary's C"):
+        geary(logged, copy=True)
+    residuals = adata.copy()
+    sm.pp.normalize(residuals, method="pearson")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        moran(residuals, copy=True)
+        moran(logged, copy=True, check_depth=False)
+    flat = sm.datasets.simulate_tissue(n_spots=800, n_genes=40, frac_spatial=0.0, random_state=7)
+    sm.graph.spatial_neighbors(flat)
+    sm.pp.normalize(flat)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        moran(flat, copy=True)
