@@ -21,6 +21,12 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="target number of Leiden clusters (default: resolution 1.0)",
     )
+    parser.add_argument(
+        "--svg",
+        default="moran,sparkx",
+        help="comma-separated spatially variable gene tests, the first drives svg.csv: "
+        "moran, geary, sparkx, spatialde, trendseek (default: moran,sparkx)",
+    )
     parser.add_argument("--no-umap", action="store_true", help="skip UMAP")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -58,15 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace):
     from .workflow import PipelineConfig
 
-    return PipelineConfig(seed=args.seed, n_domains=args.n_domains, umap=not args.no_umap)
+    methods = tuple(m.strip() for m in args.svg.split(",") if m.strip())
+    return PipelineConfig(
+        seed=args.seed, n_domains=args.n_domains, umap=not args.no_umap, svg_methods=methods
+    )
 
 
 def _finish(result, started: float) -> None:
     print(f"wrote {len(result.files)} files to {result.files['report'].parent}:")
+    width = max(len(kind) for kind in result.files)
     for kind, path in sorted(result.files.items()):
-        print(f"  {kind:<11} {path}")
+        print(f"  {kind:<{width}} {path}")
     print(
-        f"{result.summary['n_svg']} spatially variable genes (q < 0.05), "
+        f"{result.summary['n_svg']} spatially variable genes (q < 0.05, "
+        f"{result.summary['svg_method']}), "
         f"{result.summary['n_clusters']} clusters, {time.perf_counter() - started:.1f} s"
     )
 
@@ -75,8 +86,8 @@ def _demo(args: argparse.Namespace) -> int:
     from .workflow import demo_tissue, format_recovery, run_pipeline
 
     started = time.perf_counter()
-    tissue = demo_tissue(seed=args.seed, n_spots=args.n_spots, n_genes=args.n_genes)
     config = _config(args)
+    tissue = demo_tissue(seed=args.seed, n_spots=args.n_spots, n_genes=args.n_genes)
     if config.n_domains is None:
         config.n_domains = int(tissue.obs["domain"].nunique())
     result = run_pipeline(

@@ -94,3 +94,31 @@ def test_evaluate_truth_counts_false_discoveries():
     result = evaluate_truth(adata, pd.DataFrame({"qval": q}, index=adata.var_names))
     assert result["svg_power"] == 1.0
     assert result["svg_fdr"] == pytest.approx(1 / (truth.sum() + 1))
+
+
+def test_run_with_several_svg_methods_writes_a_table_and_section_each(tmp_path):
+    tissue = sm.datasets.simulate_tissue(n_spots=500, n_genes=40, random_state=4)
+    source = tmp_path / "tissue.h5ad"
+    sm.io.write_h5ad(tissue, source)
+    out = tmp_path / "out"
+    args = ["run", "--input", str(source), "--out", str(out), "--no-umap", "--no-progress"]
+    assert main([*args, "--svg", "spatialde,sparkx,moran"]) == 0
+    primary = pd.read_csv(out / "svg.csv", index_col=0)
+    assert {"llr", "fsv", "length_scale"} <= set(primary.columns)
+    for method in ("sparkx", "moran"):
+        assert len(pd.read_csv(out / f"svg_{method}.csv", index_col=0)) == tissue.n_vars
+    page = (out / "report.html").read_text()
+    for anchor in ("svg", "svg-sparkx", "svg-moran"):
+        assert f'id="{anchor}"' in page
+    assert "Agreement between the methods" in page and "SpatialDE" in page
+    record = json.loads((out / "provenance.json").read_text())
+    assert [s["name"] for s in record["steps"]][5:8] == ["spatialde", "sparkx", "moran"]
+
+
+def test_unknown_svg_method_is_one_clear_error(tmp_path, capsys):
+    tissue = sm.datasets.simulate_tissue(n_spots=200, n_genes=20, random_state=0)
+    source = tmp_path / "t.h5ad"
+    sm.io.write_h5ad(tissue, source)
+    code = main(["run", "--input", str(source), "--out", str(tmp_path / "o"), "--svg", "magic"])
+    assert code == 2
+    assert "svg_methods" in capsys.readouterr().err

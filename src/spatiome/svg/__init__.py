@@ -18,6 +18,8 @@ Examples
 """
 
 from .autocorr import geary, moran
+from .sparkx import sparkx
+from .spatialde import spatialde, spatialde_model_search
 from .trendseek import trendseek
 
-__all__ = ["moran", "geary", "trendseek"]
+__all__ = ["moran", "geary", "sparkx", "spatialde", "spatialde_model_search", "trendseek"]

@@ -1,12 +1,15 @@
 """Reproducible runs: the pipeline, provenance records and the HTML report."""
 
 from .pipeline import (
+    SVG_METHODS,
     PipelineConfig,
     PipelineResult,
     demo_tissue,
     evaluate_truth,
     format_recovery,
+    pipeline_steps,
     run_pipeline,
+    run_svg_method,
 )
 from .provenance import Provenance, package_versions
 from .report import Section, write_report
@@ -18,6 +21,9 @@ __all__ = [
     "evaluate_truth",
     "demo_tissue",
     "format_recovery",
+    "pipeline_steps",
+    "run_svg_method",
+    "SVG_METHODS",
     "Provenance",
     "package_versions",
     "Section",

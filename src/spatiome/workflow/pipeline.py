@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._core.files import atomic_path
-from .._core.validate import check_adata, get_spatial
+from .._core.validate import SpatiomeInputError, check_adata, get_spatial
 from .provenance import Provenance
 from .report import Section, methods_paragraph, table_html, write_report
 
@@ -44,10 +45,16 @@ class PipelineConfig:
         k of the kNN spatial graph.
     resolution, n_domains
         Leiden resolution, or a target number of clusters (overrides the resolution).
+    svg_methods
+        Spatially variable gene tests to run, in order; the first one drives ``svg.csv``,
+        the summary and the maps. Any of "moran", "geary", "sparkx", "spatialde",
+        "trendseek".
     fdr
         q-value threshold for calling spatially variable genes.
     n_top_maps
         How many top spatial genes the report maps.
+    trendseek_permutations
+        Permutations per gene for trendseek (with early stopping).
     """
 
     seed: int = 0
@@ -59,21 +66,84 @@ class PipelineConfig:
     n_spatial_neighbors: int = 6
     resolution: float = 1.0
     n_domains: int | None = None
+    svg_methods: tuple[str, ...] = ("moran", "sparkx")
     fdr: float = 0.05
     n_top_maps: int = 6
+    trendseek_permutations: int = 500
+
+    def __post_init__(self) -> None:
+        methods = tuple(self.svg_methods)
+        unknown = [m for m in methods if m not in SVG_METHODS]
+        if not methods or unknown or len(set(methods)) != len(methods):
+            raise SpatiomeInputError(
+                f"svg_methods must be distinct names from {SVG_METHODS}, got {list(methods)}"
+            )
+        self.svg_methods = methods
 
 
 @dataclass
 class PipelineResult:
-    """What a run produced: the annotated data, the SVG table, a summary and file paths."""
+    """What a run produced: the annotated data, the SVG tables, a summary and file paths.
+
+    ``svg`` is the table of the first method in ``config.svg_methods``; ``svg_tables``
+    holds every method's table by name.
+    """
 
     adata: AnnData
     svg: pd.DataFrame
     summary: dict[str, Any]
     files: dict[str, Path] = field(default_factory=dict)
+    svg_tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
-STEPS = ("qc", "normalize", "graph", "reduce", "leiden", "moran", "report")
+#: Spatially variable gene tests the pipeline can run, with the input each one reads.
+SVG_METHODS = ("moran", "geary", "sparkx", "spatialde", "trendseek")
+SVG_TITLES = {
+    "moran": "Moran's I",
+    "geary": "Geary's C",
+    "sparkx": "SPARK-X",
+    "spatialde": "SpatialDE",
+    "trendseek": "trendsceek",
+}
+
+
+def pipeline_steps(config: PipelineConfig) -> tuple[str, ...]:
+    """The steps a run with ``config`` performs, in order.
+
+    Examples
+    --------
+    >>> pipeline_steps(PipelineConfig(svg_methods=("sparkx",)))
+    ('qc', 'normalize', 'graph', 'reduce', 'leiden', 'sparkx', 'report')
+    """
+    return ("qc", "normalize", "graph", "reduce", "leiden", *config.svg_methods, "report")
+
+
+def run_svg_method(data: AnnData, method: str, config: PipelineConfig) -> pd.DataFrame:
+    """Run one spatially variable gene test the way the pipeline does.
+
+    Moran's I, Geary's C and trendsceek read the log-normalized ``X`` (trendsceek's marks
+    are log expression); SPARK-X and SpatialDE read the raw counts layer, as the originals.
+
+    Examples
+    --------
+    >>> import spatiome as sm
+    >>> tissue = sm.datasets.simulate_tissue(n_spots=300, n_genes=20, random_state=0)
+    >>> bool(run_svg_method(tissue, "sparkx", PipelineConfig())["qval"].notna().all())
+    True
+    """
+    from .. import svg
+
+    if method in ("moran", "geary"):
+        return getattr(svg, method)(data, random_state=config.seed)
+    if method == "sparkx":
+        return svg.sparkx(data, layer="counts")
+    if method == "spatialde":
+        return svg.spatialde(data, layer="counts", random_state=config.seed)
+    if method == "trendseek":
+        return svg.trendseek(
+            data, n_permutations=config.trendseek_permutations, random_state=config.seed
+        )
+    raise SpatiomeInputError(f"unknown SVG method {method!r}; choose from {SVG_METHODS}")
 
 
 def evaluate_truth(
@@ -171,9 +241,10 @@ def run_pipeline(
     truth: bool = False,
     progress: bool = True,
 ) -> PipelineResult:
-    """Run QC, normalization, reduction, clustering and Moran's I, and write the outputs.
+    """Run QC, normalization, reduction, clustering and SVG tests, and write the outputs.
 
-    Writes ``results.h5ad``, ``svg.csv``, ``provenance.json``, ``report.html`` and
+    Writes ``results.h5ad``, ``svg.csv`` (the first of ``config.svg_methods``),
+    ``svg_<method>.csv`` for each further method, ``provenance.json``, ``report.html`` and
     ``spatiome.log`` to ``out_dir``, each atomically. The input AnnData is not modified.
 
     Parameters
@@ -208,9 +279,9 @@ def run_pipeline(
     >>> result = run_pipeline(tissue, tempfile.mkdtemp(), PipelineConfig(umap=False),
     ...                       progress=False)
     >>> sorted(result.files)
-    ['log', 'provenance', 'report', 'results', 'svg']
+    ['log', 'provenance', 'report', 'results', 'svg', 'svg_sparkx']
     """
-    from .. import domains, graph, pp, svg
+    from .. import domains, graph, pp
 
     config = config or PipelineConfig()
     check_adata(adata)
@@ -250,9 +321,11 @@ def run_pipeline(
             n_clusters=n_clusters,
             random_state=config.seed,
         ),
-        "moran": lambda: svg.moran(data, random_state=config.seed),
     }
-    bar = _Progress(STEPS, progress)
+    for method in config.svg_methods:
+        actions[method] = lambda method=method: _run_svg_step(data, method, config)
+    steps = pipeline_steps(config)
+    bar = _Progress(steps, progress)
     outputs: dict[str, Any] = {}
     try:
         for name, action in actions.items():
@@ -260,18 +333,39 @@ def run_pipeline(
             with record.step(name) as entry:
                 outputs[name] = action()
             bar.done(name, entry["seconds"])
-        table = outputs["moran"].sort_values(["qval", "statistic"], ascending=[True, False])
-        summary = _summary(data, table, config, truth)
+        tables = {method: outputs[method][0] for method in config.svg_methods}
+        notes = {method: outputs[method][1] for method in config.svg_methods}
+        summary = _summary(data, tables, config, truth)
         bar.start("report")
         with record.step("report") as entry:
-            files = _write_outputs(data, table, summary, record, out, title, config)
+            files = _write_outputs(data, tables, notes, summary, record, out, title, config)
         bar.done("report", entry["seconds"])
     finally:
         bar.close()
         logging.getLogger("spatiome").removeHandler(log_handler)
         log_handler.close()
     files["log"] = out / "spatiome.log"
-    return PipelineResult(adata=data, svg=table, summary=summary, files=files)
+    primary = tables[config.svg_methods[0]]
+    return PipelineResult(adata=data, svg=primary, summary=summary, files=files, svg_tables=tables)
+
+
+def _run_svg_step(
+    data: AnnData, method: str, config: PipelineConfig
+) -> tuple[pd.DataFrame, list[str]]:
+    """Run one SVG test; its warnings go to the log and the report instead of stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = run_svg_method(data, method, config)
+    notes = list(dict.fromkeys(str(w.message) for w in caught))
+    for note in notes:
+        logger.warning("%s: %s", method, note)
+    return _sorted(table), notes
+
+
+def _sorted(table: pd.DataFrame) -> pd.DataFrame:
+    """Most significant first: by q-value, then by p-value (log10 when available)."""
+    order = "log10_pval" if "log10_pval" in table else "pval"
+    return table.sort_values(["qval", order], kind="mergesort")
 
 
 def _attach_log(path: Path) -> logging.Handler:
@@ -284,22 +378,31 @@ def _attach_log(path: Path) -> logging.Handler:
 
 
 def _summary(
-    data: AnnData, table: pd.DataFrame, config: PipelineConfig, truth: bool
+    data: AnnData, tables: dict[str, pd.DataFrame], config: PipelineConfig, truth: bool
 ) -> dict[str, Any]:
+    primary = config.svg_methods[0]
     summary: dict[str, Any] = {
         "n_spots": int(data.n_obs),
         "n_genes": int(data.n_vars),
-        "n_svg": int((table["qval"] < config.fdr).sum()),
+        "svg_method": primary,
+        "n_svg": int((tables[primary]["qval"] < config.fdr).sum()),
         "n_clusters": int(data.obs["leiden"].nunique()),
     }
     if truth:
-        summary.update(evaluate_truth(data, table, fdr=config.fdr))
+        summary.update(evaluate_truth(data, tables[primary], fdr=config.fdr))
+    for method, table in tables.items():
+        summary[f"n_svg_{method}"] = int((table["qval"] < config.fdr).sum())
+        if truth and "is_spatial" in data.var:
+            found = evaluate_truth(data, table, fdr=config.fdr, label_key="")
+            summary[f"svg_power_{method}"] = found["svg_power"]
+            summary[f"svg_fdr_{method}"] = found["svg_fdr"]
     return summary
 
 
 def _write_outputs(
     data: AnnData,
-    table: pd.DataFrame,
+    tables: dict[str, pd.DataFrame],
+    notes: dict[str, list[str]],
     summary: dict[str, Any],
     record: Provenance,
     out: Path,
@@ -308,17 +411,22 @@ def _write_outputs(
 ) -> dict[str, Path]:
     from ..io import write_h5ad
 
+    primary = config.svg_methods[0]
     files = {
         "svg": out / "svg.csv",
         "results": out / "results.h5ad",
         "provenance": out / "provenance.json",
         "report": out / "report.html",
     }
-    with atomic_path(files["svg"]) as tmp:
-        table.to_csv(tmp, index_label="gene")
+    for method in config.svg_methods[1:]:
+        files[f"svg_{method}"] = out / f"svg_{method}.csv"
+    for method, table in tables.items():
+        target = files["svg"] if method == primary else files[f"svg_{method}"]
+        with atomic_path(target) as tmp:
+            table.to_csv(tmp, index_label="gene")
     record.finished = None
     provenance = record.to_dict()
-    sections = _report_sections(data, table, summary, provenance, config)
+    sections = _report_sections(data, tables, notes, summary, provenance, config)
     write_report(files["report"], title, _subtitle(summary), sections)
     record.write(files["provenance"])
     data.uns.setdefault("spatiome", {})
@@ -331,13 +439,15 @@ def _write_outputs(
 def _subtitle(summary: dict[str, Any]) -> str:
     return (
         f"{summary['n_spots']:,} spots x {summary['n_genes']:,} genes; "
-        f"{summary['n_svg']:,} spatially variable genes; {summary['n_clusters']} clusters"
+        f"{summary['n_svg']:,} spatially variable genes ({SVG_TITLES[summary['svg_method']]}); "
+        f"{summary['n_clusters']} clusters"
     )
 
 
 def _report_sections(
     data: AnnData,
-    table: pd.DataFrame,
+    tables: dict[str, pd.DataFrame],
+    notes: dict[str, list[str]],
     summary: dict[str, Any],
     provenance: dict[str, Any],
     config: PipelineConfig,
@@ -378,27 +488,21 @@ def _report_sections(
     if "domain" in data.obs:
         clusters.add_figure(figure(pl.spatial(data, "domain").figure), "Simulated true domains.")
 
-    svg_section = Section("Spatially variable genes (Moran's I)", "svg")
-    svg_section.add_text(
-        f"{summary['n_svg']:,} of {summary['n_genes']:,} genes have BH q < {config.fdr}. "
-        "The table lists the top 200 genes; click a column header to sort."
-    )
-    columns = [c for c in ("statistic", "zscore", "pval", "log10_pval", "qval") if c in table]
-    svg_section.add_html(table_html(table[columns].head(200)))
-    top = [g for g in table.index[: config.n_top_maps]]
-    if top:
-        svg_section.add_figure(
-            figure(pl.spatial(data, top)), "Log-normalized expression of the top spatial genes."
+    sections = [overview, qc, clusters]
+    for rank, (method, table) in enumerate(tables.items()):
+        sections.append(
+            _svg_section(data, method, table, notes[method], config, figure, anchor_first=rank)
         )
-
-    sections = [overview, qc, clusters, svg_section]
+    if len(tables) > 1:
+        sections[3].add_html("<h3>Agreement between the methods</h3>")
+        sections[3].add_table(_agreement(tables, config.fdr), sortable=False)
     if any(k in summary for k in ("svg_power", "domain_ari")):
         truth = Section("Recovery of the simulated truth", "truth")
-        truth.add_table(_truth_table(summary), sortable=False, css_class="metrics")
+        truth.add_table(_truth_table(summary, config), sortable=False, css_class="metrics")
         sections.append(truth)
 
     methods = Section("Methods and provenance", "methods")
-    methods.add_html(methods_paragraph(provenance, list(STEPS)))
+    methods.add_html(methods_paragraph(provenance, list(pipeline_steps(config))))
     methods.add_html(
         "<pre>"
         + json.dumps(
@@ -414,15 +518,78 @@ def _report_sections(
     return sections
 
 
-def _truth_table(summary: dict[str, Any]) -> pd.DataFrame:
-    labels = {
-        "svg_power": "Moran's I power (true spatial genes called)",
-        "svg_fdr": "Moran's I observed FDR",
-        "n_true": "true spatial genes",
-        "n_called": "genes called",
-        "domain_ari": "ARI of Leiden clusters vs true domains",
-    }
-    rows = {labels[k]: summary[k] for k in labels if k in summary}
+#: Columns of each method's table shown in the report, when present.
+_REPORT_COLUMNS = (
+    "statistic",
+    "zscore",
+    "llr",
+    "fsv",
+    "length_scale",
+    "pval",
+    "log10_pval",
+    "qval",
+)
+
+
+def _svg_section(
+    data: AnnData,
+    method: str,
+    table: pd.DataFrame,
+    notes: list[str],
+    config: PipelineConfig,
+    figure: Callable[[Any], str],
+    *,
+    anchor_first: int,
+) -> Section:
+    from .. import pl
+
+    anchor = "svg" if anchor_first == 0 else f"svg-{method}"
+    section = Section(f"Spatially variable genes ({SVG_TITLES[method]})", anchor)
+    called = int((table["qval"] < config.fdr).sum())
+    section.add_text(
+        f"{called:,} of {len(table):,} genes have BH q < {config.fdr}. "
+        "The table lists the top 200 genes; click a column header to sort."
+    )
+    for note in notes:
+        section.add_text(f"Note: {note}")
+    columns = [c for c in _REPORT_COLUMNS if c in table]
+    section.add_html(table_html(table[columns].head(200)))
+    top = list(table.index[: config.n_top_maps])
+    if top:
+        section.add_figure(
+            figure(pl.spatial(data, top)),
+            f"Log-normalized expression of the top genes by {SVG_TITLES[method]}.",
+        )
+    return section
+
+
+def _agreement(tables: dict[str, pd.DataFrame], fdr: float) -> pd.DataFrame:
+    """Genes called by each method and the Jaccard index of every pair of call sets."""
+    called = {m: set(t.index[t["qval"] < fdr]) for m, t in tables.items()}
+    rows = {}
+    for method, genes in called.items():
+        row: dict[str, Any] = {"called": len(genes)}
+        for other, other_genes in called.items():
+            union = genes | other_genes
+            row[f"Jaccard vs {SVG_TITLES[other]}"] = (
+                len(genes & other_genes) / len(union) if union else float("nan")
+            )
+        rows[SVG_TITLES[method]] = row
+    return pd.DataFrame(rows).T
+
+
+def _truth_table(summary: dict[str, Any], config: PipelineConfig) -> pd.DataFrame:
+    rows: dict[str, Any] = {}
+    if "n_true" in summary:
+        rows["true spatial genes"] = summary["n_true"]
+    for method in config.svg_methods:
+        title = SVG_TITLES[method]
+        if f"svg_power_{method}" in summary:
+            rows[f"{title}: power (true spatial genes called)"] = summary[f"svg_power_{method}"]
+            rows[f"{title}: observed FDR"] = summary[f"svg_fdr_{method}"]
+            rows[f"{title}: genes called"] = summary[f"n_svg_{method}"]
+    if "domain_ari" in summary:
+        rows["ARI of Leiden clusters vs true domains"] = summary["domain_ari"]
     return pd.DataFrame({"value": pd.Series(rows, dtype=object)})
 
 
@@ -440,14 +607,23 @@ def demo_tissue(seed: int = 0, n_spots: int = 3000, n_genes: int = 300) -> AnnDa
 
 
 def format_recovery(summary: dict[str, Any]) -> str:
-    """One line per truth metric, for the terminal."""
+    """One line per truth metric, for the terminal.
+
+    Examples
+    --------
+    >>> print(format_recovery({"n_true": 10, "n_svg_moran": 9, "svg_power_moran": 0.9,
+    ...                        "svg_fdr_moran": 0.0, "domain_ari": 0.7}))
+    Moran's I at q < 0.05: power 0.900 (9 called, 10 truly spatial), observed FDR 0.000
+    Leiden vs true domains: ARI 0.700
+    """
     lines = []
-    if "svg_power" in summary:
-        lines.append(
-            f"Moran's I at q < 0.05: power {summary['svg_power']:.3f} "
-            f"({summary['n_called']} called, {summary['n_true']} truly spatial), "
-            f"observed FDR {summary['svg_fdr']:.3f}"
-        )
+    for method in SVG_METHODS:
+        if f"svg_power_{method}" in summary:
+            lines.append(
+                f"{SVG_TITLES[method]} at q < 0.05: power {summary[f'svg_power_{method}']:.3f} "
+                f"({summary[f'n_svg_{method}']} called, {summary['n_true']} truly spatial), "
+                f"observed FDR {summary[f'svg_fdr_{method}']:.3f}"
+            )
     if "domain_ari" in summary:
         lines.append(f"Leiden vs true domains: ARI {summary['domain_ari']:.3f}")
     return "\n".join(lines)
@@ -460,5 +636,7 @@ __all__ = [
     "evaluate_truth",
     "demo_tissue",
     "format_recovery",
-    "STEPS",
+    "pipeline_steps",
+    "run_svg_method",
+    "SVG_METHODS",
 ]

@@ -16,6 +16,17 @@ CITATIONS = {
     "qc": "Wolf, Angerer & Theis (2018) SCANPY: large-scale single-cell gene expression data "
     "analysis. Genome Biology 19:15.",
     "moran": "Moran (1950) Notes on continuous stochastic phenomena. Biometrika 37:17-23.",
+    "geary": "Geary (1954) The contiguity ratio and statistical mapping. The Incorporated "
+    "Statistician 5:115-145.",
+    "sparkx": "Zhu, Sun & Zhou (2021) SPARK-X: non-parametric modeling enables scalable and "
+    "robust detection of spatial expression patterns for large spatial transcriptomic "
+    "studies. Genome Biology 22:184.",
+    "acat": "Liu & Xie (2020) Cauchy combination test: a powerful test with analytic p-value "
+    "calculation under arbitrary dependency structures. JASA 115:393-402.",
+    "spatialde": "Svensson, Teichmann & Stegle (2018) SpatialDE: identification of spatially "
+    "variable genes. Nature Methods 15:343-346.",
+    "trendseek": "Edsgard, Johnsson & Sandberg (2018) Identification of spatial expression "
+    "trends in single-cell gene expression data. Nature Methods 15:339-342.",
     "umap": "McInnes, Healy & Melville (2018) UMAP: Uniform Manifold Approximation and "
     "Projection. arXiv:1802.03426.",
     "leiden": "Traag, Waltman & van Eck (2019) From Louvain to Leiden: guaranteeing "
@@ -119,16 +130,34 @@ def _cell(value: Any) -> str:
 
 
 def methods_paragraph(provenance: dict[str, Any], used: list[str]) -> str:
-    """A methods paragraph generated from the provenance record, with citations."""
+    """A methods paragraph generated from the provenance record, with numbered citations.
+
+    Examples
+    --------
+    >>> text = methods_paragraph({"versions": {"spatiome": "0.1.0"}, "seed": 0},
+    ...                          ["qc", "sparkx"])
+    >>> "SPARK-X [2]" in text and "Genome Biology 22:184" in text
+    True
+    """
     versions = provenance.get("versions", {})
     params = provenance.get("parameters", {})
+    cited: list[str] = []
+
+    def cite(*keys: str) -> str:
+        numbers = []
+        for key in keys:
+            if key not in cited:
+                cited.append(key)
+            numbers.append(str(cited.index(key) + 1))
+        return "[" + ", ".join(numbers) + "]"
+
     parts = [
         f"Data were analysed with spatiome {versions.get('spatiome', '?')} "
         f"(Python {provenance.get('python', '?')}, anndata {versions.get('anndata', '?')}, "
         f"scanpy {versions.get('scanpy', '?')}) with random seed {provenance.get('seed')}."
     ]
     if "qc" in used:
-        parts.append("Per-spot quality metrics were computed with scanpy [1].")
+        parts.append(f"Per-spot quality metrics were computed with scanpy {cite('qc')}.")
     if "normalize" in used:
         parts.append(
             "Counts were scaled to the median library size and log1p-transformed "
@@ -136,23 +165,44 @@ def methods_paragraph(provenance: dict[str, Any], used: list[str]) -> str:
         )
     if "reduce" in used:
         parts.append(
-            f"PCA ({params.get('n_comps', 30)} components) and UMAP [3] were computed on "
-            "highly variable genes."
+            f"PCA ({params.get('n_comps', 30)} components) and UMAP {cite('umap')} were "
+            "computed on highly variable genes."
         )
     if "leiden" in used:
         parts.append(
-            f"Spots were clustered with the Leiden algorithm [4] "
+            f"Spots were clustered with the Leiden algorithm {cite('leiden')} "
             f"({params.get('n_domains') or 'resolution ' + str(params.get('resolution', 1.0))} "
             "clusters)."
         )
-    if "moran" in used:
+    graph = params.get("graph_method", "kNN")
+    for key, name in (("moran", "Moran's I"), ("geary", "Geary's C")):
+        if key in used:
+            parts.append(
+                f"Spatial autocorrelation of every log-normalized gene was measured by {name} "
+                f"{cite(key)} on a {graph} spatial neighbour graph with row-normalized "
+                f"weights; analytic p-values under normality were adjusted by "
+                f"Benjamini-Hochberg {cite('bh')}."
+            )
+    if "sparkx" in used:
         parts.append(
-            f"Spatial autocorrelation of every gene was measured by Moran's I [2] on a "
-            f"{params.get('graph_method', 'kNN')} spatial neighbour graph with row-normalized "
-            "weights; analytic p-values under normality were adjusted by Benjamini-Hochberg [5]."
+            f"SPARK-X {cite('sparkx')} tested the raw counts of every gene with eleven "
+            f"coordinate kernels, combined by the Cauchy combination test {cite('acat')} and "
+            f"adjusted by Benjamini-Hochberg {cite('bh')}."
         )
-    keys = ["qc", "moran", "umap", "leiden", "bh"]
-    refs = "".join(f"<li>{html.escape(CITATIONS[k])}</li>" for k in keys)
+    if "spatialde" in used:
+        parts.append(
+            f"SpatialDE {cite('spatialde')} fitted Gaussian process models over ten length "
+            "scales to variance-stabilized counts with log total counts regressed out; "
+            f"p-values were adjusted by Benjamini-Hochberg {cite('bh')}."
+        )
+    if "trendseek" in used:
+        parts.append(
+            f"trendsceek {cite('trendseek')} compared four mark statistics of "
+            f"log-normalized expression with {params.get('trendseek_permutations', '?')} "
+            f"random relabellings per gene (global envelope test, Benjamini-Hochberg "
+            f"{cite('bh')})."
+        )
+    refs = "".join(f"<li>{html.escape(CITATIONS[k])}</li>" for k in cited)
     return f"<p>{html.escape(' '.join(parts))}</p><ol>{refs}</ol>"
 
 
