@@ -20,9 +20,7 @@ import argparse
 import os
 import platform
 import sys
-import time
 import warnings
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +31,10 @@ from anndata import AnnData
 import spatiome as sm
 from spatiome._core.files import atomic_path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "moran.csv"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS_DIR, machine, package_version, timed  # noqa: E402
+
+RESULTS = RESULTS_DIR / "moran.csv"
 
 
 def simulate(n_spots: int, n_genes: int, seed: int = 0) -> AnnData:
@@ -63,35 +64,6 @@ def simulate(n_spots: int, n_genes: int, seed: int = 0) -> AnnData:
     adata.obs_names = [f"spot{i}" for i in range(n_spots)]
     adata.var_names = [f"gene{j}" for j in range(n_genes)]
     return adata
-
-
-def timed(func, repeats: int) -> tuple[float, object]:
-    """Median wall time over ``repeats`` calls, and the last result."""
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = func()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), result
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
-
-
-def package_version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,255 @@
+"""SpatialDE: spatiome against SpatialDE 1.1.3 on the same input, and the approximate mode.
+
+Three measurements on simulated tissues (``spatiome.datasets.simulate_tissue``, hex grid,
+1,000 genes of which a quarter are spatial):
+
+1. **Exact mode against the original** at 1,000 and 3,000 spots. The counts are
+   preprocessed once with ``pp.stabilize`` and ``pp.regress_out`` (NaiveDE's recipe), the
+   resulting table is written to a temporary folder, and SpatialDE 1.1.3's
+   ``SpatialDE.run(X, table)`` is timed in a subprocess of its own environment (numpy < 2,
+   scipy < 1.12; never a spatiome dependency) while spatiome runs
+   ``svg.spatialde(adata, layer="regressed", normalize=None)`` on the same values, with
+   coordinates in array units (spots 1 apart; in micrometres the original's rounding
+   collapses its smallest length scales at 3,000 spots, see ``fidelity``). Reported:
+   both times, the speed ratio, the largest LLR difference and the Spearman correlation of
+   the LLRs, and the Jaccard index of the genes called at Storey q < 0.05.
+2. **Approximate against exact mode** at 5,000 spots, from raw counts: Jaccard index of the
+   genes called at q < 0.05 (Benjamini-Hochberg) and both times.
+3. **Approximate mode alone** at 50,000 spots, from raw counts (sparse throughout).
+
+Run with a Python that has spatiome::
+
+    python benchmarks/spatialde.py [--original PYTHON] [--skip-large]
+
+``--original`` is the interpreter of an environment with SpatialDE 1.1.3 (default
+``../venv-spatialde/bin/python`` beside the checkout); without it the comparison rows say
+so. Inputs are written under the system temporary folder, never into the repository.
+Prints a table and writes ``benchmarks/results/spatialde.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+from anndata import AnnData
+from scipy import stats
+
+import spatiome as sm
+from spatiome._core.files import atomic_path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, package_version  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results" / "spatialde.csv"
+DEFAULT_ORIGINAL = ROOT.parent.parent / "venv-spatialde" / "bin" / "python"
+
+RUNNER = """
+import sys, time, warnings
+warnings.filterwarnings("ignore")
+import pandas as pd
+import SpatialDE
+table = pd.read_csv(sys.argv[1], index_col=0)
+coords = pd.read_csv(sys.argv[2], index_col=0)
+start = time.perf_counter()
+result = SpatialDE.run(coords[["x", "y"]].values, table)
+seconds = time.perf_counter() - start
+result.to_csv(sys.argv[3])
+print(seconds)
+"""
+
+
+def simulate(n_spots: int, n_genes: int) -> AnnData:
+    """A hex-grid tissue, a quarter of its genes spatial (truth in ``var["is_spatial"]``)."""
+    return sm.datasets.simulate_tissue(n_spots=n_spots, n_genes=n_genes, random_state=0)
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def load() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def run_original(python: Path, adata, folder: Path) -> tuple[float, pd.DataFrame]:
+    """SpatialDE 1.1.3's run() on the regressed layer, timed inside its own process."""
+    table = pd.DataFrame(adata.layers["regressed"], index=adata.obs_names, columns=adata.var_names)
+    coords = pd.DataFrame(adata.obsm["spatial"], index=adata.obs_names, columns=["x", "y"])
+    paths = [folder / "expression.csv", folder / "coords.csv", folder / "result.csv"]
+    table.to_csv(paths[0])
+    coords.to_csv(paths[1])
+    runner = folder / "run_spatialde.py"
+    runner.write_text(RUNNER)
+    done = subprocess.run(
+        [str(python), str(runner), *map(str, paths)], capture_output=True, text=True, check=True
+    )
+    seconds = float(done.stdout.strip().splitlines()[-1])
+    result = pd.read_csv(paths[2], index_col=0).set_index("g")
+    # The original returns one row per length scale that ties for the best likelihood.
+    return seconds, result[~result.index.duplicated(keep="first")]
+
+
+def compare_with_original(n_spots: int, n_genes: int, python: Path | None, folder: Path) -> dict:
+    adata = simulate(n_spots, n_genes)
+    # Array units (spots 1 apart, as the ST coordinates of SpatialDE's examples): in
+    # micrometres the original's |x|^2 + |y|^2 - 2 x.y rounding collapses its smallest
+    # length scales and puts noise on the kernel's diagonal (see svg.spatialde, fidelity).
+    adata.obsm["spatial"] = adata.obsm["spatial"] / 100.0
+    sm.pp.stabilize(adata)
+    sm.pp.regress_out(adata)
+    start = time.perf_counter()
+    ours = sm.svg.spatialde(adata, layer="regressed", normalize=None, copy=True)
+    seconds = time.perf_counter() - start
+    row = {
+        "comparison": "exact vs SpatialDE 1.1.3",
+        "n_spots": adata.n_obs,
+        "n_genes": adata.n_vars,
+        "spatiome_seconds": seconds,
+        "calls_spatiome": int((ours["qval_storey"] < 0.05).sum()),
+    }
+    if python is None:
+        return row
+    original_seconds, original = run_original(python, adata, folder)
+    original = original.loc[ours.index]
+    difference = ours["llr"] - original["LLR"]
+    row.update(
+        {
+            "other_seconds": original_seconds,
+            "speedup": original_seconds / seconds,
+            "max_abs_diff_llr": float(difference.abs().max()),
+            "median_abs_diff_llr": float(difference.abs().median()),
+            "min_diff_llr": float(difference.min()),
+            "spearman_llr": float(stats.spearmanr(ours["llr"], original["LLR"]).statistic),
+            "calls_other": int((original["qval"] < 0.05).sum()),
+            "jaccard_calls": jaccard(
+                set(ours.index[ours["qval_storey"] < 0.05]),
+                set(original.index[original["qval"] < 0.05]),
+            ),
+        }
+    )
+    return row
+
+
+def compare_lowrank(n_spots: int, n_genes: int) -> dict:
+    adata = simulate(n_spots, n_genes)
+    start = time.perf_counter()
+    exact = sm.svg.spatialde(adata, method="exact", copy=True)
+    exact_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    approx = sm.svg.spatialde(adata, method="lowrank")
+    seconds = time.perf_counter() - start
+    a = set(exact.index[exact["qval"] < 0.05])
+    b = set(approx.index[approx["qval"] < 0.05])
+    truth = set(adata.var_names[adata.var["is_spatial"]])
+    return {
+        "comparison": "lowrank vs exact (spatiome)",
+        "n_spots": adata.n_obs,
+        "n_genes": adata.n_vars,
+        "spatiome_seconds": seconds,
+        "other_seconds": exact_seconds,
+        "speedup": exact_seconds / seconds,
+        "spearman_llr": float(stats.spearmanr(exact["llr"], approx["llr"]).statistic),
+        "calls_spatiome": len(b),
+        "calls_other": len(a),
+        "jaccard_calls": jaccard(a, b),
+        "recall_truth": len(b & truth) / len(truth),
+        "ranks": " ".join(
+            d.split("=")[1].rstrip(")")
+            for d in adata.uns["spatiome"]["spatialde"]["decompositions"]
+        ),
+    }
+
+
+def lowrank_alone(n_spots: int, n_genes: int) -> dict:
+    adata = simulate(n_spots, n_genes)
+    start = time.perf_counter()
+    table = sm.svg.spatialde(adata, method="lowrank")
+    seconds = time.perf_counter() - start
+    truth = set(adata.var_names[adata.var["is_spatial"]])
+    called = set(table.index[table["qval"] < 0.05])
+    return {
+        "comparison": "lowrank alone",
+        "n_spots": adata.n_obs,
+        "n_genes": adata.n_vars,
+        "spatiome_seconds": seconds,
+        "calls_spatiome": len(called),
+        "recall_truth": len(called & truth) / len(truth),
+        "ranks": " ".join(
+            d.split("=")[1].rstrip(")")
+            for d in adata.uns["spatiome"]["spatialde"]["decompositions"]
+        ),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--original", type=Path, default=DEFAULT_ORIGINAL)
+    parser.add_argument("--n-genes", type=int, default=1_000)
+    parser.add_argument("--skip-large", action="store_true", help="skip the 50,000-spot run")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    python = args.original if args.original.exists() else None
+    if python is None:
+        print(f"{args.original} not found: timing spatiome alone", flush=True)
+
+    # Compile the numba kernels before anything is timed.
+    sm.svg.spatialde(simulate(200, 20), copy=True)
+    sm.svg.spatialde(simulate(200, 20), method="lowrank", n_inducing=50, copy=True)
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="spatiome-bench-spatialde-") as tmp:
+        for n_spots in (1_000, 3_000):
+            rows.append(compare_with_original(n_spots, args.n_genes, python, Path(tmp)))
+            rows[-1]["load_average"] = load()
+            print(rows[-1], flush=True)
+    rows.append(compare_lowrank(5_000, args.n_genes))
+    rows[-1]["load_average"] = load()
+    print(rows[-1], flush=True)
+    if not args.skip_large:
+        rows.append(lowrank_alone(50_000, args.n_genes))
+        rows[-1]["load_average"] = load()
+        print(rows[-1], flush=True)
+
+    result = pd.DataFrame(rows)
+    result["machine"] = machine()
+    result["python"] = platform.python_version()
+    for name in ("spatiome", "numpy", "scipy", "numba", "anndata", "scanpy"):
+        result[name] = package_version(name)
+    result["original"] = "SpatialDE 1.1.3" if python is not None else "not run"
+
+    print()
+    print(f"machine: {machine()}; python {platform.python_version()}")
+    columns = [
+        "comparison",
+        "n_spots",
+        "spatiome_seconds",
+        "other_seconds",
+        "speedup",
+        "max_abs_diff_llr",
+        "spearman_llr",
+        "jaccard_calls",
+    ]
+    print(
+        result[[c for c in columns if c in result]].to_string(
+            index=False, float_format=lambda v: f"{v:.4g}"
+        )
+    )
+    with atomic_path(args.out) as tmp_path:
+        result.to_csv(tmp_path, index=False)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
