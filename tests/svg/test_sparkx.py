@@ -240,3 +240,17 @@ def test_davies_mode_reproduces_the_original_calls(shared_data):
     np.testing.assert_allclose(table["qval_by"], reference["adjusted_pvalue"], atol=1e-10)
     ours = set(table.index[table["qval_by"] < 0.05])
     assert ours == set(reference.index[reference["adjusted_pvalue"] < 0.05])
+
+
+def test_normalized_values_are_accepted_when_asked_and_negative_ones_never():
+    adata = counts_tissue()
+    normalized = adata.copy()
+    normalized.X = adata.X.multiply(1.0 / 3.0).tocsr()
+    # Scaling every value leaves the statistic unchanged (it is scale free per gene).
+    expected = sparkx(adata, copy=True, check_depth=False)
+    got = sparkx(normalized, require_counts=False, copy=True, check_depth=False)
+    pd.testing.assert_frame_equal(expected, got, rtol=1e-9)
+    negative = adata.copy()
+    negative.X = adata.X.toarray() - 1.0
+    with pytest.raises(SpatiomeInputError, match="negative"):
+        sparkx(negative, require_counts=False, copy=True)

@@ -88,6 +88,7 @@ def simulate_tissue(
     dispersion: float = 0.1,
     n_mito_genes: int = 5,
     n_cell_types: int = 0,
+    single_cells: bool = False,
     random_state: int | np.random.Generator | None = 0,
 ) -> AnnData:
     """Simulate a spatial transcriptomics tissue with known domains and spatial genes.
@@ -147,6 +148,11 @@ def simulate_tissue(
         depend on its domain, and each type has marker genes (``MARKER_LOG_FOLD`` log
         fold change, pattern ``"cell_type"``, taken from the null genes) whose expected
         counts follow the mixture.
+    single_cells
+        With cell types: give each spot exactly one type, drawn from its domain's
+        proportions (one-hot rows in ``obsm['cell_type_proportions']`` and the type in
+        ``obs['cell_type']``), as in single-cell-resolution data (Xenium, MERFISH,
+        segmented Visium HD; use ``layout="random"``).
     random_state
         Seed or numpy Generator; the same seed gives the same tissue and counts.
 
@@ -181,12 +187,18 @@ def simulate_tissue(
     >>> mix = simulate_tissue(n_spots=300, n_genes=80, n_cell_types=3, domains="blobs")
     >>> mix.obsm["cell_type_proportions"].sum(axis=1).round(6).unique().tolist()
     [1.0]
+    >>> cells = simulate_tissue(n_spots=300, n_genes=80, layout="random", n_cell_types=3,
+    ...                         single_cells=True)
+    >>> sorted(cells.obsm["cell_type_proportions"].to_numpy().max(axis=1).tolist())[0]
+    1.0
     """
     pattern_list, effects = _check_arguments(
         n_spots, n_genes, layout, domains, n_domains, frac_spatial, patterns, effect_size,
         mean_depth, depth_cv, depth_gradient, dispersion, n_mito_genes, n_cell_types,
         random_state,
     )  # fmt: skip
+    if not isinstance(single_cells, bool | np.bool_):
+        raise SpatiomeInputError(f"single_cells must be True or False, got {single_cells!r}")
     rng = check_random_state(random_state)
     coords, obs, prefix = _layout(n_spots, layout, rng)
     origin = coords.min(axis=0)
@@ -197,6 +209,8 @@ def simulate_tissue(
     genes = _genes(n_genes, n_mito_genes, frac_spatial, pattern_list, effects, unit, n_domains,
                    rng)  # fmt: skip
     mixture = _cell_types(n_cell_types, genes, domain_codes, n_domains, rng)
+    if mixture is not None and single_cells:
+        mixture.proportions = _one_type_per_cell(mixture.proportions, rng)
     key = int(rng.integers(0, np.iinfo(np.int64).max))
     arrays = _kernel_arrays(unit, domain_codes, genes, mixture)
     # The patterned genes share a fixed part of each spot's expected total (their summed
@@ -267,6 +281,11 @@ def simulate_tissue(
             mixture.proportions, index=adata.obs_names, columns=mixture.names
         )
         profiles = mean_depth * np.exp(genes.log_base)[None, :] * mixture.ratio
+        if single_cells:
+            adata.obs["cell_type"] = pd.Categorical.from_codes(
+                mixture.proportions.argmax(axis=1), categories=mixture.names
+            )
+        adata.uns["simulation"]["single_cells"] = bool(single_cells)
         adata.uns["simulation"]["cell_types"] = list(mixture.names)
         adata.uns["simulation"]["marker_log_fold"] = MARKER_LOG_FOLD
         adata.uns["simulation"]["cell_type_profiles"] = pd.DataFrame(
@@ -547,6 +566,16 @@ def _cell_types(n_types, genes: _Genes, domain_codes, n_domains, rng) -> _Mixtur
     genes.pattern[marker >= 0] = "cell_type"
     genes.effect[marker >= 0] = MARKER_LOG_FOLD
     return _Mixture(names, proportions, marker, ratio)
+
+
+def _one_type_per_cell(proportions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One-hot rows: each cell's type drawn from its (domain-dependent) proportions."""
+    cumulative = np.cumsum(proportions, axis=1)
+    draws = rng.random(proportions.shape[0]) * cumulative[:, -1]
+    types = np.minimum((cumulative < draws[:, None]).sum(axis=1), proportions.shape[1] - 1)
+    one_hot = np.zeros_like(proportions)
+    one_hot[np.arange(proportions.shape[0]), types] = 1.0
+    return one_hot
 
 
 def _kernel_arrays(unit, domain_codes, genes: _Genes, mixture: _Mixture | None) -> tuple:

@@ -85,6 +85,7 @@ def sparkx(
     random_state: int | np.random.Generator | None = 0,
     client: Any | None = None,
     check_depth: bool = True,
+    require_counts: bool = True,
     copy: bool = False,
 ) -> pd.DataFrame:
     """Test every gene for spatial expression with SPARK-X.
@@ -127,6 +128,12 @@ def sparkx(
         Test the spots' total counts with the same kernels and warn when they are
         spatially patterned (p < 1e-3 and no covariates): SPARK-X then also calls genes
         that only follow sequencing depth (see Notes).
+    require_counts
+        True (default): the layer must hold raw integer counts, as the original expects.
+        False: test any finite non-negative values, e.g. the output of
+        :func:`spatiome.pp.spanorm` or log-normalized counts; the statistic and its null
+        are computed the same way (the test needs no count model), but its calibration
+        on such inputs is the user's to check.
     copy
         When True, ``adata`` is left untouched and only the table is returned.
 
@@ -196,7 +203,7 @@ def sparkx(
     workers = resolve_n_jobs(n_jobs)
     layer_used = _counts_layer(adata, layer)
     positions = resolve_genes(adata, genes)
-    counts = _count_matrix(adata, layer_used, positions)
+    counts = _count_matrix(adata, layer_used, positions, require_counts)
     coordinates = get_spatial(adata, spatial_key)
     covariate_matrix = _covariate_matrix(adata, covariates)
 
@@ -234,6 +241,7 @@ def sparkx(
             "pvalue_method": pvalue_method,
             "covariates": _describe_covariates(covariates),
             "spatial_key": spatial_key,
+            "require_counts": bool(require_counts),
             "n_spots": int(adata.n_obs),
             "n_spots_used": int(kept.sum()),
             "depth_pvalue": depth_pvalue,
@@ -485,7 +493,7 @@ def _counts_layer(adata: AnnData, layer: str | None) -> str | None:
 
 
 def _count_matrix(
-    adata: AnnData, layer: str | None, positions: np.ndarray
+    adata: AnnData, layer: str | None, positions: np.ndarray, require_counts: bool = True
 ) -> sp.csr_matrix | np.ndarray:
     matrix = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
@@ -496,16 +504,30 @@ def _count_matrix(
     )
     selected = matrix[:, positions] if subset else matrix
     try:
-        check_counts(selected, where=where)
+        if require_counts:
+            check_counts(selected, where=where)
+        else:
+            _check_non_negative(selected, where)
     except SpatiomeInputError as err:
         raise SpatiomeInputError(
             f"{err}. SPARK-X tests raw counts: pass layer='counts' (or the layer holding "
-            "the unnormalized counts)"
+            "the unnormalized counts), or require_counts=False for normalized values"
         ) from None
     if sp.issparse(selected) and not selected.has_canonical_format:
         selected = selected.copy() if selected is matrix else selected
         selected.sum_duplicates()
     return selected
+
+
+def _check_non_negative(matrix: sp.spmatrix | np.ndarray, where: str) -> None:
+    values = matrix.data if sp.issparse(matrix) else np.asarray(matrix)
+    if values.size and not np.isfinite(values).all():
+        raise SpatiomeInputError(f"{where} contains NaN or infinite values")
+    if values.size and values.min() < 0:
+        raise SpatiomeInputError(
+            f"{where} contains negative values (min {values.min():g}); SPARK-X needs "
+            "non-negative expression"
+        )
 
 
 def _spot_totals(counts: sp.csr_matrix | np.ndarray) -> np.ndarray:

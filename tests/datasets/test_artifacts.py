@@ -1,0 +1,70 @@
+"""Injected artifacts: where they are, what they do to the counts, and the truth recorded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import spatiome as sm
+from spatiome._core.validate import SpatiomeInputError
+from spatiome.datasets import inject_artifacts
+
+
+@pytest.fixture(scope="module")
+def tissue():
+    return sm.datasets.simulate_tissue(n_spots=1500, n_genes=80, random_state=3)
+
+
+def totals(adata, genes=None):
+    counts = adata.layers["counts"]
+    if genes is not None:
+        counts = counts[:, genes]
+    return np.asarray(counts.sum(axis=1)).ravel()
+
+
+def test_patch_and_edge_damage_only_their_spots(tissue):
+    damaged = inject_artifacts(tissue, random_state=1)
+    label = damaged.obs["injected"].to_numpy()
+    assert (label == "dry_patch").sum() == 60 and (label == "low_quality_edge").sum() == 45
+    before, after = totals(tissue), totals(damaged)
+    clean = label == "none"
+    np.testing.assert_array_equal(before[clean], after[clean])
+    assert (
+        np.median(after[label == "low_quality_edge"] / before[label == "low_quality_edge"]) < 0.35
+    )
+    mito = damaged.var_names.str.startswith("MT-")
+    share = totals(damaged, mito) / after
+    patch = label == "dry_patch"
+    assert np.allclose(share[patch], 0.25, atol=0.02)
+    assert share[clean].mean() < 0.1
+    # The patch is compact: its spots are closer to each other than random spots are.
+    xy = damaged.obsm["spatial"]
+    spread = np.linalg.norm(xy[patch] - xy[patch].mean(0), axis=1).mean()
+    assert spread < 0.3 * np.linalg.norm(xy - xy.mean(0), axis=1).mean()
+    # The input is untouched.
+    assert "injected" not in tissue.obs
+
+
+def test_adjacent_doublets_merge_neighbours(tissue):
+    cells = sm.datasets.simulate_tissue(n_spots=1000, n_genes=60, layout="random", random_state=2)
+    merged = inject_artifacts(
+        cells, dry_patch_fraction=0, edge_fraction=0, doublet_fraction=0.06, random_state=0
+    )
+    doublet = merged.obs["injected"].to_numpy() == "doublet"
+    assert merged.n_obs == 940 and doublet.sum() == 60
+    for name in merged.obs_names[doublet][:10]:
+        partner = merged.obs.loc[name, "doublet_partner"]
+        expected = cells[name].layers["counts"] + cells[partner].layers["counts"]
+        assert (merged[name].layers["counts"] != expected).nnz == 0
+        gap = np.linalg.norm(cells[name].obsm["spatial"] - cells[partner].obsm["spatial"])
+        assert gap < 40.0  # neighbours in a tissue with ~10 um between cells
+    assert not set(merged.obs_names) & set(merged.obs["doublet_partner"][doublet])
+
+
+def test_bad_arguments(tissue):
+    with pytest.raises(SpatiomeInputError, match="dry_patch_fraction"):
+        inject_artifacts(tissue, dry_patch_fraction=0.9)
+    with pytest.raises(SpatiomeInputError, match="doublet_mode"):
+        inject_artifacts(tissue, doublet_mode="close")
+    with pytest.raises(SpatiomeInputError, match="raw counts"):
+        inject_artifacts(tissue, layer="nope")
