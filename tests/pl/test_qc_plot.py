@@ -1,4 +1,5 @@
-"""pl.qc_violin: one panel per metric, one violin per group."""
+"""pl.qc_violin: one panel per metric, one violin per group; pl.qc_spatial: metrics on the
+tissue with QC-flagged spots outlined."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.collections import PathCollection
+from matplotlib.collections import EllipseCollection, PathCollection
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
 from spatiome._core.validate import SpatiomeInputError
-from spatiome.pl import qc_violin
+from spatiome.pl import qc_spatial, qc_violin
 
 
 @pytest.fixture(autouse=True)
@@ -60,3 +62,58 @@ def test_missing_metric_names_the_fix():
     adata = _adata()
     with pytest.raises(SpatiomeInputError, match="qc_metrics"):
         qc_violin(adata, keys=("total_counts", "pct_counts_hb"))
+
+
+def _tissue() -> ad.AnnData:
+    adata = _adata()
+    rows, cols = np.divmod(np.arange(adata.n_obs), 12)
+    adata.obsm["spatial"] = np.column_stack([cols, rows]) * 100.0
+    adata.obs["local_outlier"] = np.arange(adata.n_obs) % 10 == 0
+    adata.obs["artifact"] = (rows < 2) & (cols < 3)
+    return adata
+
+
+def _outlines(ax) -> list[EllipseCollection]:
+    return [
+        c
+        for c in ax.collections
+        if isinstance(c, EllipseCollection) and len(c.get_facecolors()) == 0
+    ]
+
+
+def test_qc_spatial_outlines_each_flag_in_its_own_row():
+    adata = _tissue()
+    fig = qc_spatial(adata, flag_colors=("red", "blue"))
+    assert isinstance(fig, Figure)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert len(panels) == 6  # 2 flags x 3 metrics; the other axes are colour bars
+    for row, (flag, color) in enumerate((("local_outlier", "red"), ("artifact", "blue"))):
+        mask = adata.obs[flag].to_numpy()
+        for ax in panels[3 * row : 3 * row + 3]:
+            (outline,) = _outlines(ax)
+            np.testing.assert_allclose(outline.get_offsets(), adata.obsm["spatial"][mask])
+            np.testing.assert_allclose(outline.get_edgecolors()[0], to_rgba(color))
+            assert ax.get_title().splitlines()[1] == f"{flag}: {int(mask.sum())} spots"
+    assert panels[2].get_title().splitlines()[0] == "Mitochondrial counts (%)"
+
+
+def test_qc_spatial_flag_selection():
+    adata = _tissue()
+    del adata.obs["artifact"]
+    fig = qc_spatial(adata, metrics="total_counts")
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == [
+        "Total counts\nlocal_outlier: 12 spots"
+    ]
+    bare = qc_spatial(adata, metrics=("total_counts", "pct_counts_mt"), flags=())
+    panels = [ax for ax in bare.axes if ax.get_title()]
+    assert len(panels) == 2 and not any(_outlines(ax) for ax in panels)
+    with pytest.raises(SpatiomeInputError, match="find_artifacts"):
+        qc_spatial(adata, flags="artifact")
+    del adata.obs["local_outlier"]
+    with pytest.raises(SpatiomeInputError, match="local_outliers"):
+        qc_spatial(adata)
+    with pytest.raises(SpatiomeInputError, match="qc_metrics"):
+        qc_spatial(adata, metrics=("pct_counts_hb",), flags=())
+    adata.obs["score"] = np.arange(adata.n_obs, dtype=float)
+    with pytest.raises(SpatiomeInputError, match="boolean"):
+        qc_spatial(adata, flags="score")

@@ -58,9 +58,13 @@ def spatial_knn(
     workers = resolve_n_jobs(n_jobs)
     distances, indices = cKDTree(coords).query(coords, k=k + 1, workers=workers)
     indices = np.asarray(indices, dtype=np.int64)
+    distances = np.asarray(distances)
+    first_is_self = indices[:, 0] == np.arange(n)
+    if first_is_self.all():  # the usual case: no two spots share a position
+        return np.ascontiguousarray(indices[:, 1:]), np.ascontiguousarray(distances[:, 1:])
     keep = _drop_self(indices, k)
     rows = np.arange(n)[:, None]
-    return indices[rows, keep], np.asarray(distances)[rows, keep]
+    return indices[rows, keep], distances[rows, keep]
 
 
 def _drop_self(indices: np.ndarray, k: int) -> np.ndarray:

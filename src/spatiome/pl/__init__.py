@@ -17,10 +17,17 @@ from matplotlib.figure import Figure
 from .._core.files import atomic_path
 from .._core.validate import SpatiomeInputError
 from .embedding import embedding
-from .qc import qc_violin
+from .qc import qc_spatial, qc_violin
 from .spatial import spatial
 
-__all__ = ["embedding", "figure_to_base64_png", "qc_violin", "save", "spatial"]
+__all__ = [
+    "embedding",
+    "figure_to_base64_png",
+    "qc_spatial",
+    "qc_violin",
+    "save",
+    "spatial",
+]
 
 
 def save(

@@ -1,4 +1,4 @@
-"""Distributions of per-spot quality-control metrics."""
+"""Per-spot quality-control metrics: their distributions, and on the tissue with QC flags."""
 
 from __future__ import annotations
 
@@ -8,12 +8,29 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 
-from .._core.validate import SpatiomeInputError, check_adata
-from .spatial import LABEL_SIZE, TITLE_SIZE, _category_colors, _pretty
+from .._core.validate import SpatiomeInputError, check_adata, get_spatial
+from .spatial import (
+    LABEL_SIZE,
+    TITLE_SIZE,
+    _category_colors,
+    _default_spot_size,
+    _grid,
+    _panel_size,
+    _pretty,
+    spatial,
+)
 
 QC_KEYS = ("total_counts", "n_genes_by_counts", "pct_counts_mt")
+QC_FLAGS = ("local_outlier", "artifact")
+# Outline colours that stand out on viridis: red, magenta, orange, cyan.
+FLAG_COLORS = ("#e8000b", "#f14cc1", "#ff7c00", "#00d7ff")
+_FLAG_SOURCES = {
+    "local_outlier": "spatiome.pp.local_outliers(adata)",
+    "artifact": "spatiome.pp.find_artifacts(adata)",
+}
 
 
 def qc_violin(
@@ -84,6 +101,118 @@ def qc_violin(
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
     return fig
+
+
+def qc_spatial(
+    adata: AnnData,
+    metrics: str | Sequence[str] = QC_KEYS,
+    flags: str | Sequence[str] | None = None,
+    *,
+    flag_colors: Sequence[str] | None = None,
+    spot_size: float | None = None,
+    cmap: str | Colormap = "viridis",
+) -> Figure:
+    """QC metrics on the tissue with flagged spots outlined.
+
+    One row of panels per flag, one panel per metric: each panel colours the spots by the
+    metric (see :func:`spatiome.pl.spatial`) and outlines the spots where the flag is
+    True; the title gives the number of flagged spots.
+
+    Parameters
+    ----------
+    adata
+        Data with coordinates in ``adata.obsm["spatial"]`` and the metrics in
+        ``adata.obs`` (see :func:`spatiome.pp.qc_metrics`).
+    metrics
+        Numeric columns of ``adata.obs`` to draw.
+    flags
+        Boolean columns of ``adata.obs`` whose True spots are outlined, one row each.
+        ``None``: those of ``("local_outlier", "artifact")`` that are present
+        (:func:`spatiome.pp.local_outliers`, :func:`spatiome.pp.find_artifacts`). An
+        empty sequence draws the metrics without outlines.
+    flag_colors
+        Outline colour of each flag; red, magenta, orange and cyan by default.
+    spot_size
+        Spot diameter in coordinate units; ``None``: the distance between nearest spots.
+    cmap
+        Colour map of the metrics.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import spatiome as sm
+    >>> tissue = sm.datasets.simulate_tissue(n_spots=500, n_genes=60, random_state=0)
+    >>> damaged = sm.datasets.inject_artifacts(tissue, random_state=0)
+    >>> sm.pp.local_outliers(damaged)
+    >>> sm.pp.find_artifacts(damaged)
+    >>> fig = qc_spatial(damaged)
+    >>> [ax.get_title().splitlines() for ax in fig.axes if ax.get_title()][::3]
+    [['Total counts', 'local_outlier: 29 spots'], ['Total counts', 'artifact: 20 spots']]
+    """
+    check_adata(adata)
+    coords = get_spatial(adata)[:, :2]
+    metric_list = [metrics] if isinstance(metrics, str) else list(metrics)
+    missing = [m for m in metric_list if m not in adata.obs.columns]
+    if not metric_list or missing:
+        raise SpatiomeInputError(
+            f"QC columns {missing or metric_list} are not in adata.obs: run "
+            "spatiome.pp.qc_metrics(adata) first or pass metrics= existing numeric columns"
+        )
+    flag_list = _flag_columns(adata, flags)
+    colors = list(FLAG_COLORS if flag_colors is None else flag_colors)
+    if len(colors) < len(flag_list):
+        raise SpatiomeInputError(
+            f"flag_colors has {len(colors)} colours for {len(flag_list)} flags {flag_list}"
+        )
+    size = _default_spot_size(coords) if spot_size is None else spot_size
+    rows: list[str | None] = list(flag_list) if flag_list else [None]
+    fig, axes = _grid(len(rows) * len(metric_list), len(metric_list), _panel_size(coords))
+    panels = iter(axes)
+    for row, flag in enumerate(rows):
+        for metric in metric_list:
+            title = _pretty(metric).capitalize()
+            if flag is not None:
+                count = int(adata.obs[flag].sum())
+                title = f"{title}\n{flag}: {count} spot{'s' if count != 1 else ''}"
+            spatial(
+                adata,
+                metric,
+                ax=next(panels),
+                spot_size=size,
+                cmap=cmap,
+                title=title,
+                outline=flag,
+                outline_color=colors[row] if flag is not None else FLAG_COLORS[0],
+            )
+    return fig
+
+
+def _flag_columns(adata: AnnData, flags: str | Sequence[str] | None) -> list[str]:
+    if flags is None:
+        present = [f for f in QC_FLAGS if f in adata.obs.columns]
+        if not present:
+            raise SpatiomeInputError(
+                "adata.obs has no QC flags ('local_outlier', 'artifact'): run "
+                "spatiome.pp.local_outliers(adata) or spatiome.pp.find_artifacts(adata) "
+                "first, pass flags= boolean obs columns, or flags=() for no outlines"
+            )
+        return present
+    flag_list = [flags] if isinstance(flags, str) else list(flags)
+    for flag in flag_list:
+        if flag not in adata.obs.columns:
+            source = _FLAG_SOURCES.get(flag, "the function that computes it")
+            raise SpatiomeInputError(
+                f"flag {flag!r} is not a column of adata.obs: run {source} first"
+            )
+        if not pd.api.types.is_bool_dtype(adata.obs[flag]):
+            raise SpatiomeInputError(
+                f"adata.obs[{flag!r}] must be boolean to mark flagged spots, got "
+                f"{adata.obs[flag].dtype}"
+            )
+    return flag_list
 
 
 def _groups(

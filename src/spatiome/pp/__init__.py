@@ -4,9 +4,24 @@ Each function takes the AnnData first, writes scanpy's standard slots and record
 parameters in ``adata.uns["spatiome"]``.
 """
 
+from .doublets import doublets
+from .impute import impute
 from .normalize import normalize
-from .qc import detect_species, qc_metrics
+from .qc import detect_species, find_artifacts, local_outliers, qc_metrics
 from .reduce import reduce
+from .spanorm import spanorm
 from .vst import regress_out, stabilize
 
-__all__ = ["detect_species", "normalize", "qc_metrics", "reduce", "regress_out", "stabilize"]
+__all__ = [
+    "detect_species",
+    "doublets",
+    "find_artifacts",
+    "impute",
+    "local_outliers",
+    "normalize",
+    "qc_metrics",
+    "reduce",
+    "regress_out",
+    "spanorm",
+    "stabilize",
+]

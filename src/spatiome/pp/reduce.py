@@ -1,18 +1,43 @@
-"""Gene selection, PCA, expression kNN graph and embeddings (computed by scanpy)."""
+"""Gene selection, PCA, expression kNN graph and embeddings (computed by scanpy).
+
+With ``neighbourhood_lambda`` the PCA runs on neighbourhood-augmented expression (BANKSY):
+each spot's own expression next to the kernel-weighted mean of its spatial neighbours'
+expression and, optionally, the azimuthal Gabor filter of its neighbourhood.
+"""
 
 from __future__ import annotations
 
+import logging
+import numbers
+import warnings
+
 import numpy as np
 import scanpy as sc
+import scipy.sparse as sp
 from anndata import AnnData
+from scipy.sparse.linalg import LinearOperator, svds
 
+from .._core.neighbourhood import spatial_knn
 from .._core.validate import (
     SpatiomeInputError,
     check_adata,
     check_counts,
     check_finite,
     get_matrix,
+    get_spatial,
 )
+
+logger = logging.getLogger("spatiome")
+
+SPATIAL_KERNELS = ("gaussian", "uniform")
+TSNE_BACKENDS = ("scanpy", "opentsne", "auto")
+# BANKSY's weights for the harmonics of the neighbourhood: the mean (m = 0) gets lambda / mu
+# and the azimuthal Gabor filter (m = 1) lambda / (2 mu), with mu = 1.5, so that together
+# they keep the share lambda.
+_HARMONIC_MU = 1.5
+# Neighbourhood features are formed in blocks of genes holding about this many values
+# (32 MB as float64 per scratch array).
+_BLOCK_ENTRIES = 4_000_000
 
 
 def reduce(
@@ -23,12 +48,19 @@ def reduce(
     umap: bool = True,
     tsne: bool = False,
     n_neighbors: int = 15,
+    neighbourhood_lambda: float | None = None,
+    n_spatial_neighbors: int = 15,
+    spatial_kernel: str = "gaussian",
+    agf: bool = False,
+    spatial_key: str = "spatial",
+    key_added: str = "X_pca",
+    tsne_backend: str = "scanpy",
     random_state: int = 0,
     copy: bool = False,
 ) -> AnnData | None:
     """Select variable genes, run PCA, build the expression kNN graph and embed the spots.
 
-    Steps, all by scanpy:
+    Steps, all by scanpy unless ``neighbourhood_lambda`` is given:
 
     1. highly variable genes (:func:`scanpy.pp.highly_variable_genes`): ``flavor="seurat"``
        on the log-normalized ``adata.X``, or ``flavor="pearson_residuals"`` on the counts
@@ -36,12 +68,37 @@ def reduce(
        ``adata.var["highly_variable"]`` (``seurat_v3`` is not used because it needs the
        optional scikit-misc package);
     2. PCA on those genes (:func:`scanpy.pp.pca`, ARPACK with implicit centering, so a sparse
-       ``X`` is never densified) into ``adata.obsm["X_pca"]``; ``n_comps`` is clipped to
-       ``min(n_obs, n_genes) - 1``;
-    3. the kNN graph on ``X_pca`` (:func:`scanpy.pp.neighbors`) into
+       ``X`` is never densified) into ``adata.obsm[key_added]``; ``n_comps`` is clipped to
+       ``min(n_obs, n_features) - 1``;
+    3. the kNN graph on that embedding (:func:`scanpy.pp.neighbors`) into
        ``adata.obsp["connectivities"]`` / ``["distances"]``;
     4. UMAP (:func:`scanpy.tl.umap`) into ``adata.obsm["X_umap"]`` and, optionally, t-SNE
-       (:func:`scanpy.tl.tsne`) into ``adata.obsm["X_tsne"]``.
+       into ``adata.obsm["X_tsne"]`` (:func:`scanpy.tl.tsne`, or openTSNE when asked for and
+       installed).
+
+    **Neighbourhood-augmented PCA** (BANKSY). With ``neighbourhood_lambda`` set, step 2 runs
+    on the selected genes of each spot next to the same genes averaged over its
+    ``n_spatial_neighbors`` nearest spatial neighbours (the spot itself excluded), weighted
+    by a Gaussian kernel whose width is the median distance to those neighbours (BANKSY's
+    ``kNN_median``) or uniformly. The features are ``[sqrt(1 - lambda) * X,
+    sqrt(lambda) * W @ X]`` for the log-normalized expression ``X`` and the row-stochastic
+    sparse spots x spots weights ``W``. With ``agf=True`` the azimuthal Gabor filter is
+    appended: for each spot and gene the magnitude ``|sum_j w_ij (x_j - m_i) e^(i phi_ij)|``
+    of the first azimuthal harmonic over ``2 * n_spatial_neighbors`` neighbours (``phi_ij``
+    the direction from spot ``i`` to neighbour ``j``, ``m_i`` the weighted mean over the
+    same neighbours), which responds to expression gradients across the neighbourhood; the
+    share ``lambda`` is then split as in BANKSY, ``lambda / 1.5`` for the mean and
+    ``lambda / 3`` for the filter. Features are not rescaled (BANKSY's default), so
+    ``neighbourhood_lambda=0`` gives the plain PCA. Use about 0.2 to refine cell types and
+    0.8 to find tissue domains.
+
+    The neighbour mean is never formed: ARPACK (:func:`scipy.sparse.linalg.svds`) works on
+    products with the implicitly centred operator ``[a X, b W X]``, which take the sparse
+    ``X`` and ``W`` as they are. Besides a float64 copy of the selected genes of ``X``, only
+    the Gabor filter is stored: a dense float64 spots x selected genes matrix (8 bytes per
+    entry, 0.8 GB for 50,000 spots x 2,000 genes; lower ``n_top_genes`` on larger data).
+    Gene loadings are not per gene in this mode, so ``adata.varm["PCs"]`` is removed when
+    ``key_added="X_pca"`` would leave stale loadings there.
 
     Parameters
     ----------
@@ -56,6 +113,26 @@ def reduce(
         Compute the UMAP / t-SNE embedding.
     n_neighbors
         Neighbours per spot in the expression graph (clipped to the number of spots).
+    neighbourhood_lambda
+        Weight in [0, 1] of the spatial neighbourhood; ``None`` (default) runs the plain
+        PCA of the expression.
+    n_spatial_neighbors
+        Spatial neighbours averaged per spot (BANKSY's ``k_geom``, 15 by default; clipped to
+        the number of spots - 1).
+    spatial_kernel
+        ``"gaussian"`` (weights ``exp(-d^2 / (2 s^2))`` with ``s`` the spot's median
+        neighbour distance) or ``"uniform"``.
+    agf
+        Append the azimuthal Gabor filter (needs 2-D coordinates).
+    spatial_key
+        Coordinates in ``adata.obsm`` (used with ``neighbourhood_lambda`` only).
+    key_added
+        ``adata.obsm`` key of the embedding; the graph, UMAP and t-SNE are built on it.
+        Variance and variance ratio go to ``adata.uns["pca"]`` for ``"X_pca"``, otherwise
+        to ``adata.uns[key_added]``.
+    tsne_backend
+        ``"scanpy"`` (default), ``"opentsne"`` (openTSNE, an optional package; without it a
+        warning is issued and scanpy is used) or ``"auto"`` (openTSNE when installed).
     random_state
         Seed for PCA initialization, the graph approximation and the embeddings; the same
         seed gives the same result.
@@ -66,7 +143,13 @@ def reduce(
     -------
     AnnData or None
         The copy when ``copy=True``; otherwise None. Parameters actually used go to
-        ``adata.uns["spatiome"]["reduce"]``.
+        ``adata.uns["spatiome"]["reduce"]`` (with the neighbourhood settings under
+        ``"neighbourhood"`` and the t-SNE backend used under ``"tsne_backend"``).
+
+    References
+    ----------
+    Singhal, Chou, Lee et al. (2024). BANKSY unifies cell typing and tissue domain
+    segmentation for scalable spatial omics data analysis. Nature Genetics 56, 431-441.
 
     Examples
     --------
@@ -76,10 +159,15 @@ def reduce(
     >>> counts = sp.csr_matrix(rng.poisson(2.0, size=(60, 40)))
     >>> adata = ad.AnnData(counts.copy())
     >>> adata.layers["counts"] = counts
+    >>> adata.obsm["spatial"] = rng.uniform(0, 1000, size=(60, 2))
     >>> normalize(adata)
     >>> reduce(adata, n_comps=5, n_top_genes=20, umap=False)
     >>> adata.obsm["X_pca"].shape, int(adata.var["highly_variable"].sum())
     ((60, 5), 20)
+    >>> reduce(adata, n_comps=5, n_top_genes=20, umap=False, neighbourhood_lambda=0.8,
+    ...        key_added="X_banksy")
+    >>> adata.obsm["X_banksy"].shape, adata.uns["spatiome"]["reduce"]["neighbourhood"]["lambda"]
+    ((60, 5), 0.8)
     """
     check_adata(adata)
     if adata.n_obs < 3:
@@ -88,6 +176,17 @@ def reduce(
         raise SpatiomeInputError(
             f"n_comps must be >= 1 and n_neighbors >= 2, got {n_comps} and {n_neighbors}"
         )
+    _check_options(
+        neighbourhood_lambda, n_spatial_neighbors, spatial_kernel, agf, key_added, tsne_backend
+    )
+    coords = None
+    if neighbourhood_lambda is not None:
+        coords = get_spatial(adata, spatial_key)
+        if agf and coords.shape[1] != 2:
+            raise SpatiomeInputError(
+                f"agf=True needs 2-D coordinates but adata.obsm[{spatial_key!r}] has "
+                f"{coords.shape[1]} columns: pass agf=False or 2-D coordinates"
+            )
     matrix = get_matrix(adata)
     check_finite(matrix, where="adata.X")
     normalized = adata.uns.get("spatiome", {}).get("normalize")
@@ -99,28 +198,41 @@ def reduce(
     adata = adata.copy() if copy else adata
     flavor = _select_genes(adata, n_top_genes, normalized)
     n_genes = int(adata.var["highly_variable"].sum())
-    n_pcs = int(min(n_comps, adata.n_obs - 1, n_genes - 1))
-    if n_pcs < 1:
+    if n_genes < 2:
         raise SpatiomeInputError(
             f"PCA needs at least 2 selected genes, got {n_genes}: raise n_top_genes"
         )
-    sc.pp.pca(
-        adata,
-        n_comps=n_pcs,
-        mask_var="highly_variable",
-        svd_solver="arpack",
-        random_state=random_state,
-    )
+    n_blocks = 1 if neighbourhood_lambda is None else (3 if agf else 2)
+    n_pcs = int(min(n_comps, adata.n_obs - 1, n_blocks * n_genes - 1))
+    neighbourhood = None
+    if neighbourhood_lambda is None:
+        sc.pp.pca(
+            adata,
+            n_comps=n_pcs,
+            mask_var="highly_variable",
+            svd_solver="arpack",
+            random_state=random_state,
+            key_added=None if key_added == "X_pca" else key_added,
+        )
+    else:
+        neighbourhood = _neighbourhood_pca(
+            adata,
+            coords,
+            float(neighbourhood_lambda),
+            n_spatial_neighbors=int(n_spatial_neighbors),
+            kernel=spatial_kernel,
+            agf=bool(agf),
+            n_pcs=n_pcs,
+            random_state=random_state,
+            key_added=key_added,
+        )
+        neighbourhood["spatial_key"] = spatial_key
     k = int(min(n_neighbors, adata.n_obs))
-    sc.pp.neighbors(adata, n_neighbors=k, use_rep="X_pca", random_state=random_state)
+    sc.pp.neighbors(adata, n_neighbors=k, use_rep=key_added, random_state=random_state)
     if umap:
         sc.tl.umap(adata, random_state=random_state)
-    if tsne:
-        # sklearn requires perplexity < n_samples; 30 is the usual value for larger data.
-        perplexity = float(min(30.0, max(1.0, (adata.n_obs - 1) / 3)))
-        sc.tl.tsne(adata, use_rep="X_pca", perplexity=perplexity, random_state=random_state)
-    adata.uns.setdefault("spatiome", {})
-    adata.uns["spatiome"]["reduce"] = {
+    used_backend = _tsne(adata, key_added, tsne_backend, random_state) if tsne else None
+    record: dict = {
         "n_comps": n_pcs,
         "n_top_genes": n_genes,
         "hvg_flavor": flavor,
@@ -128,8 +240,64 @@ def reduce(
         "umap": bool(umap),
         "tsne": bool(tsne),
         "random_state": int(random_state),
+        "key_added": key_added,
     }
+    if used_backend is not None:
+        record["tsne_backend"] = used_backend
+    if neighbourhood is not None:
+        record["neighbourhood"] = neighbourhood
+    adata.uns.setdefault("spatiome", {})
+    adata.uns["spatiome"]["reduce"] = record
+    logger.info(
+        "reduce: %d components of %s on %d genes into obsm[%r]",
+        n_pcs,
+        "expression" if neighbourhood is None else "neighbourhood-augmented expression",
+        n_genes,
+        key_added,
+    )
     return adata if copy else None
+
+
+def _check_options(
+    neighbourhood_lambda: float | None,
+    n_spatial_neighbors: int,
+    spatial_kernel: str,
+    agf: bool,
+    key_added: str,
+    tsne_backend: str,
+) -> None:
+    if neighbourhood_lambda is not None and (
+        isinstance(neighbourhood_lambda, bool)
+        or not isinstance(neighbourhood_lambda, numbers.Real)
+        or not 0.0 <= float(neighbourhood_lambda) <= 1.0
+    ):
+        raise SpatiomeInputError(
+            "neighbourhood_lambda must be a number in [0, 1] (about 0.2 for cell types, 0.8 "
+            f"for domains) or None for plain PCA, got {neighbourhood_lambda!r}"
+        )
+    if (
+        isinstance(n_spatial_neighbors, bool)
+        or not isinstance(n_spatial_neighbors, numbers.Integral)
+        or n_spatial_neighbors < 1
+    ):
+        raise SpatiomeInputError(
+            f"n_spatial_neighbors must be a positive integer, got {n_spatial_neighbors!r}"
+        )
+    if spatial_kernel not in SPATIAL_KERNELS:
+        raise SpatiomeInputError(
+            f"spatial_kernel must be one of {SPATIAL_KERNELS}, got {spatial_kernel!r}"
+        )
+    if agf and neighbourhood_lambda is None:
+        raise SpatiomeInputError(
+            "agf=True augments the neighbourhood embedding: also pass neighbourhood_lambda "
+            "(e.g. 0.8)"
+        )
+    if not isinstance(key_added, str) or not key_added:
+        raise SpatiomeInputError(f"key_added must be a non-empty string, got {key_added!r}")
+    if tsne_backend not in TSNE_BACKENDS:
+        raise SpatiomeInputError(
+            f"tsne_backend must be one of {TSNE_BACKENDS}, got {tsne_backend!r}"
+        )
 
 
 def _looks_like_counts(matrix) -> bool:
@@ -167,3 +335,249 @@ def _select_genes(adata: AnnData, n_top_genes: int | None, normalized: dict | No
         return "pearson_residuals"
     sc.pp.highly_variable_genes(adata, flavor="seurat", n_top_genes=int(n_top_genes))
     return "seurat"
+
+
+def _neighbourhood_pca(
+    adata: AnnData,
+    coords: np.ndarray,
+    neighbourhood_lambda: float,
+    *,
+    n_spatial_neighbors: int,
+    kernel: str,
+    agf: bool,
+    n_pcs: int,
+    random_state: int,
+    key_added: str,
+) -> dict:
+    """PCA of the neighbourhood-augmented selected genes into ``adata.obsm[key_added]``."""
+    mask = adata.var["highly_variable"].to_numpy()
+    expression = get_matrix(adata)[:, mask]
+    # One float64 copy: products of float32 sparse data with float64 vectors would convert
+    # the data again at every ARPACK step.
+    if sp.issparse(expression):
+        expression = sp.csr_matrix(expression, dtype=np.float64)
+    else:
+        expression = np.asarray(expression, dtype=np.float64)
+    k = int(min(n_spatial_neighbors, adata.n_obs - 1))
+    indices, weights = _neighbour_weights(coords, k, kernel)
+    mean_weights = _weight_matrix(indices, weights)
+    if agf:
+        k_gabor = int(min(2 * k, adata.n_obs - 1))
+        gabor = _gabor_magnitude(expression, coords, k_gabor, kernel)
+        block_weights = (
+            np.sqrt(1.0 - neighbourhood_lambda),
+            np.sqrt(neighbourhood_lambda / _HARMONIC_MU),
+            np.sqrt(neighbourhood_lambda / (2.0 * _HARMONIC_MU)),
+        )
+    else:
+        k_gabor, gabor = 0, None
+        block_weights = (np.sqrt(1.0 - neighbourhood_lambda), np.sqrt(neighbourhood_lambda), 0.0)
+    embedding, variance, total = _augmented_pca(
+        expression, mean_weights, gabor, block_weights, n_pcs, random_state
+    )
+    adata.obsm[key_added] = embedding.astype(np.float32)
+    uns_key = "pca" if key_added == "X_pca" else key_added
+    if key_added == "X_pca":
+        adata.varm.pop("PCs", None)
+    adata.uns[uns_key] = {
+        "params": {
+            "zero_center": True,
+            "mask_var": "highly_variable",
+            "neighbourhood_lambda": neighbourhood_lambda,
+        },
+        "variance": variance,
+        "variance_ratio": variance / total if total > 0 else np.zeros_like(variance),
+    }
+    return {
+        "lambda": neighbourhood_lambda,
+        "n_spatial_neighbors": k,
+        "kernel": kernel,
+        "agf": agf,
+        "agf_n_neighbors": k_gabor,
+        "block_weights": [float(w) for w in block_weights],
+    }
+
+
+def _neighbour_weights(coords: np.ndarray, k: int, kernel: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each spot's k nearest neighbours and their kernel weights (rows sum to 1)."""
+    indices, distances = spatial_knn(coords, k)
+    if kernel == "uniform":
+        weights = np.ones_like(distances)
+    else:
+        # BANKSY's kNN_median: the bandwidth is the spot's median neighbour distance; spots
+        # stacked on one position fall back to the farthest neighbour, then to equal weights.
+        width = np.median(distances, axis=1)
+        width = np.where(width > 0, width, distances.max(axis=1))
+        width = np.where(width > 0, width, 1.0)
+        weights = np.exp(-0.5 * (distances / width[:, None]) ** 2)
+    weights /= weights.sum(axis=1, keepdims=True)
+    return indices, weights
+
+
+def _weight_matrix(indices: np.ndarray, weights: np.ndarray) -> sp.csr_matrix:
+    n_obs, k = indices.shape
+    # Copies: sorting the indices in place would reorder the caller's arrays too.
+    matrix = sp.csr_matrix(
+        (weights.ravel().copy(), indices.ravel().copy(), np.arange(0, n_obs * k + 1, k)),
+        shape=(n_obs, n_obs),
+    )
+    matrix.sort_indices()
+    return matrix
+
+
+def _gene_blocks(n_obs: int, n_genes: int) -> list[slice]:
+    size = max(1, _BLOCK_ENTRIES // max(n_obs, 1))
+    return [slice(start, min(start + size, n_genes)) for start in range(0, n_genes, size)]
+
+
+def _dense_columns(expression: sp.csr_matrix | np.ndarray, columns: slice) -> np.ndarray:
+    block = expression[:, columns]
+    return block.toarray() if sp.issparse(block) else np.asarray(block)
+
+
+def _gabor_magnitude(
+    expression: sp.csr_matrix | np.ndarray, coords: np.ndarray, k: int, kernel: str
+) -> np.ndarray:
+    """First azimuthal harmonic of each gene over each spot's neighbourhood (dense float64)."""
+    indices, weights = _neighbour_weights(coords, k, kernel)
+    offsets = coords[indices, :2] - coords[:, None, :2]
+    length = np.hypot(offsets[..., 0], offsets[..., 1])
+    # A neighbour at the spot's own position has no direction: it enters the mean only.
+    safe = np.where(length > 0, length, 1.0)
+    cosine = np.where(length > 0, offsets[..., 0] / safe, 0.0)
+    sine = np.where(length > 0, offsets[..., 1] / safe, 0.0)
+    mean_w = _weight_matrix(indices, weights)
+    cos_w = _weight_matrix(indices, weights * cosine)
+    sin_w = _weight_matrix(indices, weights * sine)
+    phase_cos = (weights * cosine).sum(axis=1)
+    phase_sin = (weights * sine).sum(axis=1)
+    n_obs, n_genes = expression.shape
+    out = np.empty((n_obs, n_genes), dtype=np.float64)
+    for columns in _gene_blocks(n_obs, n_genes):
+        block = _dense_columns(expression, columns)
+        mean = mean_w @ block
+        real = cos_w @ block - phase_cos[:, None] * mean
+        imaginary = sin_w @ block - phase_sin[:, None] * mean
+        out[:, columns] = np.hypot(real, imaginary)
+    return out
+
+
+def _augmented_pca(
+    expression: sp.csr_matrix | np.ndarray,
+    mean_weights: sp.csr_matrix,
+    gabor: np.ndarray | None,
+    block_weights: tuple[float, float, float],
+    n_pcs: int,
+    random_state: int,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Truncated PCA of ``[a X, b W X(, c G)]`` without forming ``W X``.
+
+    Returns the scores (n_obs x n_pcs), the variance of each component and the total
+    variance of the augmented features (both with ddof=1, as scanpy).
+    """
+    from sklearn.utils.extmath import svd_flip
+
+    own_w, mean_w, gabor_w = block_weights
+    n_obs, n_genes = expression.shape
+    n_blocks = 2 if gabor is None else 3
+    n_features = n_blocks * n_genes
+    weights_t = mean_weights.T.tocsr()
+    column_mass = np.asarray(weights_t.sum(axis=1)).ravel()  # W^T 1
+    mean_own = np.asarray(expression.mean(axis=0)).ravel()
+    mean_mean = np.asarray(expression.T @ column_mass).ravel() / n_obs
+    means = [own_w * mean_own, mean_w * mean_mean]
+    if gabor is not None:
+        means.append(gabor_w * gabor.mean(axis=0))
+    center = np.concatenate(means)
+
+    def matmat(v: np.ndarray) -> np.ndarray:
+        v = np.asarray(v, dtype=np.float64).reshape(n_features, -1)
+        m = v.shape[1]
+        both = expression @ np.hstack([own_w * v[:n_genes], mean_w * v[n_genes : 2 * n_genes]])
+        out = both[:, :m] + mean_weights @ both[:, m:]
+        if gabor is not None:
+            out += gabor_w * (gabor @ v[2 * n_genes :])
+        return out - center @ v
+
+    def rmatmat(u: np.ndarray) -> np.ndarray:
+        u = np.asarray(u, dtype=np.float64).reshape(n_obs, -1)
+        m = u.shape[1]
+        both = expression.T @ np.hstack([u, weights_t @ u])
+        parts = [own_w * both[:, :m], mean_w * both[:, m:]]
+        if gabor is not None:
+            parts.append(gabor_w * (gabor.T @ u))
+        return np.vstack(parts) - np.outer(center, u.sum(axis=0))
+
+    operator = LinearOperator(
+        shape=(n_obs, n_features),
+        dtype=np.float64,
+        matvec=lambda v: matmat(v).ravel(),
+        rmatvec=lambda u: rmatmat(u).ravel(),
+        matmat=matmat,
+        rmatmat=rmatmat,
+    )
+    # The starting vector scikit-learn's ARPACK PCA draws, so the seed plays the same role.
+    v0 = np.random.RandomState(random_state).uniform(-1, 1, min(n_obs, n_features))
+    u, s, vt = svds(operator, k=n_pcs, v0=v0, solver="arpack")
+    order = np.argsort(-s, kind="stable")
+    u, s, vt = u[:, order], s[order], vt[order]
+    u, vt = svd_flip(u, vt, u_based_decision=False)
+    scores = u * s
+    variance = s**2 / (n_obs - 1)
+    total = (
+        own_w**2 * _total_variance_own(expression)
+        + mean_w**2 * _total_variance_mean(expression, mean_weights)
+        + (0.0 if gabor is None else gabor_w**2 * float(gabor.var(axis=0, ddof=1).sum()))
+    )
+    return scores, variance, float(total)
+
+
+def _total_variance_own(expression: sp.csr_matrix | np.ndarray) -> float:
+    n_obs = expression.shape[0]
+    if sp.issparse(expression):
+        square_sum = float(np.dot(expression.data, expression.data))
+    else:
+        square_sum = float(np.square(expression).sum())
+    mean = np.asarray(expression.mean(axis=0)).ravel()
+    return (square_sum - n_obs * float(mean @ mean)) / (n_obs - 1)
+
+
+def _total_variance_mean(expression: sp.csr_matrix | np.ndarray, weights: sp.csr_matrix) -> float:
+    """Summed column variance (ddof=1) of ``W @ X``, formed a block of genes at a time."""
+    n_obs, n_genes = expression.shape
+    total = 0.0
+    for columns in _gene_blocks(n_obs, n_genes):
+        total += float(np.var(weights @ _dense_columns(expression, columns), axis=0, ddof=1).sum())
+    return total
+
+
+def _tsne(adata: AnnData, use_rep: str, backend: str, random_state: int) -> str:
+    """t-SNE of ``adata.obsm[use_rep]`` into ``obsm["X_tsne"]``; returns the backend used."""
+    # sklearn requires perplexity < n_samples; 30 is the usual value for larger data.
+    perplexity = float(min(30.0, max(1.0, (adata.n_obs - 1) / 3)))
+    if backend != "scanpy":
+        try:
+            from openTSNE import TSNE
+        except ImportError:
+            if backend == "opentsne":
+                warnings.warn(
+                    "tsne_backend='opentsne' but openTSNE is not installed "
+                    "(pip install openTSNE): t-SNE is computed by scanpy instead",
+                    UserWarning,
+                    stacklevel=3,
+                )
+        else:
+            points = np.asarray(adata.obsm[use_rep], dtype=np.float64)
+            embedding = TSNE(perplexity=perplexity, random_state=random_state).fit(points)
+            adata.obsm["X_tsne"] = np.asarray(embedding, dtype=np.float64)
+            adata.uns["tsne"] = {
+                "params": {
+                    "perplexity": perplexity,
+                    "use_rep": use_rep,
+                    "random_state": int(random_state),
+                    "backend": "opentsne",
+                }
+            }
+            return "opentsne"
+    sc.tl.tsne(adata, use_rep=use_rep, perplexity=perplexity, random_state=random_state)
+    return "scanpy"
