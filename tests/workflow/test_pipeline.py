@@ -42,7 +42,16 @@ def test_provenance_records_versions_inputs_steps(demo_run):
     assert record["seed"] == 0
     assert {"spatiome", "anndata", "scanpy", "numpy"} <= set(record["versions"])
     names = [s["name"] for s in record["steps"]]
-    assert names[:6] == ["qc", "normalize", "graph", "reduce", "leiden", "moran"]
+    assert names[:8] == [
+        "qc",
+        "spatial_qc",
+        "doublets",
+        "normalize",
+        "graph",
+        "reduce",
+        "leiden",
+        "moran",
+    ]
     assert all(s["seconds"] >= 0 for s in record["steps"])
 
 
@@ -112,7 +121,7 @@ def test_run_with_several_svg_methods_writes_a_table_and_section_each(tmp_path):
         assert f'id="{anchor}"' in page
     assert "Agreement between the methods" in page and "SpatialDE" in page
     record = json.loads((out / "provenance.json").read_text())
-    assert [s["name"] for s in record["steps"]][5:8] == ["spatialde", "sparkx", "moran"]
+    assert [s["name"] for s in record["steps"]][7:10] == ["spatialde", "sparkx", "moran"]
 
 
 def test_unknown_svg_method_is_one_clear_error(tmp_path, capsys):
@@ -122,3 +131,24 @@ def test_unknown_svg_method_is_one_clear_error(tmp_path, capsys):
     code = main(["run", "--input", str(source), "--out", str(tmp_path / "o"), "--svg", "magic"])
     assert code == 2
     assert "svg_methods" in capsys.readouterr().err
+
+
+def test_qc_flags_reach_results_and_report_and_doublets_follow_resolution(tmp_path):
+    tissue = sm.datasets.inject_artifacts(
+        sm.datasets.simulate_tissue(n_spots=800, n_genes=40, random_state=5), random_state=5
+    )
+    config = PipelineConfig(umap=False, n_domains=4, svg_methods=("moran",))
+    spots = run_pipeline(tissue, tmp_path / "spots", config, progress=False)
+    assert {"local_outlier", "artifact"} <= set(spots.adata.obs)
+    assert "doublet" not in spots.adata.obs
+    flagged = spots.adata.obs["artifact"].to_numpy()
+    assert flagged.any() and (spots.adata.obs["injected"].to_numpy()[flagged] == "dry_patch").all()
+    assert spots.adata.n_obs == tissue.n_obs  # flagged, not removed
+    page = (tmp_path / "spots" / "report.html").read_text()
+    assert "flagged spots are outlined" in page and "doublet scoring skipped" in page
+
+    cells = sm.datasets.simulate_tissue(
+        n_spots=800, n_genes=60, layout="random", n_cell_types=3, single_cells=True, random_state=1
+    )
+    result = run_pipeline(cells, tmp_path / "cells", config, progress=False)
+    assert "doublet" in result.adata.obs and "doublet_score" in result.adata.obs

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from anndata import AnnData
 
@@ -55,6 +56,12 @@ class PipelineConfig:
         How many top spatial genes the report maps.
     trendseek_permutations
         Permutations per gene for trendseek (with early stopping).
+    spatial_qc
+        Flag local outliers (SpotSweeper) and regional artifacts (when mitochondrial genes
+        are present) in ``obs``; nothing is removed.
+    doublets
+        Score doublets: True, False, or None to decide from the data (single-cell
+        resolution: Xenium input, or a median nearest-neighbour distance under 20 um).
     """
 
     seed: int = 0
@@ -70,6 +77,8 @@ class PipelineConfig:
     fdr: float = 0.05
     n_top_maps: int = 6
     trendseek_permutations: int = 500
+    spatial_qc: bool = True
+    doublets: bool | None = None
 
     def __post_init__(self) -> None:
         methods = tuple(self.svg_methods)
@@ -112,10 +121,102 @@ def pipeline_steps(config: PipelineConfig) -> tuple[str, ...]:
 
     Examples
     --------
-    >>> pipeline_steps(PipelineConfig(svg_methods=("sparkx",)))
-    ('qc', 'normalize', 'graph', 'reduce', 'leiden', 'sparkx', 'report')
+    >>> pipeline_steps(PipelineConfig(svg_methods=("sparkx",)))[-3:]
+    ('leiden', 'sparkx', 'report')
     """
-    return ("qc", "normalize", "graph", "reduce", "leiden", *config.svg_methods, "report")
+    return (
+        "qc",
+        "spatial_qc",
+        "doublets",
+        "normalize",
+        "graph",
+        "reduce",
+        "leiden",
+        *config.svg_methods,
+        "report",
+    )
+
+
+#: Below this median distance (um) to the nearest neighbour, observations are single cells.
+SINGLE_CELL_SPACING_UM = 20.0
+
+
+def run_spatial_qc(data: AnnData, config: PipelineConfig) -> list[str]:
+    """Flag local outliers and regional artifacts the way the pipeline does; return notes.
+
+    Local outliers use SpotSweeper's defaults (36 neighbours, |z| > 3, low counts and
+    genes, high mitochondrial share); artifacts are searched only when mitochondrial
+    genes carry counts. Flags go to ``obs``; no spot is removed.
+
+    Examples
+    --------
+    >>> import spatiome as sm
+    >>> tissue = sm.datasets.simulate_tissue(n_spots=400, n_genes=30, random_state=0)
+    >>> sm.pp.qc_metrics(tissue)
+    >>> notes = run_spatial_qc(tissue, PipelineConfig())
+    >>> "local_outlier" in tissue.obs and "artifact" in tissue.obs
+    True
+    """
+    from .. import pp
+
+    if not config.spatial_qc:
+        return ["spatial QC switched off"]
+    notes = []
+    n_neighbors = min(36, data.n_obs - 1)
+    pp.local_outliers(data, n_neighbors=n_neighbors)
+    notes.append(f"{int(data.obs['local_outlier'].sum())} local outliers (|z| > 3, k = 36)")
+    mito = data.obs.get("pct_counts_mt")
+    if mito is not None and np.ptp(np.nan_to_num(mito.to_numpy(dtype=float))) > 0:
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                pp.find_artifacts(data, random_state=config.seed)
+            notes.extend(str(w.message) for w in caught)
+            notes.append(f"{int(data.obs['artifact'].sum())} spots in regional artifacts")
+        except SpatiomeInputError as err:
+            notes.append(f"artifact search skipped: {err}")
+    else:
+        notes.append("artifact search skipped: no mitochondrial counts")
+    for note in notes:
+        logger.info("spatial QC: %s", note)
+    return notes
+
+
+def is_single_cell_resolution(data: AnnData) -> bool:
+    """True for Xenium input or observations closer than 20 um to their nearest neighbour.
+
+    Examples
+    --------
+    >>> import spatiome as sm
+    >>> spots = sm.datasets.simulate_tissue(n_spots=300, n_genes=20)
+    >>> cells = sm.datasets.simulate_tissue(n_spots=300, n_genes=20, layout="random")
+    >>> is_single_cell_resolution(spots), is_single_cell_resolution(cells)
+    (False, True)
+    """
+    from scipy.spatial import cKDTree
+
+    source = data.uns.get("spatiome", {}).get("source", {})
+    if isinstance(source, dict) and source.get("reader") == "read_xenium":
+        return True
+    if data.uns.get("spatial_unit", "um") != "um" or data.n_obs < 3:
+        return False
+    coords = get_spatial(data)
+    sample = coords[:: max(1, data.n_obs // 5000)]
+    distances, _ = cKDTree(coords).query(sample, k=2)
+    return bool(np.median(distances[:, 1]) < SINGLE_CELL_SPACING_UM)
+
+
+def run_doublets(data: AnnData, config: PipelineConfig) -> list[str]:
+    """Score doublets when asked, or automatically on single-cell-resolution data."""
+    from .. import pp
+
+    wanted = config.doublets if config.doublets is not None else is_single_cell_resolution(data)
+    if not wanted:
+        return ["doublet scoring skipped: spot-level data (spots hold several cells)"]
+    pp.doublets(data, random_state=config.seed)
+    note = f"{int(data.obs['doublet'].sum())} doublets called"
+    logger.info("doublets: %s", note)
+    return [note]
 
 
 def run_svg_method(data: AnnData, method: str, config: PipelineConfig) -> pd.DataFrame:
@@ -304,6 +405,8 @@ def run_pipeline(
 
     actions: dict[str, Callable[[], Any]] = {
         "qc": lambda: pp.qc_metrics(data),
+        "spatial_qc": lambda: run_spatial_qc(data, config),
+        "doublets": lambda: run_doublets(data, config),
         "normalize": lambda: pp.normalize(data, target_sum=config.target_sum),
         "graph": lambda: graph.spatial_neighbors(
             data, method=graph_method, n_neighbors=config.n_spatial_neighbors
@@ -335,6 +438,7 @@ def run_pipeline(
             bar.done(name, entry["seconds"])
         tables = {method: outputs[method][0] for method in config.svg_methods}
         notes = {method: outputs[method][1] for method in config.svg_methods}
+        notes["qc"] = [*outputs["spatial_qc"], *outputs["doublets"]]
         summary = _summary(data, tables, config, truth)
         bar.start("report")
         with record.step("report") as entry:
@@ -473,7 +577,22 @@ def _report_sections(
 
     qc = Section("Quality control", "qc")
     qc.add_figure(figure(pl.qc_violin(data)), "Per-spot QC metrics.")
-    if "pct_counts_mt" in data.obs:
+    flags = [key for key in ("local_outlier", "artifact", "doublet") if key in data.obs]
+    if flags:
+        counts = {key: int(data.obs[key].sum()) for key in flags}
+        qc.add_table(
+            pd.DataFrame({"flagged": pd.Series(counts), "share": pd.Series(counts) / data.n_obs}),
+            sortable=False,
+            css_class="metrics",
+        )
+        qc.add_text("Flags are recorded in the results; no spot was removed.")
+        qc.add_figure(
+            figure(pl.qc_spatial(data, flags=flags)),
+            "QC metrics on the tissue; flagged spots are outlined.",
+        )
+    for note in notes.get("qc", []):
+        qc.add_text(f"Note: {note}")
+    if "pct_counts_mt" in data.obs and not flags:
         qc.add_figure(
             figure(pl.spatial(data, "pct_counts_mt").figure), "Mitochondrial percentage per spot."
         )
