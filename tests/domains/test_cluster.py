@@ -132,3 +132,124 @@ def test_bad_input():
         leiden(adata, n_clusters=11)
     with pytest.raises(SpatiomeInputError, match="n_clusters"):
         kmeans(adata, 0)
+
+
+# --- Ward, Gaussian mixture and neighbourhood-augmented domains -------------------------
+
+
+def test_ward_matches_scipy_on_unit_weights():
+    from scipy.cluster.hierarchy import fcluster, ward
+
+    from spatiome.domains._ward import _nn_chain, ward_labels
+
+    rng = np.random.default_rng(3)
+    points = rng.normal(size=(400, 4))
+    linkage = ward(points)
+    _, _, heights = _nn_chain(points, np.ones(400))
+    np.testing.assert_allclose(np.sort(np.sqrt(heights)), linkage[:, 2], rtol=1e-9)
+    for k in (2, 5, 11):
+        expected = fcluster(linkage, k, criterion="maxclust")
+        assert adjusted_rand_score(expected, ward_labels(points, np.ones(400), k)) == 1.0
+
+
+def test_weighted_ward_equals_ward_on_repeated_points():
+    from scipy.cluster.hierarchy import fcluster, ward
+
+    from spatiome.domains._ward import ward_labels
+
+    rng = np.random.default_rng(4)
+    points, weights = rng.normal(size=(60, 2)), rng.integers(1, 6, size=60)
+    repeated = np.repeat(points, weights, axis=0)
+    # A jitter far below the point spacing only breaks ties among the copies.
+    expected = fcluster(ward(repeated + rng.normal(scale=1e-9, size=repeated.shape)), 5, "maxclust")
+    got = np.repeat(ward_labels(points, weights.astype(float), 5), weights)
+    assert adjusted_rand_score(expected, got) == 1.0
+
+
+@pytest.mark.parametrize("max_exact", [10_000, 100])
+def test_hierarchical_recovers_domains_exact_and_summarized(tissue, max_exact):
+    from spatiome.domains import hierarchical
+
+    result = hierarchical(tissue, 4, max_exact=max_exact, n_micro=150, copy=True)
+    assert adjusted_rand_score(tissue.obs["domain"], result.obs["hierarchical"]) > 0.9
+    assert result.uns["spatiome"]["hierarchical"]["summarized"] is (max_exact == 100)
+
+
+def test_gaussian_mixture_recovers_domains_and_is_deterministic(tissue):
+    from spatiome.domains import gaussian_mixture
+
+    first = gaussian_mixture(tissue, 4, copy=True)
+    second = gaussian_mixture(tissue, 4, copy=True)
+    assert adjusted_rand_score(tissue.obs["domain"], first.obs["gmm"]) > 0.9
+    assert first.obs["gmm"].equals(second.obs["gmm"])
+    assert first.obs["gmm_probability"].between(0, 1).all()
+
+
+def _weak_domains(seed: int = 0) -> ad.AnnData:
+    """Four stripes whose markers are too weak for single spots but clear over neighbours."""
+    rng = np.random.default_rng(seed)
+    n_side, n_genes = 30, 60
+    rows, cols = np.divmod(np.arange(n_side * n_side), n_side)
+    domain = cols * 4 // n_side
+    rate = np.full((rows.size, n_genes), 1.0)
+    for d in range(4):
+        rate[domain == d, 10 * d : 10 * d + 10] *= 1.6
+    counts = sp.csr_matrix(rng.poisson(rate))
+    adata = ad.AnnData(counts.copy(), var=pd.DataFrame(index=[f"G{i}" for i in range(n_genes)]))
+    adata.obs_names = [f"s{i}" for i in range(rows.size)]
+    adata.layers["counts"] = counts
+    adata.obsm["spatial"] = np.column_stack([cols, rows]) * 100.0
+    adata.obs["domain"] = pd.Categorical(domain.astype(str))
+    normalize(adata)
+    return adata
+
+
+@pytest.mark.parametrize("method", ["gmm", "kmeans", "hierarchical", "leiden"])
+def test_cluster_with_neighbourhood_beats_expression_alone(method):
+    from spatiome.domains import cluster
+
+    adata = _weak_domains()
+    before = adata.copy()
+    spatial = cluster(adata, 4, method=method, n_top_genes=None, n_comps=10, copy=True)
+    plain = cluster(
+        adata, 4, method=method, neighbourhood_lambda=0.0, n_top_genes=None, n_comps=10,
+        copy=True,
+    )  # fmt: skip
+    truth = adata.obs["domain"]
+    assert adjusted_rand_score(truth, spatial.obs["spatial_domain"]) > 0.8
+    assert adjusted_rand_score(truth, plain.obs["spatial_domain"]) < 0.3
+    assert spatial.obs["spatial_domain"].nunique() == 4
+    assert spatial.uns["spatiome"]["spatial_domain"]["clusterer"]["method"] in (
+        method,
+        "gaussian_mixture",
+    )
+    # copy=True leaves the input untouched, and no expression graph is built or replaced.
+    assert adata.obs.equals(before.obs) and set(adata.obsm) == set(before.obsm)
+    assert "connectivities" not in spatial.obsp or method == "leiden"
+
+
+def test_cluster_in_place_keeps_existing_reduction(tissue):
+    from spatiome.domains import cluster
+
+    adata = tissue.copy()
+    pca, graph = adata.obsm["X_pca"].copy(), adata.obsp["connectivities"].copy()
+    cluster(adata, 4, method="kmeans", n_top_genes=None)
+    np.testing.assert_array_equal(adata.obsm["X_pca"], pca)
+    assert (adata.obsp["connectivities"] != graph).nnz == 0
+    assert adjusted_rand_score(adata.obs["spatial_domain"], tissue.obs["domain"]) > 0.9
+
+
+def test_cluster_on_existing_representation_and_errors(tissue):
+    from spatiome.domains import cluster
+
+    result = cluster(tissue, 4, method="kmeans", use_rep="X_pca", copy=True)
+    assert adjusted_rand_score(tissue.obs["domain"], result.obs["spatial_domain"]) > 0.9
+    with pytest.raises(SpatiomeInputError, match="method must be one of"):
+        cluster(tissue, 4, method="dbscan")
+    with pytest.raises(SpatiomeInputError, match="neighbourhood_lambda"):
+        cluster(tissue, 4, neighbourhood_lambda=1.5)
+    with pytest.raises(SpatiomeInputError, match="n_clusters must be between"):
+        cluster(tissue, 0)
+    raw = _tissue()
+    with pytest.raises(SpatiomeInputError, match="raw counts"):
+        cluster(raw, 4)

@@ -1,5 +1,16 @@
-"""Spatial domains and expression clusters; every method writes labels to ``adata.obs``."""
+"""Spatial domains and the genes that define them; labels go to ``adata.obs[key_added]``."""
 
-from .cluster import kmeans, leiden
+from .bison import bison
+from .cluster import cluster, gaussian_mixture, hierarchical, kmeans, leiden
+from .markers import markers, top_markers
 
-__all__ = ["kmeans", "leiden"]
+__all__ = [
+    "bison",
+    "cluster",
+    "gaussian_mixture",
+    "hierarchical",
+    "kmeans",
+    "leiden",
+    "markers",
+    "top_markers",
+]

@@ -1,4 +1,4 @@
-"""Expression clustering of spots: Leiden on the expression kNN graph, and k-means."""
+"""Clustering of spots: Leiden, k-means and Ward, on expression or neighbourhood features."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import scanpy as sc
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._core.validate import SpatiomeInputError, check_adata
+from .._core.validate import SpatiomeInputError, check_adata, get_matrix, get_spatial
+from ._ward import ward_labels
 
 logger = logging.getLogger("spatiome")
 
@@ -287,6 +288,374 @@ def kmeans(
         "inertia": float(model.inertia_),
     }
     return adata if copy else None
+
+
+def hierarchical(
+    adata: AnnData,
+    n_clusters: int,
+    *,
+    use_rep: str = "X_pca",
+    max_exact: int = 5_000,
+    n_micro: int = 2_000,
+    key_added: str = "hierarchical",
+    random_state: int = 0,
+    copy: bool = False,
+) -> AnnData | None:
+    """Ward hierarchical clustering of the spots on ``adata.obsm[use_rep]``.
+
+    Up to ``max_exact`` spots, Ward's method runs on the spots themselves. Beyond, the spots
+    are first summarized by ``n_micro`` k-means centroids (scikit-learn's mini-batch
+    k-means) and the centroids are merged by Ward's criterion weighted by their numbers of
+    spots, which is exactly Ward's merge cost of the underlying spot sets; each spot takes
+    its centroid's cluster. Memory is O(m^2) for m merged points (32 MB at m = 2,000), time
+    O(n) for the summary, so a million spots take seconds.
+
+    Parameters
+    ----------
+    adata
+        Data with ``adata.obsm[use_rep]`` (run :func:`spatiome.pp.reduce` first).
+    n_clusters
+        Number of clusters.
+    use_rep
+        Representation in ``adata.obsm`` to cluster.
+    max_exact
+        Largest number of spots merged directly.
+    n_micro
+        Number of k-means centroids summarizing larger data.
+    key_added
+        Column of ``adata.obs`` receiving categorical labels ``"0"``, ``"1"``, ...
+        ordered by decreasing cluster size.
+    random_state
+        Seed of the k-means summary (the exact mode is deterministic).
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    AnnData or None
+        The copy when ``copy=True``; otherwise None. Parameters go to
+        ``adata.uns["spatiome"][key_added]``.
+
+    References
+    ----------
+    Ward (1963). Hierarchical grouping to optimize an objective function. Journal of the
+    American Statistical Association 58, 236-244.
+
+    Examples
+    --------
+    >>> import numpy as np, anndata as ad
+    >>> from spatiome.domains import hierarchical
+    >>> rng = np.random.default_rng(0)
+    >>> adata = ad.AnnData(np.zeros((90, 1)))
+    >>> adata.obsm["X_pca"] = np.repeat(np.eye(3) * 10, 30, axis=0) + rng.normal(size=(90, 3))
+    >>> hierarchical(adata, 3)
+    >>> adata.obs["hierarchical"].value_counts().tolist()
+    [30, 30, 30]
+    """
+    check_adata(adata)
+    features = _representation(adata, use_rep)
+    _check_n_clusters(n_clusters, adata.n_obs)
+    if max_exact < 2 or n_micro < 2:
+        raise SpatiomeInputError(
+            f"max_exact and n_micro must be at least 2, got {max_exact} and {n_micro}"
+        )
+    random_state = 0 if random_state is None else int(random_state)
+    n_obs = features.shape[0]
+    if n_obs <= max_exact:
+        labels = ward_labels(features, np.ones(n_obs), int(n_clusters))
+        n_merged = n_obs
+    else:
+        from sklearn.cluster import MiniBatchKMeans
+
+        n_merged = int(max(min(n_micro, n_obs), n_clusters))
+        summary = MiniBatchKMeans(
+            n_clusters=n_merged, random_state=random_state, n_init=1, batch_size=4096
+        ).fit(features)
+        assigned = summary.labels_
+        sizes = np.bincount(assigned, minlength=n_merged).astype(np.float64)
+        used = sizes > 0
+        centre_labels = np.zeros(n_merged, dtype=np.int64)
+        centre_labels[used] = ward_labels(
+            summary.cluster_centers_[used], sizes[used], int(min(n_clusters, used.sum()))
+        )
+        labels = centre_labels[assigned]
+    adata = adata.copy() if copy else adata
+    adata.obs[key_added] = _labels_by_size(labels)
+    adata.uns.setdefault("spatiome", {})
+    adata.uns["spatiome"][key_added] = {
+        "method": "hierarchical",
+        "linkage": "ward",
+        "n_clusters": int(n_clusters),
+        "use_rep": use_rep,
+        "n_merged_points": int(n_merged),
+        "summarized": bool(n_obs > max_exact),
+        "random_state": int(random_state),
+    }
+    return adata if copy else None
+
+
+def gaussian_mixture(
+    adata: AnnData,
+    n_clusters: int,
+    *,
+    use_rep: str = "X_pca",
+    covariance_type: str = "full",
+    key_added: str = "gmm",
+    random_state: int = 0,
+    n_init: int = 1,
+    copy: bool = False,
+) -> AnnData | None:
+    """Gaussian mixture clustering of the spots on ``adata.obsm[use_rep]`` (scikit-learn).
+
+    The Python counterpart of the ``mclust`` step of STAGATE, GraphST and BASS-style
+    pipelines (``covariance_type="full"`` is mclust's ``VVV``, ``"tied"`` its ``EEE``),
+    with no R. A small ridge (1e-4 times the mean feature variance) keeps the
+    covariances positive definite when a component collapses.
+
+    Parameters
+    ----------
+    adata
+        Data with ``adata.obsm[use_rep]``.
+    n_clusters
+        Number of mixture components.
+    use_rep
+        Representation in ``adata.obsm`` to cluster.
+    covariance_type
+        ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+    key_added
+        Column of ``adata.obs`` receiving categorical labels ``"0"``, ``"1"``, ...
+        ordered by decreasing cluster size; the posterior probability of the chosen
+        component goes to ``adata.obs[f"{key_added}_probability"]``.
+    random_state
+        Seed of the k-means initialization.
+    n_init
+        Number of initializations; the best (highest likelihood) is kept.
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    AnnData or None
+        The copy when ``copy=True``; otherwise None. Parameters, the BIC and whether EM
+        converged go to ``adata.uns["spatiome"][key_added]``.
+
+    Examples
+    --------
+    >>> import numpy as np, anndata as ad
+    >>> from spatiome.domains import gaussian_mixture
+    >>> rng = np.random.default_rng(0)
+    >>> adata = ad.AnnData(np.zeros((90, 1)))
+    >>> adata.obsm["X_pca"] = np.repeat(np.eye(3) * 10, 30, axis=0) + rng.normal(size=(90, 3))
+    >>> gaussian_mixture(adata, 3)
+    >>> adata.obs["gmm"].value_counts().tolist()
+    [30, 30, 30]
+    """
+    from sklearn.mixture import GaussianMixture
+
+    check_adata(adata)
+    features = _representation(adata, use_rep)
+    _check_n_clusters(n_clusters, adata.n_obs)
+    if covariance_type not in ("full", "tied", "diag", "spherical"):
+        raise SpatiomeInputError(
+            "covariance_type must be 'full', 'tied', 'diag' or 'spherical', "
+            f"got {covariance_type!r}"
+        )
+    random_state = 0 if random_state is None else int(random_state)
+    ridge = 1e-4 * float(np.mean(np.var(features, axis=0))) + 1e-12
+    model = GaussianMixture(
+        n_components=int(n_clusters),
+        covariance_type=covariance_type,
+        reg_covar=ridge,
+        n_init=int(n_init),
+        random_state=random_state,
+    ).fit(features)
+    probabilities = model.predict_proba(features)
+    labels = probabilities.argmax(axis=1)
+    adata = adata.copy() if copy else adata
+    adata.obs[key_added] = _labels_by_size(labels)
+    adata.obs[f"{key_added}_probability"] = probabilities.max(axis=1)
+    adata.uns.setdefault("spatiome", {})
+    adata.uns["spatiome"][key_added] = {
+        "method": "gaussian_mixture",
+        "covariance_type": covariance_type,
+        "n_clusters": int(n_clusters),
+        "use_rep": use_rep,
+        "random_state": int(random_state),
+        "bic": float(model.bic(features)),
+        "converged": bool(model.converged_),
+    }
+    return adata if copy else None
+
+
+_CLUSTER_METHODS = ("kmeans", "gmm", "leiden", "hierarchical")
+
+
+def cluster(
+    adata: AnnData,
+    n_domains: int,
+    *,
+    method: str = "gmm",
+    neighbourhood_lambda: float = 0.8,
+    use_rep: str | None = None,
+    n_comps: int = 20,
+    n_top_genes: int | None = 2000,
+    n_spatial_neighbors: int = 15,
+    spatial_key: str = "spatial",
+    key_added: str = "spatial_domain",
+    random_state: int = 0,
+    copy: bool = False,
+) -> AnnData | None:
+    """Spatial domains from neighbourhood-augmented expression (BANKSY-style) and a clusterer.
+
+    Each spot is described by its own expression next to the mean expression of its
+    ``n_spatial_neighbors`` nearest spots, weighted ``sqrt(1 - lambda)`` and
+    ``sqrt(lambda)`` (see :func:`spatiome.pp.reduce`, whose neighbourhood PCA this calls on
+    the highly variable genes); the ``n_comps`` principal components go to
+    ``adata.obsm[f"X_{key_added}"]`` and are clustered into ``n_domains`` domains.
+    ``lambda = 0.8`` is BANKSY's setting for domains; ``0`` clusters expression alone.
+
+    Nothing in ``adata`` other than the outputs changes: genes are selected on a lightweight
+    view, and the expression graph of :func:`spatiome.pp.reduce` is not replaced.
+
+    Parameters
+    ----------
+    adata
+        Normalized data (run :func:`spatiome.pp.normalize` first) with coordinates.
+    n_domains
+        Number of domains.
+    method
+        ``"gmm"`` (default; a Gaussian mixture with full covariances, the mclust step of
+        STAGATE-style pipelines), ``"kmeans"``, ``"leiden"`` (resolution searched for the
+        number of domains) or ``"hierarchical"`` (Ward).
+    neighbourhood_lambda
+        Weight in [0, 1] of the neighbourhood mean.
+    use_rep
+        Cluster this existing ``adata.obsm`` representation instead of computing features.
+    n_comps, n_top_genes, n_spatial_neighbors
+        Principal components, highly variable genes (``None``: all genes) and spatial
+        neighbours of the features.
+    spatial_key
+        Coordinates in ``adata.obsm``.
+    key_added
+        Column of ``adata.obs`` receiving the domain labels ``"0"``, ``"1"``, ... (by
+        decreasing size).
+    random_state
+        Seed of the PCA and the clusterer.
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    AnnData or None
+        The copy when ``copy=True``; otherwise None. Parameters go to
+        ``adata.uns["spatiome"][key_added]``.
+
+    References
+    ----------
+    Singhal, Chou, Lee et al. (2024). BANKSY unifies cell typing and tissue domain
+    segmentation for scalable spatial omics data analysis. Nature Genetics 56, 431-441.
+
+    Examples
+    --------
+    >>> import spatiome as sm
+    >>> adata = sm.datasets.simulate_tissue(n_spots=600, n_genes=80, n_domains=3,
+    ...                                     random_state=0)
+    >>> sm.pp.normalize(adata)
+    >>> sm.domains.cluster(adata, 3, n_top_genes=None)
+    >>> adata.obs["spatial_domain"].nunique(), adata.obsm["X_spatial_domain"].shape[0]
+    (3, 600)
+    """
+    from ..pp.reduce import _looks_like_counts, _neighbourhood_pca, _select_genes
+
+    check_adata(adata)
+    if method not in _CLUSTER_METHODS:
+        raise SpatiomeInputError(f"method must be one of {_CLUSTER_METHODS}, got {method!r}")
+    _check_n_clusters(n_domains, adata.n_obs)
+    if not 0.0 <= float(neighbourhood_lambda) <= 1.0:
+        raise SpatiomeInputError(
+            f"neighbourhood_lambda must be in [0, 1], got {neighbourhood_lambda!r}"
+        )
+    random_state = 0 if random_state is None else int(random_state)
+    adata = adata.copy() if copy else adata
+    record: dict = {"method": method, "n_domains": int(n_domains)}
+    if use_rep is None:
+        coords = get_spatial(adata, spatial_key)
+        matrix = get_matrix(adata)
+        normalized = adata.uns.get("spatiome", {}).get("normalize")
+        if normalized is None and _looks_like_counts(matrix):
+            raise SpatiomeInputError(
+                "adata.X holds raw counts: run spatiome.pp.normalize(adata) before domains.cluster"
+            )
+        view = AnnData(X=matrix, obs=pd.DataFrame(index=adata.obs_names.copy()))
+        view.var_names = adata.var_names.copy()
+        if normalized is not None:
+            view.uns["spatiome"] = {"normalize": normalized}
+        layer = (normalized or {}).get("layer", "counts")
+        if layer != "X" and layer in adata.layers:
+            view.layers[layer] = adata.layers[layer]
+        _select_genes(view, n_top_genes, normalized)
+        n_genes = int(view.var["highly_variable"].sum())
+        use_rep = f"X_{key_added}"
+        n_pcs = int(min(n_comps, adata.n_obs - 1, 2 * n_genes - 1))
+        neighbourhood = _neighbourhood_pca(
+            view,
+            coords,
+            float(neighbourhood_lambda),
+            n_spatial_neighbors=int(n_spatial_neighbors),
+            kernel="gaussian",
+            agf=False,
+            n_pcs=n_pcs,
+            random_state=random_state,
+            key_added=use_rep,
+        )
+        adata.obsm[use_rep] = view.obsm[use_rep]
+        record.update(
+            neighbourhood=neighbourhood, n_comps=n_pcs, n_top_genes=n_genes, use_rep=use_rep
+        )
+    else:
+        _representation(adata, use_rep)
+        record["use_rep"] = use_rep
+    if method == "kmeans":
+        kmeans(adata, n_domains, use_rep=use_rep, key_added=key_added, random_state=random_state)
+    elif method == "gmm":
+        gaussian_mixture(
+            adata, n_domains, use_rep=use_rep, key_added=key_added, random_state=random_state
+        )
+    elif method == "leiden":
+        leiden(
+            adata,
+            n_clusters=n_domains,
+            use_rep=use_rep,
+            key_added=key_added,
+            random_state=random_state,
+        )
+    else:
+        hierarchical(
+            adata, n_domains, use_rep=use_rep, key_added=key_added, random_state=random_state
+        )
+    record["clusterer"] = adata.uns["spatiome"][key_added]
+    record["random_state"] = random_state
+    adata.uns["spatiome"][key_added] = record
+    return adata if copy else None
+
+
+def _representation(adata: AnnData, use_rep: str) -> np.ndarray:
+    if use_rep not in adata.obsm:
+        raise SpatiomeInputError(
+            f"adata.obsm[{use_rep!r}] is missing: run spatiome.pp.reduce(adata) first or "
+            f"pass use_rep= one of {sorted(adata.obsm.keys())}"
+        )
+    features = np.asarray(adata.obsm[use_rep], dtype=np.float64)
+    if not np.isfinite(features).all():
+        raise SpatiomeInputError(f"adata.obsm[{use_rep!r}] contains NaN or infinite values")
+    return features
+
+
+def _check_n_clusters(n_clusters: int, n_obs: int) -> None:
+    if not 1 <= int(n_clusters) <= n_obs:
+        raise SpatiomeInputError(
+            f"n_clusters must be between 1 and the number of spots ({n_obs}), got {n_clusters}"
+        )
 
 
 def _labels_by_size(labels: np.ndarray) -> pd.Categorical:

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 from .._core.files import atomic_path
 from .._core.validate import SpatiomeInputError
+from .domains import markers, module_scores
 from .embedding import embedding
 from .qc import qc_spatial, qc_violin
 from .spatial import spatial
@@ -23,6 +24,8 @@ from .spatial import spatial
 __all__ = [
     "embedding",
     "figure_to_base64_png",
+    "markers",
+    "module_scores",
     "qc_spatial",
     "qc_violin",
     "save",

@@ -1,0 +1,216 @@
+"""The genes that define each domain: Wilcoxon tests (scanpy) and BISON's discriminating genes."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import scanpy as sc
+import scipy.sparse as sp
+from anndata import AnnData
+
+from .._core.validate import SpatiomeInputError, check_adata, get_matrix
+
+logger = logging.getLogger("spatiome")
+
+_TESTS = ("wilcoxon", "t-test", "t-test_overestim_var", "logreg")
+
+
+def markers(
+    adata: AnnData,
+    groupby: str,
+    *,
+    method: str = "wilcoxon",
+    layer: str | None = None,
+    bison_key: str | None = None,
+    min_fraction: float = 0.0,
+    key_added: str | None = None,
+) -> pd.DataFrame:
+    """Rank the genes that distinguish each domain from the rest of the tissue.
+
+    Calls :func:`scanpy.tl.rank_genes_groups` (one group against all the others, all genes,
+    Benjamini-Hochberg adjusted p-values) on the log-normalized expression of the labelled
+    spots (spots with a missing label are left out) and adds, for
+    every gene and domain, the fraction of spots expressing it inside and outside the
+    domain. When BISON ran (``bison_key``, or ``"bison"`` when its columns are in
+    ``adata.var``), its per-gene posterior probability of being discriminating and its gene
+    group are joined to the table, so the data-driven test and the model's feature selection
+    can be read side by side.
+
+    Parameters
+    ----------
+    adata
+        Normalized data (see :func:`spatiome.pp.normalize`) with domain labels in
+        ``adata.obs[groupby]``.
+    groupby
+        Categorical column of ``adata.obs`` with the domains (at least two).
+    method
+        scanpy's test: ``"wilcoxon"`` (default), ``"t-test"``, ``"t-test_overestim_var"``
+        or ``"logreg"``.
+    layer
+        Layer to test instead of ``adata.X``.
+    bison_key
+        ``key_added`` of :func:`spatiome.domains.bison` whose gene columns to join.
+    min_fraction
+        Keep only genes expressed in at least this fraction of the domain's spots.
+    key_added
+        ``adata.uns`` key of scanpy's result (default ``f"rank_genes_groups_{groupby}"``),
+        which :func:`scanpy.pl.rank_genes_groups_dotplot` and friends read.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per domain and gene, ranked within each domain: ``domain``, ``gene``,
+        ``score``, ``logfoldchange``, ``pval``, ``qval``, ``fraction_in``,
+        ``fraction_out`` and, with BISON, ``bison_prob_discriminating`` and
+        ``bison_gene_group``.
+
+    Examples
+    --------
+    >>> import spatiome as sm
+    >>> adata = sm.datasets.simulate_tissue(n_spots=400, n_genes=60, n_domains=3,
+    ...                                     random_state=0)
+    >>> sm.pp.normalize(adata)
+    >>> table = sm.domains.markers(adata, "domain")
+    >>> sorted(table["domain"].unique())
+    ['Layer1', 'Layer2', 'Layer3']
+    >>> bool((table.groupby("domain")["qval"].min() < 0.05).all())
+    True
+    """
+    check_adata(adata)
+    labels = _domain_labels(adata, groupby)
+    if method not in _TESTS:
+        raise SpatiomeInputError(f"method must be one of {_TESTS}, got {method!r}")
+    if not 0.0 <= float(min_fraction) <= 1.0:
+        raise SpatiomeInputError(f"min_fraction must be in [0, 1], got {min_fraction!r}")
+    matrix = get_matrix(adata, layer)
+    labelled = ~pd.isna(labels)
+    obs_names = adata.obs_names
+    if not labelled.all():
+        # Spots a method left unlabelled (for example filtered by BISON) are not compared.
+        matrix, labels, obs_names = matrix[labelled], labels[labelled], obs_names[labelled]
+    uns_key = key_added or f"rank_genes_groups_{groupby}"
+    # scanpy reads the groups from obs and writes only to uns[uns_key]; it runs on a
+    # lightweight object so nothing else in the user's AnnData changes.
+    view = AnnData(X=matrix, obs=pd.DataFrame({groupby: labels}, index=obs_names.copy()))
+    view.var_names = adata.var_names.copy()
+    view.uns["log1p"] = {"base": None}
+    sc.tl.rank_genes_groups(
+        view, groupby, method=method, n_genes=adata.n_vars, pts=False, key_added=uns_key
+    )
+    adata.uns[uns_key] = view.uns[uns_key]
+    table = sc.get.rank_genes_groups_df(view, group=None, key=uns_key)
+    table = table.rename(
+        columns={
+            "group": "domain",
+            "names": "gene",
+            "scores": "score",
+            "logfoldchanges": "logfoldchange",
+            "pvals": "pval",
+            "pvals_adj": "qval",
+        }
+    )
+    if "domain" not in table.columns:  # a single group comes back without the column
+        table.insert(0, "domain", str(labels.categories[0]))
+    table = table.join(_fractions(matrix, labels, adata.var_names), on=["domain", "gene"])
+    table = _join_bison(table, adata, bison_key)
+    if min_fraction > 0:
+        table = table[table["fraction_in"] >= min_fraction]
+    table["domain"] = table["domain"].astype(str)
+    table = table.reset_index(drop=True)
+    logger.info("markers: %d domains ranked by %s", labels.categories.size, method)
+    return table
+
+
+def top_markers(table: pd.DataFrame, n_genes: int = 5, *, max_qval: float = 0.05) -> dict:
+    """The first ``n_genes`` significant up-regulated genes of each domain in a markers table.
+
+    Parameters
+    ----------
+    table
+        Output of :func:`markers`.
+    n_genes
+        Genes per domain.
+    max_qval
+        Largest adjusted p-value kept.
+
+    Returns
+    -------
+    dict
+        Domain -> list of gene names (possibly empty), in the table's domain order.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> table = pd.DataFrame({"domain": ["a", "a", "b"], "gene": ["g1", "g2", "g3"],
+    ...                       "score": [5.0, -2.0, 3.0], "logfoldchange": [2.0, -1.0, 1.0],
+    ...                       "qval": [0.001, 0.01, 0.2]})
+    >>> top_markers(table, 2)
+    {'a': ['g1'], 'b': []}
+    """
+    if n_genes < 1:
+        raise SpatiomeInputError(f"n_genes must be at least 1, got {n_genes}")
+    selected = table[(table["qval"] <= max_qval) & (table["logfoldchange"] > 0)]
+    result = {}
+    for domain in pd.unique(table["domain"]):
+        genes = selected.loc[selected["domain"] == domain, "gene"].head(n_genes)
+        result[domain] = genes.astype(str).tolist()
+    return result
+
+
+def _domain_labels(adata: AnnData, groupby: str) -> pd.Categorical:
+    if groupby not in adata.obs:
+        raise SpatiomeInputError(
+            f"adata.obs[{groupby!r}] is missing: run a domain method first (for example "
+            f"spatiome.domains.cluster(adata, n_domains)) or pass groupby= one of "
+            f"{list(adata.obs.columns)}"
+        )
+    labels = pd.Categorical(adata.obs[groupby].astype("category"))
+    labels = labels.remove_unused_categories()
+    if labels.categories.size < 2:
+        raise SpatiomeInputError(
+            f"adata.obs[{groupby!r}] has {labels.categories.size} domain(s): markers need at "
+            "least two"
+        )
+    return labels.rename_categories([str(c) for c in labels.categories])
+
+
+def _fractions(matrix, labels: pd.Categorical, genes: pd.Index) -> pd.Series:
+    """Fraction of spots with a non-zero value, per domain (inside) and outside it."""
+    codes = labels.codes
+    indicator = sp.csr_matrix(
+        (np.ones(codes.size), (codes, np.arange(codes.size))),
+        shape=(labels.categories.size, codes.size),
+    )
+    expressed = (matrix != 0) if sp.issparse(matrix) else sp.csr_matrix(np.asarray(matrix) != 0)
+    inside = np.asarray((indicator @ expressed.astype(np.float64)).todense())
+    sizes = np.bincount(codes, minlength=labels.categories.size).astype(np.float64)
+    total = inside.sum(axis=0)
+    fraction_in = inside / sizes[:, None]
+    outside_sizes = np.maximum(codes.size - sizes, 1.0)
+    fraction_out = (total[None, :] - inside) / outside_sizes[:, None]
+    index = pd.MultiIndex.from_product(
+        [labels.categories.astype(str), genes.astype(str)], names=["domain", "gene"]
+    )
+    return pd.DataFrame(
+        {"fraction_in": fraction_in.ravel(), "fraction_out": fraction_out.ravel()}, index=index
+    )
+
+
+def _join_bison(table: pd.DataFrame, adata: AnnData, bison_key: str | None) -> pd.DataFrame:
+    key = bison_key or "bison"
+    probability = f"{key}_prob_discriminating"
+    if probability not in adata.var:
+        if bison_key is not None:
+            raise SpatiomeInputError(
+                f"adata.var[{probability!r}] is missing: run spatiome.domains.bison(adata, "
+                f"..., key_added={bison_key!r}) first or leave bison_key=None"
+            )
+        return table
+    columns = {probability: "bison_prob_discriminating"}
+    if f"{key}_gene_group" in adata.var:
+        columns[f"{key}_gene_group"] = "bison_gene_group"
+    extra = adata.var[list(columns)].rename(columns=columns)
+    extra.index = extra.index.astype(str)
+    return table.join(extra, on="gene")
