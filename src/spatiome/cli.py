@@ -19,13 +19,26 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
         "--n-domains",
         type=int,
         default=None,
-        help="target number of Leiden clusters (default: resolution 1.0)",
+        help="target number of Leiden clusters and of spatial domains (default: Leiden at "
+        "resolution 1.0, and as many domains as Leiden clusters)",
     )
     parser.add_argument(
         "--svg",
         default="moran,sparkx",
         help="comma-separated spatially variable gene tests, the first drives svg.csv: "
         "moran, geary, sparkx, spatialde, trendseek (default: moran,sparkx)",
+    )
+    parser.add_argument(
+        "--domains",
+        default="cluster",
+        help="comma-separated spatial domain methods, the first drives the markers: cluster, "
+        "bison, gnn (needs torch); 'none' skips (default: cluster)",
+    )
+    parser.add_argument(
+        "--modules",
+        default="stihc",
+        help="comma-separated gene module methods on the spatially variable genes: stihc, "
+        "aeh; 'none' skips (default: stihc)",
     )
     parser.add_argument("--no-umap", action="store_true", help="skip UMAP")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -64,9 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace):
     from .workflow import PipelineConfig
 
-    methods = tuple(m.strip() for m in args.svg.split(",") if m.strip())
+    def names(text: str) -> tuple[str, ...]:
+        listed = tuple(m.strip() for m in text.split(",") if m.strip())
+        return () if listed == ("none",) else listed
+
     return PipelineConfig(
-        seed=args.seed, n_domains=args.n_domains, umap=not args.no_umap, svg_methods=methods
+        seed=args.seed,
+        n_domains=args.n_domains,
+        umap=not args.no_umap,
+        svg_methods=names(args.svg),
+        domain_methods=names(args.domains),
+        module_methods=names(args.modules),
     )
 
 

@@ -31,6 +31,11 @@ def test_demo_recovers_truth(demo_run):
     # itself is tested on nulls in tests/svg and measured in benchmarks/svg_accuracy.py.
     assert summary["svg_fdr"] <= 0.15
     assert summary["domain_ari"] >= 0.5
+    assert summary["domain_ari_cluster"] >= 0.5
+    markers = pd.read_csv(demo_run / "markers.csv")
+    assert markers["domain"].nunique() == summary["n_domains_cluster"]
+    modules = pd.read_csv(demo_run / "modules_stihc.csv", index_col=0)
+    assert len(modules) >= 10
     table = pd.read_csv(demo_run / "svg.csv", index_col=0)
     assert {"statistic", "pval", "qval"} <= set(table.columns)
     assert len(table) == adata.n_vars
@@ -42,7 +47,7 @@ def test_provenance_records_versions_inputs_steps(demo_run):
     assert record["seed"] == 0
     assert {"spatiome", "anndata", "scanpy", "numpy"} <= set(record["versions"])
     names = [s["name"] for s in record["steps"]]
-    assert names[:8] == [
+    assert names[:12] == [
         "qc",
         "spatial_qc",
         "doublets",
@@ -50,14 +55,18 @@ def test_provenance_records_versions_inputs_steps(demo_run):
         "graph",
         "reduce",
         "leiden",
+        "domains_cluster",
+        "markers",
         "moran",
+        "sparkx",
+        "modules_stihc",
     ]
     assert all(s["seconds"] >= 0 for s in record["steps"])
 
 
 def test_report_is_self_contained_and_has_sections(demo_run):
     page = (demo_run / "report.html").read_text()
-    for anchor in ("tissue", "qc", "clusters", "svg", "truth", "methods"):
+    for anchor in ("tissue", "qc", "clusters", "domains", "svg", "modules", "truth", "methods"):
         assert f'id="{anchor}"' in page
     assert page.count("data:image/png;base64,") >= 6
     assert "http://" not in page and "https://" not in page.replace("https://doi", "")
@@ -121,7 +130,7 @@ def test_run_with_several_svg_methods_writes_a_table_and_section_each(tmp_path):
         assert f'id="{anchor}"' in page
     assert "Agreement between the methods" in page and "SpatialDE" in page
     record = json.loads((out / "provenance.json").read_text())
-    assert [s["name"] for s in record["steps"]][7:10] == ["spatialde", "sparkx", "moran"]
+    assert [s["name"] for s in record["steps"]][9:12] == ["spatialde", "sparkx", "moran"]
 
 
 def test_unknown_svg_method_is_one_clear_error(tmp_path, capsys):
@@ -152,3 +161,20 @@ def test_qc_flags_reach_results_and_report_and_doublets_follow_resolution(tmp_pa
     )
     result = run_pipeline(cells, tmp_path / "cells", config, progress=False)
     assert "doublet" in result.adata.obs and "doublet_score" in result.adata.obs
+
+
+def test_domain_and_module_options_are_validated_and_can_be_switched_off(tmp_path, capsys):
+    with pytest.raises(sm._core.validate.SpatiomeInputError, match="domain_methods"):
+        PipelineConfig(domain_methods=("magic",))
+    with pytest.raises(sm._core.validate.SpatiomeInputError, match="module_methods"):
+        PipelineConfig(module_methods=("stihc", "stihc"))
+    tissue = sm.datasets.simulate_tissue(n_spots=300, n_genes=30, random_state=2)
+    result = run_pipeline(
+        tissue,
+        tmp_path / "bare",
+        PipelineConfig(umap=False, domain_methods=(), module_methods=(), svg_methods=("moran",)),
+        progress=False,
+    )
+    assert "markers" not in result.files
+    page = result.files["report"].read_text()
+    assert 'id="domains"' not in page and 'id="modules"' not in page

@@ -62,6 +62,22 @@ class PipelineConfig:
     doublets
         Score doublets: True, False, or None to decide from the data (single-cell
         resolution: Xenium input, or a median nearest-neighbour distance under 20 um).
+    domain_methods
+        Spatial domain methods, in order; the first one drives the markers. Any of
+        "cluster" (BANKSY-style features + Gaussian mixture), "bison", "gnn" (needs torch).
+        Each writes ``obs[f"domain_{method}"]``; the number of domains is ``n_domains``,
+        or the number of Leiden clusters when that is None.
+    n_gene_groups
+        BISON's number of discriminating gene groups.
+    n_markers
+        Marker genes per domain shown in the report.
+    module_methods
+        Gene co-expression module methods run on the spatially variable genes of the first
+        SVG test (at most ``max_module_genes``, most significant first): "stihc", "aeh".
+    n_patterns
+        Number of AEH patterns.
+    max_module_genes
+        Largest number of spatially variable genes grouped into modules.
     """
 
     seed: int = 0
@@ -79,15 +95,33 @@ class PipelineConfig:
     trendseek_permutations: int = 500
     spatial_qc: bool = True
     doublets: bool | None = None
+    domain_methods: tuple[str, ...] = ("cluster",)
+    n_gene_groups: int = 4
+    n_markers: int = 3
+    module_methods: tuple[str, ...] = ("stihc",)
+    n_patterns: int = 5
+    max_module_genes: int = 300
 
     def __post_init__(self) -> None:
-        methods = tuple(self.svg_methods)
-        unknown = [m for m in methods if m not in SVG_METHODS]
-        if not methods or unknown or len(set(methods)) != len(methods):
-            raise SpatiomeInputError(
-                f"svg_methods must be distinct names from {SVG_METHODS}, got {list(methods)}"
-            )
-        self.svg_methods = methods
+        self.svg_methods = _method_names("svg_methods", self.svg_methods, SVG_METHODS, True)
+        self.domain_methods = _method_names(
+            "domain_methods", self.domain_methods, DOMAIN_METHODS, False
+        )
+        self.module_methods = _method_names(
+            "module_methods", self.module_methods, MODULE_METHODS, False
+        )
+        if self.n_domains is not None and self.n_domains < 2:
+            raise SpatiomeInputError(f"n_domains must be at least 2, got {self.n_domains}")
+
+
+def _method_names(field_name: str, names, allowed: tuple[str, ...], required: bool):
+    methods = (names,) if isinstance(names, str) else tuple(names)
+    unknown = [m for m in methods if m not in allowed]
+    if (required and not methods) or unknown or len(set(methods)) != len(methods):
+        raise SpatiomeInputError(
+            f"{field_name} must be distinct names from {allowed}, got {list(methods)}"
+        )
+    return methods
 
 
 @dataclass
@@ -107,6 +141,15 @@ class PipelineResult:
 
 #: Spatially variable gene tests the pipeline can run, with the input each one reads.
 SVG_METHODS = ("moran", "geary", "sparkx", "spatialde", "trendseek")
+#: Spatial domain methods and gene module methods the pipeline can run.
+DOMAIN_METHODS = ("cluster", "bison", "gnn")
+MODULE_METHODS = ("stihc", "aeh")
+DOMAIN_TITLES = {
+    "cluster": "neighbourhood-augmented Gaussian mixture",
+    "bison": "BISON",
+    "gnn": "graph attention autoencoder",
+}
+MODULE_TITLES = {"stihc": "stIHC", "aeh": "automatic expression histology"}
 SVG_TITLES = {
     "moran": "Moran's I",
     "geary": "Geary's C",
@@ -121,9 +164,10 @@ def pipeline_steps(config: PipelineConfig) -> tuple[str, ...]:
 
     Examples
     --------
-    >>> pipeline_steps(PipelineConfig(svg_methods=("sparkx",)))[-3:]
-    ('leiden', 'sparkx', 'report')
+    >>> pipeline_steps(PipelineConfig(svg_methods=("sparkx",)))[-6:]
+    ('leiden', 'domains_cluster', 'markers', 'sparkx', 'modules_stihc', 'report')
     """
+    domain_steps = tuple(f"domains_{m}" for m in config.domain_methods)
     return (
         "qc",
         "spatial_qc",
@@ -132,7 +176,10 @@ def pipeline_steps(config: PipelineConfig) -> tuple[str, ...]:
         "graph",
         "reduce",
         "leiden",
+        *domain_steps,
+        *(("markers",) if domain_steps else ()),
         *config.svg_methods,
+        *(f"modules_{m}" for m in config.module_methods),
         "report",
     )
 
@@ -217,6 +264,128 @@ def run_doublets(data: AnnData, config: PipelineConfig) -> list[str]:
     note = f"{int(data.obs['doublet'].sum())} doublets called"
     logger.info("doublets: %s", note)
     return [note]
+
+
+def run_domain_method(
+    data: AnnData, method: str, n_domains: int, config: PipelineConfig
+) -> list[str]:
+    """Run one spatial domain method into ``obs[f"domain_{method}"]``; return notes.
+
+    ``"cluster"`` reads the log-normalized ``X``; BISON reads the raw counts; the graph
+    attention autoencoder preprocesses the counts itself.
+
+    Examples
+    --------
+    >>> import spatiome as sm
+    >>> tissue = sm.datasets.simulate_tissue(n_spots=300, n_genes=40, random_state=0)
+    >>> sm.pp.normalize(tissue)
+    >>> notes = run_domain_method(tissue, "cluster", 3, PipelineConfig())
+    >>> tissue.obs["domain_cluster"].nunique()
+    3
+    """
+    from .. import domains
+
+    key = f"domain_{method}"
+    if method == "cluster":
+        domains.cluster(
+            data, n_domains, n_top_genes=config.n_top_genes, key_added=key,
+            random_state=config.seed,
+        )  # fmt: skip
+    elif method == "bison":
+        domains.bison(
+            data, n_domains, config.n_gene_groups, layer="counts", key_added=key,
+            random_state=config.seed,
+        )  # fmt: skip
+    elif method == "gnn":
+        from ..domains.gnn import gnn
+
+        gnn(data, n_domains, layer="counts", key_added=key, random_state=config.seed)
+    else:
+        raise SpatiomeInputError(f"unknown domain method {method!r}; choose from {DOMAIN_METHODS}")
+    found = int(data.obs[key].nunique())
+    return [f"{DOMAIN_TITLES[method]}: {found} domains"]
+
+
+def run_markers(data: AnnData, config: PipelineConfig) -> pd.DataFrame:
+    """Marker genes of the first domain method's domains (Wilcoxon, scanpy)."""
+    from .. import domains
+
+    method = config.domain_methods[0]
+    bison_key = "domain_bison" if "bison" in config.domain_methods else None
+    return domains.markers(data, f"domain_{method}", bison_key=bison_key)
+
+
+def module_genes(data: AnnData, table: pd.DataFrame, config: PipelineConfig) -> list[str]:
+    """The spatially variable genes grouped into modules: significant, most significant first.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> table = pd.DataFrame({"qval": [0.5, 0.01, 0.001]}, index=["a", "b", "c"])
+    >>> module_genes(None, table, PipelineConfig(max_module_genes=1))
+    ['c']
+    """
+    called = table[table["qval"] < config.fdr].sort_values("qval", kind="stable")
+    return [str(g) for g in called.index[: config.max_module_genes]]
+
+
+def run_module_method(
+    data: AnnData, method: str, genes: list[str], config: PipelineConfig
+) -> tuple[pd.DataFrame | None, list[str]]:
+    """Group ``genes`` into spatial co-expression modules; the table (or None) and notes."""
+    if len(genes) < 4:
+        return None, [f"{MODULE_TITLES[method]} skipped: {len(genes)} spatially variable genes"]
+    from .. import modules
+
+    key = f"module_{method}"
+    if method == "stihc":
+        table = modules.stihc(data, genes=genes, random_state=config.seed, key_added=key)
+    elif method == "aeh":
+        table = modules.aeh(
+            data, min(config.n_patterns, len(genes)), aeh_length_scale(data, genes),
+            layer="counts", genes=genes, random_state=config.seed, key_added=key,
+        )  # fmt: skip
+    else:
+        raise SpatiomeInputError(f"unknown module method {method!r}; choose from {MODULE_METHODS}")
+    n_modules = int(_module_labels(data.var[_module_column(data, key)]).nunique())
+    return table, [f"{MODULE_TITLES[method]}: {n_modules} modules from {len(genes)} genes"]
+
+
+def aeh_length_scale(data: AnnData, genes: list[str]) -> float:
+    """AEH's length scale: the median SpatialDE length scale of ``genes`` when SpatialDE ran,
+    otherwise a tenth of the tissue's larger side (SpatialDE's tutorial uses the former).
+
+    Examples
+    --------
+    >>> import numpy as np, spatiome as sm
+    >>> tissue = sm.datasets.simulate_tissue(n_spots=200, n_genes=10, random_state=0)
+    >>> coords = tissue.obsm["spatial"]
+    >>> bool(abs(aeh_length_scale(tissue, []) - 0.1 * np.ptp(coords, axis=0).max()) < 1e-9)
+    True
+    """
+    column = "spatialde_length_scale"
+    if column in data.var and genes:
+        values = data.var.loc[genes, column].to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        if values.size:
+            return float(np.median(values))
+    return float(0.1 * np.ptp(get_spatial(data), axis=0).max())
+
+
+def _module_labels(column: pd.Series) -> pd.Series:
+    """Module of each grouped gene as text ("3", not "3.0"); ungrouped genes dropped."""
+    values = column.dropna()
+    if pd.api.types.is_numeric_dtype(values):
+        values = values[values >= 0].astype(np.int64)
+    labels = values.astype(str)
+    return labels[labels != "-1"]
+
+
+def _module_column(data: AnnData, key: str) -> str:
+    for suffix in ("_module", "_pattern"):
+        if f"{key}{suffix}" in data.var:
+            return f"{key}{suffix}"
+    raise SpatiomeInputError(f"no module column for {key!r} in adata.var")
 
 
 def run_svg_method(data: AnnData, method: str, config: PipelineConfig) -> pd.DataFrame:
@@ -342,11 +511,12 @@ def run_pipeline(
     truth: bool = False,
     progress: bool = True,
 ) -> PipelineResult:
-    """Run QC, normalization, reduction, clustering and SVG tests, and write the outputs.
+    """Run QC, normalization, reduction, clustering, domains, SVG tests and modules.
 
     Writes ``results.h5ad``, ``svg.csv`` (the first of ``config.svg_methods``),
-    ``svg_<method>.csv`` for each further method, ``provenance.json``, ``report.html`` and
-    ``spatiome.log`` to ``out_dir``, each atomically. The input AnnData is not modified.
+    ``svg_<method>.csv`` for each further method, ``markers.csv`` (domain markers),
+    ``modules_<method>.csv``, ``provenance.json``, ``report.html`` and ``spatiome.log`` to
+    ``out_dir``, each atomically. The input AnnData is not modified.
 
     Parameters
     ----------
@@ -380,7 +550,7 @@ def run_pipeline(
     >>> result = run_pipeline(tissue, tempfile.mkdtemp(), PipelineConfig(umap=False),
     ...                       progress=False)
     >>> sorted(result.files)
-    ['log', 'provenance', 'report', 'results', 'svg', 'svg_sparkx']
+    ['log', 'markers', 'modules_stihc', 'provenance', 'report', 'results', 'svg', 'svg_sparkx']
     """
     from .. import domains, graph, pp
 
@@ -425,8 +595,18 @@ def run_pipeline(
             random_state=config.seed,
         ),
     }
+    for method in config.domain_methods:
+        actions[f"domains_{method}"] = lambda method=method: run_domain_method(
+            data, method, n_clusters or int(data.obs["leiden"].nunique()), config
+        )
+    if config.domain_methods:
+        actions["markers"] = lambda: run_markers(data, config)
     for method in config.svg_methods:
         actions[method] = lambda method=method: _run_svg_step(data, method, config)
+    for method in config.module_methods:
+        actions[f"modules_{method}"] = lambda method=method: run_module_method(
+            data, method, module_genes(data, outputs[config.svg_methods[0]][0], config), config
+        )
     steps = pipeline_steps(config)
     bar = _Progress(steps, progress)
     outputs: dict[str, Any] = {}
@@ -439,10 +619,16 @@ def run_pipeline(
         tables = {method: outputs[method][0] for method in config.svg_methods}
         notes = {method: outputs[method][1] for method in config.svg_methods}
         notes["qc"] = [*outputs["spatial_qc"], *outputs["doublets"]]
+        notes["domains"] = [n for m in config.domain_methods for n in outputs[f"domains_{m}"]]
+        notes["modules"] = [n for m in config.module_methods for n in outputs[f"modules_{m}"][1]]
+        extra = {
+            "markers": outputs.get("markers"),
+            "modules": {m: outputs[f"modules_{m}"][0] for m in config.module_methods},
+        }
         summary = _summary(data, tables, config, truth)
         bar.start("report")
         with record.step("report") as entry:
-            files = _write_outputs(data, tables, notes, summary, record, out, title, config)
+            files = _write_outputs(data, tables, notes, summary, record, out, title, config, extra)
         bar.done("report", entry["seconds"])
     finally:
         bar.close()
@@ -492,6 +678,14 @@ def _summary(
         "n_svg": int((tables[primary]["qval"] < config.fdr).sum()),
         "n_clusters": int(data.obs["leiden"].nunique()),
     }
+    from sklearn.metrics import adjusted_rand_score
+
+    for method in config.domain_methods:
+        summary[f"n_domains_{method}"] = int(data.obs[f"domain_{method}"].nunique())
+        if truth and "domain" in data.obs:
+            summary[f"domain_ari_{method}"] = float(
+                adjusted_rand_score(data.obs["domain"], data.obs[f"domain_{method}"])
+            )
     if truth:
         summary.update(evaluate_truth(data, tables[primary], fdr=config.fdr))
     for method, table in tables.items():
@@ -512,6 +706,7 @@ def _write_outputs(
     out: Path,
     title: str,
     config: PipelineConfig,
+    extra: dict[str, Any],
 ) -> dict[str, Path]:
     from ..io import write_h5ad
 
@@ -528,9 +723,18 @@ def _write_outputs(
         target = files["svg"] if method == primary else files[f"svg_{method}"]
         with atomic_path(target) as tmp:
             table.to_csv(tmp, index_label="gene")
+    if extra.get("markers") is not None:
+        files["markers"] = out / "markers.csv"
+        with atomic_path(files["markers"]) as tmp:
+            extra["markers"].to_csv(tmp, index=False)
+    for method, table in extra.get("modules", {}).items():
+        if table is not None:
+            files[f"modules_{method}"] = out / f"modules_{method}.csv"
+            with atomic_path(files[f"modules_{method}"]) as tmp:
+                table.to_csv(tmp, index_label="gene")
     record.finished = None
     provenance = record.to_dict()
-    sections = _report_sections(data, tables, notes, summary, provenance, config)
+    sections = _report_sections(data, tables, notes, summary, provenance, config, extra)
     write_report(files["report"], title, _subtitle(summary), sections)
     record.write(files["provenance"])
     data.uns.setdefault("spatiome", {})
@@ -555,6 +759,7 @@ def _report_sections(
     summary: dict[str, Any],
     provenance: dict[str, Any],
     config: PipelineConfig,
+    extra: dict[str, Any],
 ) -> list[Section]:
     import matplotlib.pyplot as plt
 
@@ -608,13 +813,18 @@ def _report_sections(
         clusters.add_figure(figure(pl.spatial(data, "domain").figure), "Simulated true domains.")
 
     sections = [overview, qc, clusters]
+    if config.domain_methods:
+        sections.append(_domain_section(data, extra["markers"], notes["domains"], config, figure))
+    first_svg = len(sections)
     for rank, (method, table) in enumerate(tables.items()):
         sections.append(
             _svg_section(data, method, table, notes[method], config, figure, anchor_first=rank)
         )
     if len(tables) > 1:
-        sections[3].add_html("<h3>Agreement between the methods</h3>")
-        sections[3].add_table(_agreement(tables, config.fdr), sortable=False)
+        sections[first_svg].add_html("<h3>Agreement between the methods</h3>")
+        sections[first_svg].add_table(_agreement(tables, config.fdr), sortable=False)
+    if config.module_methods:
+        sections.append(_module_section(data, extra["modules"], notes["modules"], figure))
     if any(k in summary for k in ("svg_power", "domain_ari")):
         truth = Section("Recovery of the simulated truth", "truth")
         truth.add_table(_truth_table(summary, config), sortable=False, css_class="metrics")
@@ -635,6 +845,74 @@ def _report_sections(
     )
     sections.append(methods)
     return sections
+
+
+def _domain_section(
+    data: AnnData,
+    markers: pd.DataFrame,
+    notes: list[str],
+    config: PipelineConfig,
+    figure: Callable[[Any], str],
+) -> Section:
+    from .. import domains, pl
+
+    section = Section("Spatial domains", "domains")
+    for method in config.domain_methods:
+        key = f"domain_{method}"
+        section.add_figure(
+            figure(pl.spatial(data, key).figure),
+            f"Domains by {DOMAIN_TITLES[method]} (obs['{key}']).",
+        )
+    for note in notes:
+        section.add_text(note)
+    first = f"domain_{config.domain_methods[0]}"
+    try:
+        section.add_figure(
+            figure(pl.markers(data, markers, first, n_genes=config.n_markers)),
+            f"Top {config.n_markers} marker genes per domain (Wilcoxon, q < 0.05): dot size is "
+            "the share of spots expressing the gene, colour its scaled mean.",
+        )
+    except SpatiomeInputError as err:
+        section.add_text(f"No marker plot: {err}")
+    top = domains.top_markers(markers, config.n_markers)
+    section.add_table(
+        pd.DataFrame({"markers": {d: ", ".join(g) or "-" for d, g in top.items()}}),
+        sortable=False,
+    )
+    section.add_text("All markers with statistics are in markers.csv.")
+    return section
+
+
+def _module_section(
+    data: AnnData,
+    tables: dict[str, pd.DataFrame | None],
+    notes: list[str],
+    figure: Callable[[Any], str],
+) -> Section:
+    from .. import pl
+
+    section = Section("Gene modules", "modules")
+    for note in notes:
+        section.add_text(note)
+    for method, table in tables.items():
+        if table is None:
+            continue
+        column = _module_column(data, f"module_{method}")
+        members = _module_labels(data.var[column])
+        sizes = members.value_counts().sort_index()
+        summary = pd.DataFrame(
+            {
+                "genes": sizes,
+                "examples": [", ".join(members.index[members == m][:6]) for m in sizes.index],
+            }
+        ).rename_axis("module")
+        section.add_html(f"<h3>{MODULE_TITLES[method]}</h3>")
+        section.add_table(summary, sortable=False)
+        section.add_figure(
+            figure(pl.module_scores(data, column)),
+            "Module scores (mean z-scored expression of the module's genes) on the tissue.",
+        )
+    return section
 
 
 #: Columns of each method's table shown in the report, when present.
@@ -709,6 +987,11 @@ def _truth_table(summary: dict[str, Any], config: PipelineConfig) -> pd.DataFram
             rows[f"{title}: genes called"] = summary[f"n_svg_{method}"]
     if "domain_ari" in summary:
         rows["ARI of Leiden clusters vs true domains"] = summary["domain_ari"]
+    for method in config.domain_methods:
+        if f"domain_ari_{method}" in summary:
+            rows[f"ARI of {DOMAIN_TITLES[method]} vs true domains"] = summary[
+                f"domain_ari_{method}"
+            ]
     return pd.DataFrame({"value": pd.Series(rows, dtype=object)})
 
 
@@ -745,6 +1028,12 @@ def format_recovery(summary: dict[str, Any]) -> str:
             )
     if "domain_ari" in summary:
         lines.append(f"Leiden vs true domains: ARI {summary['domain_ari']:.3f}")
+    for method in DOMAIN_METHODS:
+        if f"domain_ari_{method}" in summary:
+            lines.append(
+                f"{DOMAIN_TITLES[method]} vs true domains: ARI "
+                f"{summary[f'domain_ari_{method}']:.3f}"
+            )
     return "\n".join(lines)
 
 
@@ -758,4 +1047,10 @@ __all__ = [
     "pipeline_steps",
     "run_svg_method",
     "SVG_METHODS",
+    "DOMAIN_METHODS",
+    "MODULE_METHODS",
+    "run_domain_method",
+    "run_markers",
+    "run_module_method",
+    "module_genes",
 ]

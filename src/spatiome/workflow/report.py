@@ -32,6 +32,22 @@ CITATIONS = {
     "leiden": "Traag, Waltman & van Eck (2019) From Louvain to Leiden: guaranteeing "
     "well-connected communities. Scientific Reports 9:5233.",
     "bh": "Benjamini & Hochberg (1995) Controlling the false discovery rate. JRSS B 57:289-300.",
+    "spotsweeper": "Totty et al. (2025) SpotSweeper: spatially aware quality control for "
+    "spatial transcriptomics. Nature Methods.",
+    "scrublet": "Wolock, Lopez & Klein (2019) Scrublet: computational identification of cell "
+    "doublets in single-cell transcriptomic data. Cell Systems 8:281-291.",
+    "banksy": "Singhal et al. (2024) BANKSY unifies cell typing and tissue domain segmentation "
+    "for scalable spatial omics data analysis. Nature Genetics 56:431-441.",
+    "bison": "Zhu, Cassese, Vannucci, Guindani & Li (2025) BISON: bi-clustering of spatial "
+    "omics data with feature selection. Bioinformatics, btaf495.",
+    "stagate": "Dong & Zhang (2022) Deciphering spatial domains from spatially resolved "
+    "transcriptomics with an adaptive graph attention auto-encoder. Nature Communications "
+    "13:1739.",
+    "wilcoxon": "Wilcoxon (1945) Individual comparisons by ranking methods. Biometrics "
+    "Bulletin 1:80-83.",
+    "stihc": "Higgins, Li & Carey (2025) stIHC: a spatial transcriptomics iterative "
+    "hierarchical clustering method for identifying spatial gene co-expression modules. "
+    "Quantitative Biology, doi:10.1002/qub2.70011.",
 }
 
 _STYLE = """
@@ -158,6 +174,17 @@ def methods_paragraph(provenance: dict[str, Any], used: list[str]) -> str:
     ]
     if "qc" in used:
         parts.append(f"Per-spot quality metrics were computed with scanpy {cite('qc')}.")
+    if "spatial_qc" in used and params.get("spatial_qc", True):
+        parts.append(
+            "Spots with extreme library size, detected genes or mitochondrial share relative "
+            f"to their 36 nearest spatial neighbours were flagged as in SpotSweeper "
+            f"{cite('spotsweeper')} (robust z-score beyond 3); no spot was removed."
+        )
+    if "doublets" in used and params.get("doublets") is not False:
+        parts.append(
+            "On single-cell-resolution data, doublets were scored against simulated random "
+            f"and spatially adjacent pairs in PCA space {cite('scrublet')}."
+        )
     if "normalize" in used:
         parts.append(
             "Counts were scaled to the median library size and log1p-transformed "
@@ -173,6 +200,27 @@ def methods_paragraph(provenance: dict[str, Any], used: list[str]) -> str:
             f"Spots were clustered with the Leiden algorithm {cite('leiden')} "
             f"({params.get('n_domains') or 'resolution ' + str(params.get('resolution', 1.0))} "
             "clusters)."
+        )
+    if "domains_cluster" in used:
+        parts.append(
+            "Spatial domains were found by a Gaussian mixture on the principal components of "
+            f"neighbourhood-augmented expression (BANKSY-style, lambda 0.8) {cite('banksy')}."
+        )
+    if "domains_bison" in used:
+        parts.append(
+            f"BISON {cite('bison')} biclustered spots and genes (Poisson-Gamma block model "
+            "with a Potts prior over the spatial graph, collapsed Gibbs sampling, "
+            f"{params.get('n_gene_groups', '?')} discriminating gene groups)."
+        )
+    if "domains_gnn" in used:
+        parts.append(
+            "A graph attention autoencoder over the spatial graph (STAGATE-style) "
+            f"{cite('stagate')} embedded the spots, clustered by a Gaussian mixture."
+        )
+    if "markers" in used:
+        parts.append(
+            "Marker genes of each domain were ranked by Wilcoxon rank-sum tests of the domain "
+            f"against all other spots {cite('wilcoxon')} (Benjamini-Hochberg {cite('bh')})."
         )
     graph = params.get("graph_method", "kNN")
     for key, name in (("moran", "Moran's I"), ("geary", "Geary's C")):
@@ -201,6 +249,18 @@ def methods_paragraph(provenance: dict[str, Any], used: list[str]) -> str:
             f"log-normalized expression with {params.get('trendseek_permutations', '?')} "
             f"random relabellings per gene (global envelope test, Benjamini-Hochberg "
             f"{cite('bh')})."
+        )
+    n_genes = params.get("max_module_genes", "?")
+    if "modules_stihc" in used:
+        parts.append(
+            f"Up to {n_genes} spatially variable genes were grouped into co-expression modules "
+            f"by stIHC {cite('stihc')} (finite-element smoothing, iterative hierarchical "
+            "clustering on Spearman correlation)."
+        )
+    if "modules_aeh" in used:
+        parts.append(
+            f"SpatialDE's automatic expression histology {cite('spatialde')} grouped the same "
+            f"genes into {params.get('n_patterns', '?')} spatial patterns."
         )
     refs = "".join(f"<li>{html.escape(CITATIONS[k])}</li>" for k in cited)
     return f"<p>{html.escape(' '.join(parts))}</p><ol>{refs}</ol>"
