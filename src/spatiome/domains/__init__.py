@@ -2,12 +2,14 @@
 
 from .bison import bison
 from .cluster import cluster, gaussian_mixture, hierarchical, kmeans, leiden
+from .gnn import gnn
 from .markers import markers, top_markers
 
 __all__ = [
     "bison",
     "cluster",
     "gaussian_mixture",
+    "gnn",
     "hierarchical",
     "kmeans",
     "leiden",

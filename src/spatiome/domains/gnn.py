@@ -1,0 +1,477 @@
+"""Spatial domains from a graph attention autoencoder (STAGATE-style), needs ``spatiome[deep]``.
+
+torch is imported only when :func:`gnn` runs, so ``import spatiome`` stays free of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import scanpy as sc
+import scipy.sparse as sp
+from anndata import AnnData
+
+from .._core.validate import SpatiomeInputError, check_adata, check_counts, get_matrix
+from ..graph import build_graph, default_method
+from .cluster import _labels_by_size, kmeans, leiden
+
+logger = logging.getLogger("spatiome")
+
+CLUSTER_METHODS = ("gmm", "kmeans", "leiden")
+COVARIANCE_TYPES = ("tied", "full", "diag", "spherical")
+# Counts per spot after total-count normalization (Seurat and scanpy's usual 1e4).
+_TARGET_SUM = 1e4
+# Scaled values are clipped to this absolute value, as scanpy.pp.scale(max_value=10).
+_SCALE_CLIP = 10.0
+_INSTALL_HINT = 'spatiome.domains.gnn needs PyTorch: pip install "spatiome[deep]"'
+
+
+def gnn(
+    adata: AnnData,
+    n_domains: int,
+    *,
+    layer: str | None = None,
+    n_top_genes: int | None = 3000,
+    scale: bool = True,
+    n_comps: int | None = 50,
+    hidden_dims: tuple[int, int] = (512, 30),
+    n_epochs: int = 500,
+    learning_rate: float = 1e-3,
+    weight_decay: float = 1e-4,
+    gradient_clip: float | None = 5.0,
+    n_neighbors: int = 6,
+    radius: float | None = None,
+    graph_key: str | None = None,
+    spatial_key: str = "spatial",
+    cluster_method: str = "gmm",
+    covariance_type: str = "full",
+    n_pcs: int | None = None,
+    n_init: int = 5,
+    random_state: int = 0,
+    n_jobs: int | None = None,
+    key_added: str = "gnn",
+    embedding_key: str = "X_gnn",
+    copy: bool = False,
+) -> AnnData | None:
+    """Spatial domains by clustering the embedding of a graph attention autoencoder.
+
+    The model follows STAGATE: a two-layer encoder whose first layer is a graph attention
+    layer over the spatial neighbour graph, and a decoder that mirrors it with tied
+    (transposed) weights and the same attention, trained to reconstruct the expression.
+    Each spot's embedding is thus pulled towards that of the spatial neighbours it attends
+    to, which smooths expression noise inside a domain while the attention can down-weight
+    neighbours across a domain border. The embedding is then clustered.
+
+    Steps:
+
+    1. preprocessing, on copies: counts are normalized to 10,000 per spot and log1p
+       transformed; the ``n_top_genes`` highly variable genes are selected
+       (:func:`scanpy.pp.highly_variable_genes`, ``flavor="seurat"``); with ``scale`` each
+       gene is centred, divided by its standard deviation and clipped at 10 (as
+       :func:`scanpy.pp.scale` with ``max_value=10``). With ``n_comps`` (default 50) the
+       model's input is the first ``n_comps`` principal components of those genes
+       (ARPACK on the sparse matrix, centring implicit, no clipping), as in SEDR; with
+       ``n_comps=None`` it is the genes themselves, as in STAGATE: the scaled matrix is
+       then never stored dense but rebuilt from the sparse one in row blocks;
+    2. the spatial graph with a self-loop on every spot: ``adata.obsp[graph_key]``, or
+       built by :func:`spatiome.graph.build_graph` (Visium hex grid when ``obs`` has
+       ``array_row``/``array_col``, so 6 neighbours per interior spot; otherwise the
+       ``n_neighbors`` nearest spots, or all spots within ``radius``);
+    3. the autoencoder (``hidden_dims = (h, d)``, ``X`` the preprocessed expression,
+       ``A(a)`` the graph with attention weights ``a``)::
+
+           Y = X W1;  a_ij = softmax_j sigmoid(<Y_j, u> + <Y_i, v>)   (j neighbour of i)
+           Z = elu(A(a) Y) W2                       embedding (d columns)
+           X_hat = elu(A(a) Z W2^T) W1^T            tied decoder, same attention
+
+       trained full batch with Adam on the mean squared error of ``X_hat``, gradient
+       norm clipped at ``gradient_clip``. The error is computed from Gram matrices
+       (``||X - H W1^T||^2 = ||X||^2 - 2 <X W1, H> + <W1^T W1, H^T H>``), so no spots x
+       genes reconstruction is formed and memory grows linearly with the spots and edges;
+    4. clustering of the embedding ``Z`` into ``n_domains``: ``"gmm"`` a Gaussian mixture
+       (:class:`sklearn.mixture.GaussianMixture`; ``covariance_type="tied"`` is the
+       analogue of mclust's EEE model that STAGATE uses, the default ``"full"`` (mclust's
+       VVV) fitted the layers of DLPFC better), ``"kmeans"`` or ``"leiden"``
+       (resolution searched for ``n_domains`` clusters, :func:`spatiome.domains.leiden`);
+       optionally on the first ``n_pcs`` principal components of the embedding.
+
+    Training runs on the CPU, deterministically: weights are drawn from a torch
+    ``Generator`` seeded with ``random_state`` (the global torch seed is not touched),
+    there is no dropout or sampling, and deterministic algorithms are requested while
+    training. The same seed and number of threads give the same embedding and labels;
+    a different number of threads can change the last bits of the floating-point sums.
+
+    Parameters
+    ----------
+    adata
+        Spots x genes with raw counts and coordinates in ``adata.obsm[spatial_key]``.
+    n_domains
+        Number of domains (clusters) to find.
+    layer
+        Raw integer counts: ``adata.layers[layer]``. Default: ``adata.layers["counts"]``
+        when present, else ``adata.X``.
+    n_top_genes
+        Number of highly variable genes given to the model; ``None`` (or at least the
+        number of genes) uses all genes.
+    scale
+        Centre and scale each gene to unit variance (clipped at 10), as GraphST does;
+        ``False`` feeds the log-normalized values as they are, as STAGATE does.
+    n_comps
+        Number of principal components of the selected genes given to the model;
+        ``None`` gives it the genes (slower: the first layer then has ``n_top_genes``
+        inputs).
+    hidden_dims
+        Widths ``(h, d)`` of the hidden layer and of the embedding.
+    n_epochs
+        Full-batch training epochs (STAGATE uses 1,000; the loss has usually levelled off
+        well before 500).
+    learning_rate, weight_decay
+        Adam step size and L2 penalty.
+    gradient_clip
+        Maximum norm of the gradient; ``None`` for no clipping.
+    n_neighbors
+        Neighbours per spot when a kNN graph is built (not used on the Visium grid).
+    radius
+        Build the graph from all spots within this distance (coordinate units) instead.
+    graph_key
+        Use the precomputed graph ``adata.obsp[graph_key]`` (e.g.
+        ``"spatial_connectivities"`` from :func:`spatiome.graph.spatial_neighbors`); its
+        non-zero pattern is used, the values are ignored.
+    spatial_key
+        Coordinates in ``adata.obsm``.
+    cluster_method
+        ``"gmm"``, ``"kmeans"`` or ``"leiden"``.
+    covariance_type
+        Covariance of the Gaussian mixture components (``"tied"``, ``"full"``, ``"diag"``
+        or ``"spherical"``).
+    n_pcs
+        Cluster the first ``n_pcs`` principal components of the embedding instead of the
+        embedding itself (``None``, the default).
+    n_init
+        Initializations of the Gaussian mixture or k-means; the best is kept.
+    random_state
+        Seed of the weight initialization and of the clustering.
+    n_jobs
+        Threads used by torch while training (default: torch's setting); restored after.
+    key_added
+        Column of ``adata.obs`` receiving the categorical domain labels ``"0"``, ``"1"``,
+        ... (``"0"`` is the largest domain); also the key of the parameters in
+        ``adata.uns["spatiome"]``.
+    embedding_key
+        Key of the embedding in ``adata.obsm``.
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    AnnData or None
+        The copy when ``copy=True``; otherwise None. Written: ``obs[key_added]``,
+        ``obsm[embedding_key]`` (float32, spots x ``hidden_dims[1]``) and
+        ``uns["spatiome"][key_added]`` with the parameters, the genes used, the graph size,
+        the training time and the loss of every epoch (``"loss"``). Nothing else in
+        ``adata`` is changed.
+
+    Raises
+    ------
+    ImportError
+        If PyTorch is not installed (``pip install "spatiome[deep]"``).
+    SpatiomeInputError
+        If an argument is out of range, the counts are not raw counts, or coordinates or
+        the graph are missing.
+
+    References
+    ----------
+    Dong and Zhang (2022). Deciphering spatial domains from spatially resolved
+    transcriptomics with an adaptive graph attention auto-encoder. Nature Communications
+    13, 1739 (STAGATE).
+
+    Long, Ang, Li et al. (2023). Spatially informed clustering, integration, and
+    deconvolution of spatial transcriptomics with GraphST. Nature Communications 14, 1155.
+
+    Examples
+    --------
+    >>> import pytest; _ = pytest.importorskip("torch")  # needs spatiome[deep]
+    >>> from sklearn.metrics import adjusted_rand_score
+    >>> from spatiome.datasets import simulate_tissue
+    >>> from spatiome.domains.gnn import gnn
+    >>> adata = simulate_tissue(n_spots=600, n_genes=100, n_domains=4, patterns=("domain",),
+    ...                         frac_spatial=0.3, random_state=3)
+    >>> gnn(adata, 4, hidden_dims=(64, 8), n_epochs=120)
+    >>> adata.obsm["X_gnn"].shape, adata.obs["gnn"].cat.categories.tolist()
+    ((600, 8), ['0', '1', '2', '3'])
+    >>> adjusted_rand_score(adata.obs["domain"], adata.obs["gnn"]) > 0.7
+    True
+    """
+    check_adata(adata)
+    _check_parameters(
+        adata, n_domains, n_top_genes, hidden_dims, n_epochs, learning_rate, weight_decay,
+        gradient_clip, cluster_method, covariance_type, n_pcs, n_comps, n_init, n_jobs,
+        key_added, embedding_key,
+    )  # fmt: skip
+    torch = _import_torch()
+    layer = "counts" if layer is None and "counts" in adata.layers else layer
+    counts = get_matrix(adata, layer)
+    check_counts(counts, where="adata.X" if layer is None else f"adata.layers[{layer!r}]")
+    graph, graph_info = _spatial_graph(adata, n_neighbors, radius, graph_key, spatial_key)
+    random_state = 0 if random_state is None else int(random_state)
+    expression, genes = _preprocess(
+        counts, adata.var_names, n_top_genes, scale, n_comps, random_state
+    )
+
+    from ._torch_gat import train_autoencoder
+
+    start = time.perf_counter()
+    embedding, losses = train_autoencoder(
+        expression,
+        graph,
+        hidden_dims=(int(hidden_dims[0]), int(hidden_dims[1])),
+        n_epochs=int(n_epochs),
+        learning_rate=float(learning_rate),
+        weight_decay=float(weight_decay),
+        gradient_clip=None if gradient_clip is None else float(gradient_clip),
+        seed=random_state,
+        n_threads=n_jobs,
+    )
+    seconds = time.perf_counter() - start
+    labels = _cluster(
+        embedding, int(n_domains), cluster_method, covariance_type, n_pcs, n_init, random_state
+    )
+    adata = adata.copy() if copy else adata
+    adata.obsm[embedding_key] = embedding
+    adata.obs[key_added] = _labels_by_size(labels)
+    adata.uns.setdefault("spatiome", {})
+    adata.uns["spatiome"][key_added] = {
+        "method": "gnn",
+        "model": "graph attention autoencoder (tied weights)",
+        "n_domains": int(n_domains),
+        "layer": "X" if layer is None else layer,
+        "n_top_genes": int(genes.size),
+        "genes": np.asarray(genes, dtype=str),
+        "scale": bool(scale),
+        "n_comps": -1 if n_comps is None else int(n_comps),
+        "hidden_dims": [int(d) for d in hidden_dims],
+        "n_epochs": int(n_epochs),
+        "learning_rate": float(learning_rate),
+        "weight_decay": float(weight_decay),
+        "gradient_clip": -1.0 if gradient_clip is None else float(gradient_clip),
+        "graph": graph_info,
+        "cluster_method": cluster_method,
+        "covariance_type": covariance_type,
+        "n_pcs": -1 if n_pcs is None else int(n_pcs),
+        "n_init": int(n_init),
+        "random_state": random_state,
+        "embedding_key": embedding_key,
+        "torch": str(torch.__version__),
+        "train_seconds": float(seconds),
+        "loss": losses,
+    }
+    logger.info(
+        "gnn: %d epochs on %d spots x %d genes in %.1f s (loss %.4g -> %.4g), %d domains",
+        n_epochs,
+        adata.n_obs,
+        genes.size,
+        seconds,
+        losses[0] if losses.size else float("nan"),
+        losses[-1] if losses.size else float("nan"),
+        int(n_domains),
+    )
+    return adata if copy else None
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError as err:
+        raise ImportError(f"{_INSTALL_HINT} (import failed: {err})") from err
+    return torch
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_parameters(
+    adata, n_domains, n_top_genes, hidden_dims, n_epochs, learning_rate, weight_decay,
+    gradient_clip, cluster_method, covariance_type, n_pcs, n_comps, n_init, n_jobs, key_added,
+    embedding_key,
+) -> None:  # fmt: skip
+    if not _is_int(n_domains) or not 1 <= n_domains <= adata.n_obs:
+        raise SpatiomeInputError(
+            f"n_domains must be an integer between 1 and the number of spots "
+            f"({adata.n_obs}), got {n_domains!r}"
+        )
+    if n_top_genes is not None and (not _is_int(n_top_genes) or n_top_genes < 2):
+        raise SpatiomeInputError(
+            f"n_top_genes must be an integer >= 2 or None, got {n_top_genes!r}"
+        )
+    dims = tuple(hidden_dims) if isinstance(hidden_dims, list | tuple) else ()
+    if len(dims) != 2 or not all(_is_int(d) and d >= 1 for d in dims):
+        raise SpatiomeInputError(
+            f"hidden_dims must be two positive integers (hidden, embedding), got {hidden_dims!r}"
+        )
+    if not _is_int(n_epochs) or n_epochs < 0:
+        raise SpatiomeInputError(f"n_epochs must be a non-negative integer, got {n_epochs!r}")
+    for name, value in (("learning_rate", learning_rate), ("weight_decay", weight_decay)):
+        if not isinstance(value, numbers.Real) or not np.isfinite(value) or value < 0:
+            raise SpatiomeInputError(f"{name} must be a finite number >= 0, got {value!r}")
+    if gradient_clip is not None and (
+        not isinstance(gradient_clip, numbers.Real) or not gradient_clip > 0
+    ):
+        raise SpatiomeInputError(f"gradient_clip must be positive or None, got {gradient_clip!r}")
+    if cluster_method not in CLUSTER_METHODS:
+        raise SpatiomeInputError(
+            f"cluster_method must be one of {CLUSTER_METHODS}, got {cluster_method!r}"
+        )
+    if covariance_type not in COVARIANCE_TYPES:
+        raise SpatiomeInputError(
+            f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}"
+        )
+    if n_pcs is not None and (not _is_int(n_pcs) or not 1 <= n_pcs <= dims[1]):
+        raise SpatiomeInputError(
+            f"n_pcs must be None or an integer between 1 and the embedding width "
+            f"({dims[1]}), got {n_pcs!r}"
+        )
+    if n_comps is not None and (not _is_int(n_comps) or n_comps < 1):
+        raise SpatiomeInputError(f"n_comps must be a positive integer or None, got {n_comps!r}")
+    if not _is_int(n_init) or n_init < 1:
+        raise SpatiomeInputError(f"n_init must be a positive integer, got {n_init!r}")
+    if n_jobs is not None and (not _is_int(n_jobs) or n_jobs < 1):
+        raise SpatiomeInputError(f"n_jobs must be a positive integer or None, got {n_jobs!r}")
+    for name, value in (("key_added", key_added), ("embedding_key", embedding_key)):
+        if not isinstance(value, str) or not value:
+            raise SpatiomeInputError(f"{name} must be a non-empty string, got {value!r}")
+
+
+def _spatial_graph(
+    adata: AnnData,
+    n_neighbors: int,
+    radius: float | None,
+    graph_key: str | None,
+    spatial_key: str,
+) -> tuple[sp.csr_matrix, dict]:
+    if graph_key is not None:
+        if graph_key not in adata.obsp:
+            raise SpatiomeInputError(
+                f"adata.obsp[{graph_key!r}] is missing: run "
+                "spatiome.graph.spatial_neighbors(adata) first or pass graph_key=None to "
+                "build the graph from the coordinates"
+            )
+        graph = sp.csr_matrix(adata.obsp[graph_key], dtype=np.float32)
+        info = {"source": f"obsp[{graph_key!r}]"}
+    else:
+        method = "radius" if radius is not None else default_method(adata)
+        graph, _, built = build_graph(
+            adata, method=method, n_neighbors=n_neighbors, radius=radius, spatial_key=spatial_key
+        )
+        info = {"source": "built", **{k: v for k, v in built["params"].items() if v is not None}}
+    # The pattern is what counts; a self-loop keeps each spot's own expression in its message.
+    graph = sp.csr_matrix(graph)
+    graph.data = np.ones_like(graph.data, dtype=np.float32)
+    graph = sp.csr_matrix(graph + sp.eye(adata.n_obs, dtype=np.float32, format="csr"))
+    graph.data[:] = 1.0
+    graph.eliminate_zeros()
+    graph.sort_indices()
+    isolated = int(np.count_nonzero(np.diff(graph.indptr) == 1))
+    if isolated:
+        warnings.warn(
+            f"gnn: {isolated} of {adata.n_obs} spots have no spatial neighbour and are "
+            "embedded from their own expression only (raise n_neighbors or radius)",
+            UserWarning,
+            stacklevel=3,
+        )
+    info.update({"n_edges": int(graph.nnz - adata.n_obs), "n_isolated": isolated})
+    return graph, info
+
+
+def _preprocess(
+    counts,
+    var_names: pd.Index,
+    n_top_genes: int | None,
+    scale: bool,
+    n_comps: int | None,
+    random_state: int,
+):
+    from ._torch_gat import ScaledExpression
+
+    counts = sp.csr_matrix(counts, dtype=np.float32, copy=True)
+    library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
+    factor = np.divide(_TARGET_SUM, library, out=np.zeros_like(library), where=library > 0)
+    counts.data *= np.repeat(factor, np.diff(counts.indptr)).astype(np.float32)
+    np.log1p(counts.data, out=counts.data)
+    if n_top_genes is None or n_top_genes >= counts.shape[1]:
+        selected = np.arange(counts.shape[1])
+    else:
+        flags = sc.pp.highly_variable_genes(
+            AnnData(counts, var=pd.DataFrame(index=var_names.astype(str))),
+            flavor="seurat",
+            n_top_genes=int(n_top_genes),
+            inplace=False,
+        )
+        selected = np.flatnonzero(flags["highly_variable"].to_numpy())
+    matrix = sp.csr_matrix(counts[:, selected])
+    genes = np.asarray(var_names[selected]).astype(str)
+    n_obs = matrix.shape[0]
+    mean = np.asarray(matrix.mean(axis=0), dtype=np.float64).ravel()
+    if scale:
+        square = np.asarray(matrix.multiply(matrix).mean(axis=0), dtype=np.float64).ravel()
+        variance = np.maximum(square - mean**2, 0.0) * n_obs / max(n_obs - 1, 1)
+        std = np.sqrt(variance)
+        inv_std = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)
+    else:
+        inv_std = np.ones_like(mean)
+    if n_comps is None:
+        if not scale:
+            return ScaledExpression(matrix), genes
+        return (
+            ScaledExpression(
+                matrix, mean.astype(np.float32), inv_std.astype(np.float32), clip=_SCALE_CLIP
+            ),
+            genes,
+        )
+    # PCA of the centred (and scaled) genes; ARPACK centres implicitly, X stays sparse.
+    scaled = sp.csr_matrix(matrix.multiply(inv_std[None, :].astype(np.float32)))
+    n_comps = int(min(n_comps, min(scaled.shape) - 1))
+    scores = sc.pp.pca(
+        scaled, n_comps=n_comps, zero_center=True, svd_solver="arpack", random_state=random_state
+    )
+    return ScaledExpression(np.ascontiguousarray(scores, dtype=np.float32)), genes
+
+
+def _cluster(
+    embedding: np.ndarray,
+    n_domains: int,
+    method: str,
+    covariance_type: str,
+    n_pcs: int | None,
+    n_init: int,
+    random_state: int,
+) -> np.ndarray:
+    features = embedding.astype(np.float64)
+    if n_pcs is not None:
+        from sklearn.decomposition import PCA
+
+        features = PCA(n_components=n_pcs, random_state=random_state).fit_transform(features)
+    if method == "gmm":
+        from sklearn.mixture import GaussianMixture
+
+        model = GaussianMixture(
+            n_components=n_domains,
+            covariance_type=covariance_type,
+            n_init=n_init,
+            random_state=random_state,
+        )
+        return model.fit_predict(features)
+    shell = AnnData(sp.csr_matrix((features.shape[0], 1), dtype=np.float32))
+    shell.obsm["features"] = features
+    if method == "kmeans":
+        kmeans(shell, n_domains, use_rep="features", key_added="labels", n_init=n_init,
+               random_state=random_state)  # fmt: skip
+    else:
+        leiden(shell, n_clusters=n_domains, use_rep="features", key_added="labels",
+               random_state=random_state)  # fmt: skip
+    return shell.obs["labels"].cat.codes.to_numpy()
