@@ -94,11 +94,8 @@ def leiden(
     [40, 40, 40]
     """
     check_adata(adata)
-    if n_clusters is not None and not 1 <= int(n_clusters) <= adata.n_obs:
-        raise SpatiomeInputError(
-            f"n_clusters must be between 1 and the number of spots ({adata.n_obs}), "
-            f"got {n_clusters}"
-        )
+    if n_clusters is not None:
+        _check_n_clusters(n_clusters, adata.n_obs)
     if not resolution > 0:
         raise SpatiomeInputError(f"resolution must be positive, got {resolution!r}")
     random_state = 0 if random_state is None else int(random_state)
@@ -188,11 +185,7 @@ def _search_resolution(run, key: str, target: int, start: float) -> tuple[AnnDat
 def _expression_graph(
     adata: AnnData, use_rep: str, n_neighbors: int, random_state: int
 ) -> sp.csr_matrix:
-    if use_rep not in adata.obsm:
-        raise SpatiomeInputError(
-            f"adata.obsm[{use_rep!r}] is missing: run spatiome.pp.reduce(adata) first or "
-            f"pass use_rep= one of {sorted(adata.obsm.keys())}"
-        )
+    _require_representation(adata, use_rep)
     for key in ("neighbors", f"neighbors_{use_rep}"):
         info = adata.uns.get(key)
         if isinstance(info, dict) and info.get("params", {}).get("use_rep") == use_rep:
@@ -261,19 +254,9 @@ def kmeans(
     from sklearn.cluster import KMeans
 
     check_adata(adata)
-    if use_rep not in adata.obsm:
-        raise SpatiomeInputError(
-            f"adata.obsm[{use_rep!r}] is missing: run spatiome.pp.reduce(adata) first or "
-            f"pass use_rep= one of {sorted(adata.obsm.keys())}"
-        )
-    if not 1 <= int(n_clusters) <= adata.n_obs:
-        raise SpatiomeInputError(
-            f"n_clusters must be between 1 and the number of spots ({adata.n_obs}), "
-            f"got {n_clusters}"
-        )
-    features = np.asarray(adata.obsm[use_rep], dtype=np.float64)
-    if not np.isfinite(features).all():
-        raise SpatiomeInputError(f"adata.obsm[{use_rep!r}] contains NaN or infinite values")
+    _require_representation(adata, use_rep)
+    _check_n_clusters(n_clusters, adata.n_obs)
+    features = _representation(adata, use_rep)
     random_state = 0 if random_state is None else int(random_state)
     model = KMeans(n_clusters=int(n_clusters), n_init=n_init, random_state=random_state)
     labels = model.fit_predict(features)
@@ -639,12 +622,17 @@ def cluster(
     return adata if copy else None
 
 
-def _representation(adata: AnnData, use_rep: str) -> np.ndarray:
+def _require_representation(adata: AnnData, use_rep: str) -> None:
     if use_rep not in adata.obsm:
         raise SpatiomeInputError(
             f"adata.obsm[{use_rep!r}] is missing: run spatiome.pp.reduce(adata) first or "
             f"pass use_rep= one of {sorted(adata.obsm.keys())}"
         )
+
+
+def _representation(adata: AnnData, use_rep: str) -> np.ndarray:
+    """``adata.obsm[use_rep]`` as finite float64, or one clear error."""
+    _require_representation(adata, use_rep)
     features = np.asarray(adata.obsm[use_rep], dtype=np.float64)
     if not np.isfinite(features).all():
         raise SpatiomeInputError(f"adata.obsm[{use_rep!r}] contains NaN or infinite values")
