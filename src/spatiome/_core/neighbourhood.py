@@ -113,17 +113,7 @@ def neighbourhood_median_mad(
     >>> median.tolist(), mad.tolist()
     ([2.0, 2.0, 2.0, 3.0], [1.0, 1.0, 1.0, 1.0])
     """
-    matrix, squeeze = _as_matrix(values, neighbours)
-    index = np.ascontiguousarray(neighbours, dtype=np.int64)
-
-    def block(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        median = np.empty((stop - start, matrix.shape[1]))
-        mad = np.empty_like(median)
-        _median_mad_kernel(matrix, index, start, stop, include_self, median, mad)
-        return median, mad
-
-    median, mad = _run_blocks(block, matrix.shape[0], n_jobs, client)
-    return (median[:, 0], mad[:, 0]) if squeeze else (median, mad)
+    return _neighbourhood_pair(_median_mad_kernel, values, neighbours, include_self, n_jobs, client)
 
 
 def neighbourhood_mean_variance(
@@ -147,17 +137,24 @@ def neighbourhood_mean_variance(
     >>> mean.tolist(), variance.tolist()
     ([2.0, 2.0, 2.0, 35.0], [1.0, 1.0, 1.0, 3169.0])
     """
+    return _neighbourhood_pair(
+        _mean_variance_kernel, values, neighbours, include_self, n_jobs, client
+    )
+
+
+def _neighbourhood_pair(kernel, values, neighbours, include_self, n_jobs, client):
+    """Run a kernel that fills two statistics per spot and column, in blocks of spots."""
     matrix, squeeze = _as_matrix(values, neighbours)
     index = np.ascontiguousarray(neighbours, dtype=np.int64)
 
     def block(start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        mean = np.empty((stop - start, matrix.shape[1]))
-        variance = np.empty_like(mean)
-        _mean_variance_kernel(matrix, index, start, stop, include_self, mean, variance)
-        return mean, variance
+        first = np.empty((stop - start, matrix.shape[1]))
+        second = np.empty_like(first)
+        kernel(matrix, index, start, stop, include_self, first, second)
+        return first, second
 
-    mean, variance = _run_blocks(block, matrix.shape[0], n_jobs, client)
-    return (mean[:, 0], variance[:, 0]) if squeeze else (mean, variance)
+    first, second = _run_blocks(block, matrix.shape[0], n_jobs, client)
+    return (first[:, 0], second[:, 0]) if squeeze else (first, second)
 
 
 def _as_matrix(values: np.ndarray, neighbours: np.ndarray) -> tuple[np.ndarray, bool]:
