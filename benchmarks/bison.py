@@ -42,10 +42,10 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from sklearn.metrics import adjusted_rand_score, roc_auc_score
 
 import spatiome as sm
+from spatiome.domains._simulate import paper_design
 from spatiome.domains.bison import bison
 from spatiome.graph import spatial_neighbors
 
@@ -60,35 +60,6 @@ from _common import (  # noqa: E402
 
 RESULTS = RESULTS_DIR / "bison.csv"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def paper_design(delta: float, seed: int, n_spots: int = 300, n_genes: int = 500) -> ad.AnnData:
-    """The original's simulation design; true factors in obs['s_true'] / var['g_true']."""
-    tissue = sm.datasets.simulate_tissue(
-        n_spots=n_spots, n_genes=10, n_domains=4, n_mito_genes=0, random_state=seed
-    )
-    rng = np.random.default_rng(seed)
-    domain = tissue.obs["domain"].cat.codes.to_numpy()
-    n_null = int(round(0.4 * n_genes))
-    n_dg = n_genes - n_null
-    group = np.concatenate([rng.integers(0, 3, n_dg), np.full(n_null, -1)])
-    rates = 4.0 + delta * (np.arange(3)[:, None] + np.arange(4)[None, :])
-    rates += rng.uniform(-0.1, 0.1, rates.shape)
-    s = np.exp(rng.normal(0.0, 0.3, n_spots))
-    s /= s.mean()
-    g = rng.uniform(0.5, 1.5, n_genes)
-    mean = np.empty((n_spots, n_genes))
-    mean[:, :n_dg] = rates[group[:n_dg]][:, domain].T
-    mean[:, n_dg:] = rng.uniform(2.0, 6.0, n_null)[None, :]
-    mean *= s[:, None] * g[None, :]
-    return ad.AnnData(
-        sp.csr_matrix(rng.poisson(mean).astype(np.float32)),
-        obs=pd.DataFrame(
-            {"domain": tissue.obs["domain"].to_numpy(), "s_true": s}, index=tissue.obs_names
-        ),
-        var=pd.DataFrame({"group": group, "g_true": g}, index=[f"G{j}" for j in range(n_genes)]),
-        obsm={"spatial": tissue.obsm["spatial"]},
-    )
 
 
 def scores(adata: ad.AnnData, domain: str, discriminating: np.ndarray | None, truth=None) -> dict:
@@ -119,7 +90,7 @@ def accuracy(seeds: int) -> list[dict]:
     for delta in (0.5, 1.0, 1.5):
         for factors in ("true", "estimated"):
             for seed in range(seeds):
-                adata = paper_design(delta, seed)
+                adata = paper_design(delta=delta, seed=seed, n_genes=500)
                 options = {"size_factors": "s_true", "gene_factors": "g_true"}
                 start = time.perf_counter()
                 bison(
