@@ -199,6 +199,22 @@ def _domain_summaries(matrix, labels: pd.Categorical, adata: AnnData, genes: lis
     return means / sizes, fractions / sizes
 
 
+def module_labels(column: pd.Series) -> pd.Series:
+    """Module of each grouped gene as text ("3", not "3.0"); ungrouped genes dropped.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> module_labels(pd.Series([1.0, np.nan, -1.0, 3.0], index=list("abcd"))).to_dict()
+    {'a': '1', 'd': '3'}
+    """
+    values = column.dropna()
+    if pd.api.types.is_numeric_dtype(values):
+        values = values[values >= 0].astype(np.int64)
+    labels = values.astype(str)
+    return labels[labels != "-1"]
+
+
 def _module_groups(adata: AnnData, modules) -> dict[str, list[str]]:
     if isinstance(modules, str):
         if modules not in adata.var:
@@ -206,13 +222,8 @@ def _module_groups(adata: AnnData, modules) -> dict[str, list[str]]:
                 f"adata.var[{modules!r}] is missing: run a module method (for example "
                 "spatiome.modules.stihc) or pass a dict of module -> genes"
             )
-        column = adata.var[modules].dropna()
-        if pd.api.types.is_numeric_dtype(column):
-            column = column[column >= 0].astype(np.int64)
-        column = column.astype(str)
-        column = column[column != "-1"]
         groups: dict[str, list[str]] = {}
-        for gene, module in column.items():
+        for gene, module in module_labels(adata.var[modules]).items():
             groups.setdefault(module, []).append(str(gene))
         return groups
     known = set(adata.var_names)

@@ -347,7 +347,9 @@ def run_module_method(
         )  # fmt: skip
     else:
         raise SpatiomeInputError(f"unknown module method {method!r}; choose from {MODULE_METHODS}")
-    n_modules = int(_module_labels(data.var[_module_column(data, key)]).nunique())
+    from ..pl.domains import module_labels
+
+    n_modules = int(module_labels(data.var[_module_column(data, key)]).nunique())
     return table, [f"{MODULE_TITLES[method]}: {n_modules} modules from {len(genes)} genes"]
 
 
@@ -370,15 +372,6 @@ def aeh_length_scale(data: AnnData, genes: list[str]) -> float:
         if values.size:
             return float(np.median(values))
     return float(0.1 * np.ptp(get_spatial(data), axis=0).max())
-
-
-def _module_labels(column: pd.Series) -> pd.Series:
-    """Module of each grouped gene as text ("3", not "3.0"); ungrouped genes dropped."""
-    values = column.dropna()
-    if pd.api.types.is_numeric_dtype(values):
-        values = values[values >= 0].astype(np.int64)
-    labels = values.astype(str)
-    return labels[labels != "-1"]
 
 
 def _module_column(data: AnnData, key: str) -> str:
@@ -890,6 +883,7 @@ def _module_section(
     figure: Callable[[Any], str],
 ) -> Section:
     from .. import pl
+    from ..pl.domains import module_labels
 
     section = Section("Gene modules", "modules")
     for note in notes:
@@ -898,7 +892,7 @@ def _module_section(
         if table is None:
             continue
         column = _module_column(data, f"module_{method}")
-        members = _module_labels(data.var[column])
+        members = module_labels(data.var[column])
         sizes = members.value_counts().sort_index()
         summary = pd.DataFrame(
             {
