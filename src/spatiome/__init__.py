@@ -18,12 +18,23 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("io", "datasets", "graph", "pp", "svg", "modules", "domains", "pl", "workflow")
+_SUBMODULES = (
+    "io",
+    "datasets",
+    "graph",
+    "pp",
+    "svg",
+    "modules",
+    "domains",
+    "deconv",
+    "pl",
+    "workflow",
+)
 
 __all__ = ["__version__", *_SUBMODULES]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import datasets, domains, graph, io, modules, pl, pp, svg, workflow  # noqa: F401
+    from . import datasets, deconv, domains, graph, io, modules, pl, pp, svg, workflow  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -40,6 +40,27 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
         help="comma-separated gene module methods on the spatially variable genes: stihc, "
         "aeh; 'none' skips (default: stihc)",
     )
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="labelled single-cell reference (.h5ad, raw counts) for cell-type deconvolution",
+    )
+    parser.add_argument(
+        "--reference-labels",
+        default="cell_type",
+        help="cell-type column of the reference's obs (default: cell_type)",
+    )
+    parser.add_argument(
+        "--deconv",
+        default="rctd",
+        help="deconvolution method: rctd, nnls, nb_vi (needs torch) (default: rctd)",
+    )
+    parser.add_argument(
+        "--deconv-smoothing",
+        type=float,
+        default=0.0,
+        help="strength of the spatial (CAR) prior on the cell-type fractions (default: 0, off)",
+    )
     parser.add_argument("--no-umap", action="store_true", help="skip UMAP")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -88,6 +109,10 @@ def _config(args: argparse.Namespace):
         svg_methods=names(args.svg),
         domain_methods=names(args.domains),
         module_methods=names(args.modules),
+        reference=args.reference,
+        reference_labels=args.reference_labels,
+        deconv_method=args.deconv,
+        deconv_smoothing=args.deconv_smoothing,
     )
 
 

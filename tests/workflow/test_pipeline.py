@@ -178,3 +178,89 @@ def test_domain_and_module_options_are_validated_and_can_be_switched_off(tmp_pat
     assert "markers" not in result.files
     page = result.files["report"].read_text()
     assert 'id="domains"' not in page and 'id="modules"' not in page
+
+
+@pytest.fixture(scope="module")
+def spots_and_reference(tmp_path_factory):
+    """Visium-like spots summed from simulated cells, and a labelled reference of others."""
+    folder = tmp_path_factory.mktemp("deconv")
+    cells = sm.datasets.simulate_tissue(
+        n_spots=6000,
+        n_genes=120,
+        layout="random",
+        single_cells=True,
+        n_cell_types=4,
+        n_domains=4,
+        mean_depth=400,
+        random_state=0,
+    )
+    reference, spatial = sm.deconv.split_reference(cells, fraction=0.3, random_state=0)
+    spots = sm.deconv.pseudo_spots(spatial, spot_radius=27.5, random_state=0)
+    spots.uns["spatial_unit"] = "um"
+    reference_path = folder / "reference.h5ad"
+    sm.io.write_h5ad(reference, reference_path)
+    spots_path = folder / "spots.h5ad"
+    sm.io.write_h5ad(spots, spots_path)
+    return spots, spots_path, reference_path
+
+
+def test_run_with_a_reference_deconvolves_and_reports(tmp_path, spots_and_reference):
+    spots, spots_path, reference_path = spots_and_reference
+    out = tmp_path / "out"
+    args = [
+        "run",
+        "--input",
+        str(spots_path),
+        "--out",
+        str(out),
+        "--reference",
+        str(reference_path),
+        "--no-umap",
+        "--no-progress",
+        "--modules",
+        "none",
+    ]
+    assert main(args) == 0
+    fractions = pd.read_csv(out / "cell_type_fractions.csv", index_col="spot")
+    truth = spots.obsm["cell_type_proportions"]
+    error = np.sqrt(
+        np.mean((fractions.loc[truth.index, truth.columns].to_numpy() - truth.to_numpy()) ** 2)
+    )
+    assert error < 0.08
+    page = (out / "report.html").read_text()
+    assert 'id="deconvolution"' in page and "Cable et al. (2022)" in page
+    record = json.loads((out / "provenance.json").read_text())
+    assert str(reference_path.resolve()) in record["inputs"]
+    assert record["parameters"]["deconv_method"] == "rctd"
+
+
+def test_reference_options_are_validated(tmp_path, spots_and_reference, capsys):
+    spots, spots_path, reference_path = spots_and_reference
+    with pytest.raises(sm._core.validate.SpatiomeInputError, match="deconv_method"):
+        PipelineConfig(deconv_method="magic")
+    code = main(
+        [
+            "run",
+            "--input",
+            str(spots_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--reference",
+            str(tmp_path / "missing.h5ad"),
+        ]
+    )
+    assert code == 2 and "missing.h5ad does not exist" in capsys.readouterr().err
+    code = main(
+        [
+            "run",
+            "--input",
+            str(spots_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--reference",
+            str(reference_path),
+            "--reference-labels",
+            "celltype",
+        ]
+    )
+    assert code == 2 and "no obs column 'celltype'" in capsys.readouterr().err

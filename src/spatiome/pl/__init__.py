@@ -16,12 +16,15 @@ from matplotlib.figure import Figure
 
 from .._core.files import atomic_path
 from .._core.validate import SpatiomeInputError
+from .deconv import cell_type_maps, dominant_cell_type, scatter_pies
 from .domains import markers, module_scores
 from .embedding import embedding
 from .qc import qc_spatial, qc_violin
 from .spatial import spatial
 
 __all__ = [
+    "cell_type_maps",
+    "dominant_cell_type",
     "embedding",
     "figure_to_base64_png",
     "markers",
@@ -29,6 +32,7 @@ __all__ = [
     "qc_spatial",
     "qc_violin",
     "save",
+    "scatter_pies",
     "spatial",
 ]
 

@@ -78,6 +78,15 @@ class PipelineConfig:
         Number of AEH patterns.
     max_module_genes
         Largest number of spatially variable genes grouped into modules.
+    reference
+        Path of a labelled single-cell reference (``.h5ad``, raw counts) for cell-type
+        deconvolution; None skips the step.
+    reference_labels
+        Cell-type column of the reference's ``obs``.
+    deconv_method
+        Deconvolution method: "rctd" (default), "nnls" or "nb_vi" (needs torch).
+    deconv_smoothing
+        Strength of the CAR spatial prior on the fractions (0: off; "rctd"/"nnls" only).
     """
 
     seed: int = 0
@@ -101,8 +110,22 @@ class PipelineConfig:
     module_methods: tuple[str, ...] = ("stihc",)
     n_patterns: int = 5
     max_module_genes: int = 300
+    reference: str | None = None
+    reference_labels: str = "cell_type"
+    deconv_method: str = "rctd"
+    deconv_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.deconv_method not in DECONV_METHODS:
+            raise SpatiomeInputError(
+                f"deconv_method must be one of {DECONV_METHODS}, got {self.deconv_method!r}"
+            )
+        if not (self.deconv_smoothing >= 0):
+            raise SpatiomeInputError(
+                f"deconv_smoothing must be >= 0, got {self.deconv_smoothing!r}"
+            )
+        if self.reference is not None:
+            self.reference = str(self.reference)
         self.svg_methods = _method_names("svg_methods", self.svg_methods, SVG_METHODS, True)
         self.domain_methods = _method_names(
             "domain_methods", self.domain_methods, DOMAIN_METHODS, False
@@ -144,6 +167,13 @@ SVG_METHODS = ("moran", "geary", "sparkx", "spatialde", "trendseek")
 #: Spatial domain methods and gene module methods the pipeline can run.
 DOMAIN_METHODS = ("cluster", "bison", "gnn")
 MODULE_METHODS = ("stihc", "aeh")
+#: Cell-type deconvolution methods (a reference is needed).
+DECONV_METHODS = ("rctd", "nnls", "nb_vi")
+DECONV_TITLES = {
+    "rctd": "RCTD-style Poisson-log-normal",
+    "nnls": "non-negative least squares",
+    "nb_vi": "cell2location-style variational NB",
+}
 DOMAIN_TITLES = {
     "cluster": "neighbourhood-augmented Gaussian mixture",
     "bison": "BISON",
@@ -178,6 +208,7 @@ def pipeline_steps(config: PipelineConfig) -> tuple[str, ...]:
         "leiden",
         *domain_steps,
         *(("markers",) if domain_steps else ()),
+        *(("deconvolution",) if config.reference else ()),
         *config.svg_methods,
         *(f"modules_{m}" for m in config.module_methods),
         "report",
@@ -313,6 +344,51 @@ def run_markers(data: AnnData, config: PipelineConfig) -> pd.DataFrame:
     method = config.domain_methods[0]
     bison_key = "domain_bison" if "bison" in config.domain_methods else None
     return domains.markers(data, f"domain_{method}", bison_key=bison_key)
+
+
+def load_reference(config: PipelineConfig) -> AnnData | None:
+    """Read the single-cell reference named in ``config`` and check its label column."""
+    if config.reference is None:
+        return None
+    from ..io import read_h5ad
+
+    path = Path(config.reference)
+    if not path.is_file():
+        raise SpatiomeInputError(
+            f"reference {path} does not exist: pass the path of a labelled single-cell .h5ad"
+        )
+    reference = read_h5ad(path)
+    if config.reference_labels not in reference.obs:
+        raise SpatiomeInputError(
+            f"reference {path} has no obs column {config.reference_labels!r} "
+            f"(columns: {list(reference.obs.columns)[:10]}): set reference_labels"
+        )
+    return reference
+
+
+def run_deconvolution(data: AnnData, reference: AnnData, config: PipelineConfig) -> list[str]:
+    """Cell-type fractions of every spot into ``obsm['cell_type_fractions']``; notes."""
+    from .. import deconv
+
+    signatures = deconv.reference_signatures(reference, config.reference_labels)
+    fractions = deconv.deconvolve(
+        data, signatures, method=config.deconv_method, layer="counts",
+        smoothing=config.deconv_smoothing, random_state=config.seed,
+    )  # fmt: skip
+    info = data.uns["spatiome"]["cell_type_fractions"]
+    notes = [
+        f"{DECONV_TITLES[config.deconv_method]} against {signatures.shape[1]} cell types on "
+        f"{info['n_genes']} informative genes shared with the reference."
+    ]
+    if "sigma" in info:
+        notes.append(
+            f"Per-gene platform effect sd {info['platform_effect_sd']:.2f} (natural log); "
+            f"gene-level noise sigma {info['sigma']:.2f}."
+        )
+    missing = int(fractions.isna().any(axis=1).sum())
+    if missing:
+        notes.append(f"{missing} spots have no counts in the shared genes and no estimate.")
+    return notes
 
 
 def module_genes(data: AnnData, table: pd.DataFrame, config: PipelineConfig) -> list[str]:
@@ -556,6 +632,9 @@ def run_pipeline(
     record = Provenance(command=command, parameters=asdict(config), seed=config.seed)
     for path in inputs:
         record.add_input(path)
+    reference = load_reference(config)
+    if config.reference is not None:
+        record.add_input(config.reference)
 
     data = adata.copy()
     if "counts" not in data.layers:
@@ -594,6 +673,8 @@ def run_pipeline(
         )
     if config.domain_methods:
         actions["markers"] = lambda: run_markers(data, config)
+    if reference is not None:
+        actions["deconvolution"] = lambda: run_deconvolution(data, reference, config)
     for method in config.svg_methods:
         actions[method] = lambda method=method: _run_svg_step(data, method, config)
     for method in config.module_methods:
@@ -614,6 +695,7 @@ def run_pipeline(
         notes["qc"] = [*outputs["spatial_qc"], *outputs["doublets"]]
         notes["domains"] = [n for m in config.domain_methods for n in outputs[f"domains_{m}"]]
         notes["modules"] = [n for m in config.module_methods for n in outputs[f"modules_{m}"][1]]
+        notes["deconvolution"] = outputs.get("deconvolution", [])
         extra = {
             "markers": outputs.get("markers"),
             "modules": {m: outputs[f"modules_{m}"][0] for m in config.module_methods},
@@ -671,6 +753,16 @@ def _summary(
         "n_svg": int((tables[primary]["qval"] < config.fdr).sum()),
         "n_clusters": int(data.obs["leiden"].nunique()),
     }
+    if "cell_type_fractions" in data.obsm:
+        summary["deconv_method"] = config.deconv_method
+        summary["n_cell_types"] = int(data.obsm["cell_type_fractions"].shape[1])
+        if truth and "cell_type_proportions" in data.obsm:
+            from ..deconv import compare_fractions
+
+            agreement = compare_fractions(
+                data.obsm["cell_type_fractions"], data.obsm["cell_type_proportions"]
+            )
+            summary["deconv_rmse"] = float(agreement.loc["all", "rmse"])
     from sklearn.metrics import adjusted_rand_score
 
     for method in config.domain_methods:
@@ -720,6 +812,10 @@ def _write_outputs(
         files["markers"] = out / "markers.csv"
         with atomic_path(files["markers"]) as tmp:
             extra["markers"].to_csv(tmp, index=False)
+    if "cell_type_fractions" in data.obsm:
+        files["cell_type_fractions"] = out / "cell_type_fractions.csv"
+        with atomic_path(files["cell_type_fractions"]) as tmp:
+            data.obsm["cell_type_fractions"].to_csv(tmp, index_label="spot")
     for method, table in extra.get("modules", {}).items():
         if table is not None:
             files[f"modules_{method}"] = out / f"modules_{method}.csv"
@@ -808,6 +904,8 @@ def _report_sections(
     sections = [overview, qc, clusters]
     if config.domain_methods:
         sections.append(_domain_section(data, extra["markers"], notes["domains"], config, figure))
+    if "cell_type_fractions" in data.obsm:
+        sections.append(_deconvolution_section(data, notes.get("deconvolution", []), figure))
     first_svg = len(sections)
     for rank, (method, table) in enumerate(tables.items()):
         sections.append(
@@ -818,7 +916,7 @@ def _report_sections(
         sections[first_svg].add_table(_agreement(tables, config.fdr), sortable=False)
     if config.module_methods:
         sections.append(_module_section(data, extra["modules"], notes["modules"], figure))
-    if any(k in summary for k in ("svg_power", "domain_ari")):
+    if any(k in summary for k in ("svg_power", "domain_ari", "deconv_rmse")):
         truth = Section("Recovery of the simulated truth", "truth")
         truth.add_table(_truth_table(summary, config), sortable=False, css_class="metrics")
         sections.append(truth)
@@ -909,6 +1007,36 @@ def _module_section(
     return section
 
 
+def _deconvolution_section(
+    data: AnnData, notes: list[str], figure: Callable[[Any], str]
+) -> Section:
+    from .. import pl
+
+    section = Section("Cell-type deconvolution", "deconvolution")
+    for note in notes:
+        section.add_text(note)
+    fractions = data.obsm["cell_type_fractions"]
+    section.add_figure(
+        figure(pl.dominant_cell_type(data).figure), "Most abundant cell type of each spot."
+    )
+    section.add_figure(
+        figure(pl.scatter_pies(data).figure), "Cell-type fractions of each spot as a pie."
+    )
+    section.add_figure(
+        figure(pl.cell_type_maps(data)), "Fraction of each cell type in each spot (0 to 1)."
+    )
+    dominant = fractions.dropna().idxmax(axis=1).value_counts()
+    table = pd.DataFrame(
+        {
+            "mean fraction": fractions.mean(axis=0),
+            "spots where dominant": dominant.reindex(fractions.columns).fillna(0).astype(int),
+        }
+    ).sort_values("mean fraction", ascending=False)
+    section.add_table(table.rename_axis("cell type"))
+    section.add_text("Fractions of every spot are in cell_type_fractions.csv.")
+    return section
+
+
 #: Columns of each method's table shown in the report, when present.
 _REPORT_COLUMNS = (
     "statistic",
@@ -981,6 +1109,8 @@ def _truth_table(summary: dict[str, Any], config: PipelineConfig) -> pd.DataFram
             rows[f"{title}: genes called"] = summary[f"n_svg_{method}"]
     if "domain_ari" in summary:
         rows["ARI of Leiden clusters vs true domains"] = summary["domain_ari"]
+    if "deconv_rmse" in summary:
+        rows["RMSE of cell-type fractions vs truth"] = summary["deconv_rmse"]
     for method in config.domain_methods:
         if f"domain_ari_{method}" in summary:
             rows[f"ARI of {DOMAIN_TITLES[method]} vs true domains"] = summary[
@@ -1047,4 +1177,7 @@ __all__ = [
     "run_markers",
     "run_module_method",
     "module_genes",
+    "DECONV_METHODS",
+    "load_reference",
+    "run_deconvolution",
 ]

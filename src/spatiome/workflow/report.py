@@ -45,6 +45,13 @@ CITATIONS = {
     "13:1739.",
     "wilcoxon": "Wilcoxon (1945) Individual comparisons by ranking methods. Biometrics "
     "Bulletin 1:80-83.",
+    "rctd": "Cable et al. (2022) Robust decomposition of cell type mixtures in spatial "
+    "transcriptomics. Nature Biotechnology 40:517-526.",
+    "cell2location": "Kleshchevnikov et al. (2022) Cell2location maps fine-grained cell types "
+    "in spatial transcriptomics. Nature Biotechnology 40:661-671.",
+    "card": "Ma & Zhou (2022) Spatially informed cell-type deconvolution for spatial "
+    "transcriptomics. Nature Biotechnology 40:1349-1359.",
+    "nnls": "Lawson & Hanson (1974) Solving Least Squares Problems. Prentice-Hall.",
     "stihc": "Higgins, Li & Carey (2025) stIHC: a spatial transcriptomics iterative "
     "hierarchical clustering method for identifying spatial gene co-expression modules. "
     "Quantitative Biology, doi:10.1002/qub2.70011.",
@@ -250,6 +257,8 @@ def methods_paragraph(provenance: dict[str, Any], used: list[str]) -> str:
             f"random relabellings per gene (global envelope test, Benjamini-Hochberg "
             f"{cite('bh')})."
         )
+    if "deconvolution" in used:
+        parts.append(_deconvolution_sentence(params, cite))
     n_genes = params.get("max_module_genes", "?")
     if "modules_stihc" in used:
         parts.append(
@@ -264,6 +273,34 @@ def methods_paragraph(provenance: dict[str, Any], used: list[str]) -> str:
         )
     refs = "".join(f"<li>{html.escape(CITATIONS[k])}</li>" for k in cited)
     return f"<p>{html.escape(' '.join(parts))}</p><ol>{refs}</ol>"
+
+
+def _deconvolution_sentence(params: dict[str, Any], cite) -> str:
+    method = params.get("deconv_method", "rctd")
+    reference = f"cell-type signatures of the single-cell reference {params.get('reference')}"
+    if method == "nnls":
+        text = (
+            f"Cell-type fractions were estimated by non-negative least squares "
+            f"{cite('nnls')} of each spot's counts on the {reference}."
+        )
+    elif method == "nb_vi":
+        text = (
+            f"Cell-type abundances were estimated with a cell2location-style negative "
+            f"binomial model {cite('cell2location')} fitted by variational inference "
+            f"against the {reference}."
+        )
+    else:
+        text = (
+            f"Cell-type fractions were estimated with RCTD's Poisson-log-normal model "
+            f"{cite('rctd')} (per-gene platform effect, maximum-likelihood weights) "
+            f"against the {reference}."
+        )
+    if params.get("deconv_smoothing"):
+        text += (
+            f" A conditional autoregressive prior over the spatial graph (CARD-style "
+            f"{cite('card')}, strength {params['deconv_smoothing']:g}) smoothed them."
+        )
+    return text
 
 
 def render_report(title: str, subtitle: str, sections: list[Section]) -> str:

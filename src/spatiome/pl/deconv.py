@@ -1,0 +1,188 @@
+"""Cell-type fractions on the tissue: one map per type, the dominant type, scatter-pies."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from matplotlib.axes import Axes
+from matplotlib.collections import PatchCollection
+from matplotlib.figure import Figure
+from matplotlib.patches import Wedge
+
+from .._core.validate import SpatiomeInputError, check_adata, get_spatial
+from .spatial import (
+    PANEL_INCHES,
+    TITLE_SIZE,
+    _add_legend,
+    _category_colors,
+    _default_spot_size,
+    _frame,
+    spatial,
+)
+
+
+def cell_type_maps(
+    adata: AnnData,
+    key: str = "cell_type_fractions",
+    *,
+    cell_types: Sequence[str] | None = None,
+    ncols: int = 4,
+    spot_size: float | None = None,
+    cmap: str = "magma_r",
+) -> Figure:
+    """One map per cell type of its fraction in each spot, on a shared 0-1 colour scale.
+
+    Parameters
+    ----------
+    adata
+        Data with fractions in ``adata.obsm[key]`` (from :func:`spatiome.deconv.deconvolve`)
+        and coordinates in ``obsm["spatial"]``.
+    key
+        The fractions' key in ``obsm``.
+    cell_types
+        Types to draw (default: all, in column order).
+    ncols
+        Panels per row.
+    spot_size
+        Spot diameter in coordinate units (default: nearest-neighbour spacing).
+    cmap
+        Colour map of the fractions.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd, anndata
+    >>> adata = anndata.AnnData(np.zeros((30, 1)), obsm={"spatial": np.random.rand(30, 2)})
+    >>> adata.obsm["cell_type_fractions"] = pd.DataFrame(
+    ...     np.random.dirichlet([1, 1, 1], 30), index=adata.obs_names, columns=list("ABC"))
+    >>> fig = cell_type_maps(adata)
+    >>> [ax.get_title() for ax in fig.axes if ax.get_title()]
+    ['A', 'B', 'C']
+    """
+    fractions = _fractions(adata, key)
+    names = list(fractions.columns) if cell_types is None else list(cell_types)
+    unknown = [n for n in names if n not in fractions.columns]
+    if unknown:
+        raise SpatiomeInputError(f"cell types {unknown} are not in adata.obsm[{key!r}]")
+    view = _panel_data(adata, fractions[names])
+    return spatial(view, names, vmin=0.0, vmax=1.0, cmap=cmap, spot_size=spot_size, ncols=ncols)
+
+
+def dominant_cell_type(
+    adata: AnnData,
+    key: str = "cell_type_fractions",
+    *,
+    min_fraction: float = 0.0,
+    ax: Axes | None = None,
+    spot_size: float | None = None,
+) -> Axes:
+    """Each spot coloured by its most abundant cell type.
+
+    Spots whose largest fraction is below ``min_fraction`` (or that have no estimate)
+    are grey.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd, anndata
+    >>> adata = anndata.AnnData(np.zeros((30, 1)), obsm={"spatial": np.random.rand(30, 2)})
+    >>> adata.obsm["cell_type_fractions"] = pd.DataFrame(
+    ...     np.random.dirichlet([1, 1], 30), index=adata.obs_names, columns=["A", "B"])
+    >>> dominant_cell_type(adata).get_title()
+    'dominant cell type'
+    """
+    fractions = _fractions(adata, key)
+    values = fractions.to_numpy(dtype=np.float64)
+    best = np.nanmax(np.where(np.isfinite(values), values, -1.0), axis=1)
+    labels = np.asarray(fractions.columns, dtype=object)[
+        np.argmax(np.nan_to_num(values, nan=-1), axis=1)
+    ]
+    labels = np.where((best >= min_fraction) & (best >= 0), labels, None)
+    view = _panel_data(adata, pd.DataFrame(index=fractions.index))
+    column = "dominant cell type"
+    view.obs[column] = pd.Categorical(labels, categories=list(fractions.columns))
+    view.obs[column] = view.obs[column].cat.remove_unused_categories()
+    return spatial(view, column, ax=ax, spot_size=spot_size)
+
+
+def scatter_pies(
+    adata: AnnData,
+    key: str = "cell_type_fractions",
+    *,
+    ax: Axes | None = None,
+    spot_size: float | None = None,
+    max_spots: int = 5000,
+    random_state: int = 0,
+) -> Axes:
+    """A pie of cell-type fractions at every spot (a random subset beyond ``max_spots``).
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd, anndata
+    >>> adata = anndata.AnnData(np.zeros((20, 1)), obsm={"spatial": np.random.rand(20, 2)})
+    >>> adata.obsm["cell_type_fractions"] = pd.DataFrame(
+    ...     np.random.dirichlet([1, 1, 1], 20), index=adata.obs_names, columns=list("ABC"))
+    >>> len(scatter_pies(adata).collections[0].get_paths()) <= 60
+    True
+    """
+    fractions = _fractions(adata, key)
+    coords = get_spatial(adata)[:, :2]
+    values = fractions.to_numpy(dtype=np.float64)
+    keep = np.flatnonzero(np.isfinite(values).all(axis=1))
+    if keep.size > max_spots:
+        keep = np.sort(np.random.default_rng(random_state).choice(keep, max_spots, replace=False))
+    size = _default_spot_size(coords) if spot_size is None else float(spot_size)
+    names = pd.Index(fractions.columns)
+    colors = _category_colors(adata, key, names)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(PANEL_INCHES + 1.5, PANEL_INCHES))
+    wedges, faces = [], []
+    for i in keep:
+        start = 90.0
+        for t in np.flatnonzero(values[i] > 0):
+            sweep = 360.0 * values[i, t] / values[i].sum()
+            wedges.append(Wedge(tuple(coords[i]), size / 2, start, start + sweep, linewidth=0))
+            faces.append(colors[t])
+            start += sweep
+    collection = PatchCollection(wedges, facecolors=faces, linewidths=0)
+    collection.set_rasterized(len(keep) > 2000)
+    ax.add_collection(collection)
+    _frame(ax, adata, coords, size, pixel=False, scalebar=True)
+    _add_legend(ax, names, colors, "cell type")
+    ax.set_title("cell-type fractions", fontsize=TITLE_SIZE)
+    return ax
+
+
+def _fractions(adata: AnnData, key: str) -> pd.DataFrame:
+    check_adata(adata)
+    if key not in adata.obsm:
+        raise SpatiomeInputError(
+            f"adata.obsm[{key!r}] is missing: run spatiome.deconv.deconvolve(adata, reference)"
+        )
+    fractions = adata.obsm[key]
+    if not isinstance(fractions, pd.DataFrame):
+        raise SpatiomeInputError(f"adata.obsm[{key!r}] must be a DataFrame with cell-type columns")
+    return fractions
+
+
+def _panel_data(adata: AnnData, columns: pd.DataFrame) -> AnnData:
+    """A light AnnData with the coordinates and the given columns in obs, for plotting."""
+    obs = pd.DataFrame(
+        columns.to_numpy(), index=adata.obs_names, columns=[str(c) for c in columns.columns]
+    )
+    view = AnnData(
+        X=np.zeros((adata.n_obs, 1), dtype=np.float32),
+        obs=obs,
+        var=pd.DataFrame(index=["_placeholder"]),
+    )
+    view.obsm["spatial"] = get_spatial(adata)
+    for name in ("spatial_unit", "spatial"):
+        if name in adata.uns:
+            view.uns[name] = adata.uns[name]
+    return view
