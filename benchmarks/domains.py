@@ -8,7 +8,8 @@ Methods (same defaults on every dataset; nothing is tuned to a section):
 - ``expression_kmeans``: the same with ``neighbourhood_lambda=0`` (expression alone), the
   non-spatial baseline;
 - ``bison``: ``domains.bison`` on the counts (4 gene groups, 2,000 sweeps);
-- ``gnn``: ``domains.gnn`` (when torch is installed).
+- ``gnn``, ``gnn_contrastive``: ``domains.gnn`` with ``objective="reconstruction"``
+  (STAGATE-style) or ``"contrastive"`` (GraphST-style), when torch is installed.
 
 Datasets: ``dlpfc_151673`` (3,639 Visium spots, 7 manual layers; the 28 unlabelled spots
 are left out of the scores), ``mouse_ob_rep11`` (262 ST spots, 5 MERINGUE layers) from
@@ -80,12 +81,15 @@ def _bison(adata: AnnData, n_domains: int, seed: int) -> np.ndarray:
     return adata.obs["bison"].to_numpy()
 
 
-def _gnn(adata: AnnData, n_domains: int, seed: int) -> np.ndarray:
-    from spatiome.domains.gnn import gnn
+def _gnn(objective: str) -> Callable:
+    def run(adata: AnnData, n_domains: int, seed: int) -> np.ndarray:
+        from spatiome.domains.gnn import gnn
 
-    adata = adata.copy()
-    gnn(adata, n_domains, random_state=seed)
-    return adata.obs["gnn"].to_numpy()
+        adata = adata.copy()
+        gnn(adata, n_domains, objective=objective, random_state=seed)
+        return adata.obs["gnn"].to_numpy()
+
+    return run
 
 
 def available_methods() -> dict[str, Callable]:
@@ -101,7 +105,8 @@ def available_methods() -> dict[str, Callable]:
         importlib.util.find_spec("torch") is not None
         and importlib.util.find_spec("spatiome.domains.gnn") is not None
     ):
-        methods["gnn"] = _gnn
+        methods["gnn"] = _gnn("reconstruction")
+        methods["gnn_contrastive"] = _gnn("contrastive")
     return methods
 
 
@@ -205,7 +210,7 @@ def accuracy(methods: list[str], sim_seeds: int, method_seeds: int) -> pd.DataFr
 def scale(methods: list[str]) -> pd.DataFrame:
     rows = []
     for method in methods:
-        if method == "gnn":
+        if method.startswith("gnn"):
             # 500 full-batch epochs take about half an hour here; benchmarks/gnn.py times
             # 30 epochs at this size and extrapolates.
             print("  gnn at 100,000 spots: see benchmarks/gnn.py")

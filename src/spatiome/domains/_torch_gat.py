@@ -1,4 +1,8 @@
-"""Graph attention autoencoder on a sparse spot graph, trained full-batch with torch on CPU.
+"""Graph autoencoders on a sparse spot graph, trained full-batch with torch on CPU.
+
+:func:`train_autoencoder` is STAGATE's graph attention autoencoder;
+:func:`train_contrastive` is GraphST's graph convolution encoder with a deep-graph-infomax
+loss against a feature-shuffled tissue and a reconstruction loss.
 
 torch is imported inside the functions (and the autograd functions are built on first use),
 so that importing this module, or spatiome, never imports torch.
@@ -12,7 +16,8 @@ Two products dominate the cost, and both are kept linear in the number of spots:
 - the reconstruction error. The decoder's last layer is the transpose of the encoder's first
   (tied weights), so with ``Y = X W1`` and ``X_hat = H W1^T``,
   ``||X - X_hat||^2 = ||X||^2 - 2 <Y, H> + <W1^T W1, H^T H>``: no spots x genes
-  reconstruction is formed.
+  reconstruction is formed. The contrastive model's untied decoder ``X_hat = P W2`` uses
+  the same identity with ``<X, P W2> = <X W2^T, P>``.
 
 Messages are passed along the edges of a CSR graph (``torch.sparse.mm``); the gradient
 with respect to the attention weights is computed edge by edge in chunks, so no
@@ -281,3 +286,133 @@ def train_autoencoder(
         torch.use_deterministic_algorithms(
             previous_deterministic[0], warn_only=previous_deterministic[1]
         )
+
+
+def train_contrastive(
+    expression: ScaledExpression,
+    graph: sp.csr_matrix,
+    *,
+    hidden_dims: tuple[int, int],
+    n_epochs: int,
+    learning_rate: float,
+    weight_decay: float,
+    gradient_clip: float | None,
+    reconstruction_weight: float,
+    seed: int,
+    n_threads: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train the contrastive graph autoencoder; return the embedding and the loss trace.
+
+    GraphST's model on a sparse graph (``G`` the graph with self-loops, symmetrically
+    normalized, ``M`` its row-normalized version; only ``hidden_dims[1]`` is used)::
+
+        Z = G X W1                          # embedding; the corrupted view uses the rows
+        E = relu(Z)                         # of X shuffled: E' = relu(G X[perm] W1)
+        g = sigmoid(normalize(M E))         # summary of each spot's neighbourhood
+        s(e, g) = e^T B g + b               # bilinear discriminator
+        X_hat = G Z W2                      # decoder
+        loss = w ||X - X_hat||^2 / (n p) + BCE(s(E, g), 1) + BCE(s(E', g), 0)
+                                          + BCE(s(E', g'), 1) + BCE(s(E, g'), 0)
+
+    A new permutation is drawn from the seeded generator at every epoch. The returned
+    embedding is the smoothed reconstruction's coordinates ``G Z`` in the row space of
+    ``W2``: principal component scores of ``X_hat`` without forming it (see
+    :func:`_decoded_scores`).
+    """
+    import torch
+
+    product, aggregate = _functions()
+    previous_threads = torch.get_num_threads()
+    previous_deterministic = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    try:
+        if n_threads is not None:
+            torch.set_num_threads(int(n_threads))
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        generator = torch.Generator().manual_seed(int(seed))
+        expression.prepare()
+        n_obs, n_genes = expression.shape
+        edges = _Graph(graph)
+        latent = int(hidden_dims[1])
+        degree = np.diff(graph.indptr).astype(np.float64)
+        rows = np.repeat(np.arange(n_obs), np.diff(graph.indptr))
+        norm = 1.0 / np.sqrt(degree[rows] * degree[graph.indices])
+        normalized = torch.from_numpy(norm.astype(np.float32))
+        mean_weights = torch.from_numpy((1.0 / degree[rows]).astype(np.float32))
+        w1 = _xavier((n_genes, latent), generator, torch)
+        w2 = _xavier((latent, n_genes), generator, torch)
+        bound = 1.0 / np.sqrt(latent)
+        bilinear = (torch.rand((latent, latent), generator=generator) * 2 - 1) * bound
+        bilinear.requires_grad_(True)
+        bias = torch.zeros(1, requires_grad=True)
+        parameters = [w1, w2, bilinear, bias]
+        optimizer = torch.optim.Adam(parameters, lr=learning_rate, weight_decay=weight_decay)
+        total = expression.squared_norm()
+        scale = 1.0 / (n_obs * n_genes)
+        ones = torch.ones(n_obs)
+        zeros = torch.zeros(n_obs)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits
+
+        def summary(embedded):
+            pooled = aggregate.apply(mean_weights, embedded, edges)
+            return torch.sigmoid(torch.nn.functional.normalize(pooled, p=2.0, dim=1))
+
+        def discriminate(embedded, context):
+            return ((embedded @ bilinear) * context).sum(dim=1) + bias
+
+        def forward(permutation):
+            projected = product.apply(w1, expression)
+            latent_z = aggregate.apply(normalized, projected, edges)
+            smoothed = aggregate.apply(normalized, latent_z, edges)
+            cross = (smoothed * product.apply(w2.T, expression)).sum()
+            gram = ((smoothed.T @ smoothed) * (w2 @ w2.T)).sum()
+            error = (total - 2.0 * cross.double() + gram.double()) * scale
+            if permutation is None:
+                return error, smoothed
+            corrupted = aggregate.apply(normalized, projected[permutation], edges)
+            embedded, embedded_c = torch.relu(latent_z), torch.relu(corrupted)
+            context, context_c = summary(embedded), summary(embedded_c)
+            contrast = (
+                bce(discriminate(embedded, context), ones)
+                + bce(discriminate(embedded_c, context), zeros)
+                + bce(discriminate(embedded_c, context_c), ones)
+                + bce(discriminate(embedded, context_c), zeros)
+            )
+            return reconstruction_weight * error + contrast.double(), smoothed
+
+        losses = np.empty(int(n_epochs), dtype=np.float64)
+        for epoch in range(int(n_epochs)):
+            permutation = torch.randperm(n_obs, generator=generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss, _ = forward(permutation)
+            loss.backward()
+            if gradient_clip is not None:
+                torch.nn.utils.clip_grad_norm_(parameters, float(gradient_clip))
+            optimizer.step()
+            losses[epoch] = float(loss.detach())
+        with torch.no_grad():
+            _, smoothed = forward(None)
+        scores = _decoded_scores(smoothed.numpy().astype(np.float64), w2.detach().numpy())
+        return scores.astype(np.float32), losses
+    finally:
+        torch.set_num_threads(previous_threads)
+        torch.use_deterministic_algorithms(
+            previous_deterministic[0], warn_only=previous_deterministic[1]
+        )
+
+
+def _decoded_scores(smoothed: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Principal component scores of ``smoothed @ weight`` (spots x genes), not formed.
+
+    With ``weight.T = Q R`` (thin QR), the centred product is ``(S_c R.T) Q.T`` and ``Q``
+    has orthonormal columns, so its scores are those of the small ``S_c R.T``; all of them
+    are returned, largest variance first, with a deterministic sign.
+    """
+    centred = smoothed - smoothed.mean(axis=0)
+    _, upper = np.linalg.qr(weight.T.astype(np.float64))
+    left, values, right = np.linalg.svd(centred @ upper.T, full_matrices=False)
+    signs = np.sign(right[np.arange(right.shape[0]), np.abs(right).argmax(axis=1)])
+    signs[signs == 0] = 1.0
+    return left * values * signs
