@@ -13,8 +13,9 @@ Designs (every method sees the same spots; fractions are of cells):
   also gives, so the truth does not rest on RCTD alone.
 - ``simulated``: ``datasets.simulate_tissue`` single cells (6 types in 5 layered domains,
   random positions about 10 um apart); 30% of the cells are the reference, the rest are
-  summed into 55 um Visium-like spots, at full depth (about 3,000 counts per spot) and at
-  5% depth (about 150), where the CAR smoothing has something to do.
+  summed into 55 um Visium-like spots, at full depth (about 3,000 counts per spot), at
+  5% depth (about 150), where the CAR smoothing has something to do, and at full depth
+  with a per-gene platform factor (sd 0.5).
 - ``cerebellum``: the Slide-seq beads and their snRNA-seq reference (19 types): RCTD
   doublet-mode classes as a real-data check (there is no truth).
 
@@ -171,11 +172,12 @@ def simulated(seeds: int) -> list[dict]:
         )
         reference, spatial = deconv.split_reference(cells, fraction=0.3, random_state=seed)
         signatures = deconv.reference_signatures(reference)
-        for depth in (1.0, 0.05):
-            spots = deconv.pseudo_spots(spatial, spot_radius=27.5, depth=depth, random_state=seed)
-            rows += _score(
-                spots, signatures, f"simulated_depth{depth:g}", seed, _methods(spatial=True)
+        for depth, platform in ((1.0, 0.0), (0.05, 0.0), (1.0, 0.5)):
+            spots = deconv.pseudo_spots(
+                spatial, spot_radius=27.5, depth=depth, gene_effect_sd=platform, random_state=seed
             )
+            design = f"simulated_depth{depth:g}" + ("+platform" if platform else "")
+            rows += _score(spots, signatures, design, seed, _methods(spatial=True))
     return rows
 
 
