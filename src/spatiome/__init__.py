@@ -27,6 +27,8 @@ _SUBMODULES = (
     "modules",
     "domains",
     "deconv",
+    "integrate",
+    "ml",
     "pl",
     "workflow",
 )
@@ -34,7 +36,20 @@ _SUBMODULES = (
 __all__ = ["__version__", *_SUBMODULES]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import datasets, deconv, domains, graph, io, modules, pl, pp, svg, workflow  # noqa: F401
+    from . import (  # noqa: F401
+        datasets,
+        deconv,
+        domains,
+        graph,
+        integrate,
+        io,
+        ml,
+        modules,
+        pl,
+        pp,
+        svg,
+        workflow,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -61,6 +61,29 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="strength of the spatial (CAR) prior on the cell-type fractions (default: 0, off)",
     )
+    parser.add_argument(
+        "--batch-correction",
+        default="harmony",
+        help="with several samples: harmony, mnn, cca or none (default: harmony)",
+    )
+    parser.add_argument(
+        "--label-key",
+        default=None,
+        help="obs column of biological labels for the integration diagnostics "
+        "(default: the first domain method's labels)",
+    )
+    parser.add_argument(
+        "--modality",
+        default=None,
+        choices=("protein", "atac", "image"),
+        help="a second modality on the same spots, integrated with the RNA (needs torch)",
+    )
+    parser.add_argument(
+        "--modality-input",
+        default=None,
+        help=".h5ad with the second modality (same spot names); with --modality image and "
+        "no input, features come from the histology image of the input",
+    )
     parser.add_argument("--no-umap", action="store_true", help="skip UMAP")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -82,8 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--input",
         required=True,
-        help="Space Ranger outs/, Xenium folder, .h5ad, or a folder with a "
-        "counts table and coords.csv",
+        action="append",
+        help="Space Ranger outs/, Xenium folder, .h5ad, or a folder with a counts table and "
+        "coords.csv; repeat for several samples (combined, sample effects corrected)",
+    )
+    run.add_argument(
+        "--sample-names",
+        default=None,
+        help="comma-separated names of the samples, one per --input (default: from the paths)",
     )
     _add_pipeline_options(run)
 
@@ -113,6 +142,10 @@ def _config(args: argparse.Namespace):
         reference_labels=args.reference_labels,
         deconv_method=args.deconv,
         deconv_smoothing=args.deconv_smoothing,
+        batch_correction=args.batch_correction,
+        label_key=args.label_key,
+        modality=args.modality,
+        modality_input=args.modality_input,
     )
 
 
@@ -150,20 +183,49 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def sample_names(sources: Sequence[Path], names: str | None) -> list[str]:
+    """One distinct name per input: given, or the file or folder name.
+
+    Examples
+    --------
+    >>> sample_names([Path("a/outs"), Path("b/outs"), Path("c.h5ad")], None)
+    ['a', 'b', 'c']
+    >>> sample_names([Path("x.h5ad"), Path("y.h5ad")], "left, right")
+    ['left', 'right']
+    """
+    if names is not None:
+        given = [n.strip() for n in names.split(",")]
+        if len(given) != len(sources) or len(set(given)) != len(given) or "" in given:
+            raise SpatiomeInputError(
+                f"--sample-names needs {len(sources)} distinct names, one per --input; got {given}"
+            )
+        return given
+    stems = [s.parent.name if s.name == "outs" else s.name.split(".")[0] for s in sources]
+    if len(set(stems)) == len(stems):
+        return stems
+    return [f"{stem}_{k}" for k, stem in enumerate(stems)]
+
+
 def _run(args: argparse.Namespace) -> int:
     from .io import read
     from .workflow import run_pipeline
 
     started = time.perf_counter()
-    source = Path(args.input)
-    adata = read(source)
+    sources = [Path(p) for p in args.input]
+    if len(sources) == 1:
+        adata = read(sources[0])
+    else:
+        from .integrate import concat_samples
+
+        names = sample_names(sources, args.sample_names)
+        adata = concat_samples({name: read(s) for name, s in zip(names, sources, strict=True)})
     result = run_pipeline(
         adata,
         args.out,
         _config(args),
         command="run",
-        inputs=[source],
-        title=f"spatiome report: {source.name}",
+        inputs=sources,
+        title=f"spatiome report: {', '.join(s.name for s in sources)}",
         progress=not args.no_progress,
     )
     _finish(result, started)

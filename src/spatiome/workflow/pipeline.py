@@ -21,6 +21,19 @@ from anndata import AnnData
 
 from .._core.files import atomic_path
 from .._core.validate import SpatiomeInputError, check_adata, get_spatial
+from .integration import (
+    BATCH_METHODS,
+    MODALITY_TITLES,
+    correct_domain_features,
+    integration_section,
+    load_modality,
+    mixing_table,
+    run_batch_correction,
+    run_multimodal,
+)
+from .integration import (
+    n_samples as count_samples,
+)
 from .provenance import Provenance
 from .report import Section, methods_paragraph, table_html, write_report
 
@@ -87,6 +100,24 @@ class PipelineConfig:
         Deconvolution method: "rctd" (default), "nnls" or "nb_vi" (needs torch).
     deconv_smoothing
         Strength of the CAR spatial prior on the fractions (0: off; "rctd"/"nnls" only).
+    sample_key
+        ``obs`` column naming each spot's sample; with two or more samples (see
+        :func:`spatiome.integrate.concat_samples`) the run corrects sample effects.
+    batch_correction
+        How sample effects are corrected: "harmony" (default), "mnn", "cca" or "none". The
+        PCA embedding is corrected before the expression graph, UMAP and Leiden; the
+        BANKSY-style features of the "cluster" domain method are corrected the same way.
+    label_key
+        ``obs`` column of biological labels against which the report measures how well
+        correction keeps them apart (default: simulated domains, else the first domain
+        method's labels, else Leiden).
+    modality
+        Kind of a second modality on the same spots: "protein", "atac" or "image"; None
+        (default) for RNA alone. Integrated with the RNA SpatialGlue-style (needs torch)
+        into ``obs["domain_multimodal"]``.
+    modality_input
+        ``.h5ad`` with the second modality (same spot names). With ``modality="image"``
+        and no input, features are computed from the histology image stored with the data.
     """
 
     seed: int = 0
@@ -114,8 +145,28 @@ class PipelineConfig:
     reference_labels: str = "cell_type"
     deconv_method: str = "rctd"
     deconv_smoothing: float = 0.0
+    sample_key: str = "sample"
+    batch_correction: str = "harmony"
+    label_key: str | None = None
+    modality: str | None = None
+    modality_input: str | None = None
 
     def __post_init__(self) -> None:
+        if self.batch_correction not in BATCH_METHODS:
+            raise SpatiomeInputError(
+                f"batch_correction must be one of {BATCH_METHODS}, got {self.batch_correction!r}"
+            )
+        if self.modality is not None and self.modality not in MODALITY_TITLES:
+            raise SpatiomeInputError(
+                f"modality must be one of {tuple(MODALITY_TITLES)} or None, got {self.modality!r}"
+            )
+        if self.modality_input is not None:
+            if self.modality is None:
+                raise SpatiomeInputError(
+                    "modality_input is set but modality is not: say which kind it is "
+                    f"({tuple(MODALITY_TITLES)})"
+                )
+            self.modality_input = str(self.modality_input)
         if self.deconv_method not in DECONV_METHODS:
             raise SpatiomeInputError(
                 f"deconv_method must be one of {DECONV_METHODS}, got {self.deconv_method!r}"
@@ -189,15 +240,18 @@ SVG_TITLES = {
 }
 
 
-def pipeline_steps(config: PipelineConfig) -> tuple[str, ...]:
-    """The steps a run with ``config`` performs, in order.
+def pipeline_steps(config: PipelineConfig, n_samples: int = 1) -> tuple[str, ...]:
+    """The steps a run with ``config`` on ``n_samples`` samples performs, in order.
 
     Examples
     --------
     >>> pipeline_steps(PipelineConfig(svg_methods=("sparkx",)))[-6:]
     ('leiden', 'domains_cluster', 'markers', 'sparkx', 'modules_stihc', 'report')
+    >>> pipeline_steps(PipelineConfig(modality="image"), n_samples=2)[5:8]
+    ('reduce', 'integration', 'leiden')
     """
     domain_steps = tuple(f"domains_{m}" for m in config.domain_methods)
+    correct = n_samples > 1 and config.batch_correction != "none"
     return (
         "qc",
         "spatial_qc",
@@ -205,9 +259,11 @@ def pipeline_steps(config: PipelineConfig) -> tuple[str, ...]:
         "normalize",
         "graph",
         "reduce",
+        *(("integration",) if correct else ()),
         "leiden",
         *domain_steps,
         *(("markers",) if domain_steps else ()),
+        *(("multimodal",) if config.modality else ()),
         *(("deconvolution",) if config.reference else ()),
         *config.svg_methods,
         *(f"modules_{m}" for m in config.module_methods),
@@ -322,6 +378,11 @@ def run_domain_method(
             data, n_domains, n_top_genes=config.n_top_genes, key_added=key,
             random_state=config.seed,
         )  # fmt: skip
+        corrected = correct_domain_features(data, key, config)
+        if corrected is not None:
+            domains.cluster(
+                data, n_domains, use_rep=corrected, key_added=key, random_state=config.seed
+            )
     elif method == "bison":
         domains.bison(
             data, n_domains, config.n_gene_groups, layer="counts", key_added=key,
@@ -635,6 +696,9 @@ def run_pipeline(
     reference = load_reference(config)
     if config.reference is not None:
         record.add_input(config.reference)
+    other = load_modality(adata, config)
+    if config.modality_input is not None:
+        record.add_input(config.modality_input)
 
     data = adata.copy()
     if "counts" not in data.layers:
@@ -644,6 +708,8 @@ def run_pipeline(
     )
     record.parameters["graph_method"] = graph_method
     n_clusters = config.n_domains
+    steps = pipeline_steps(config, count_samples(data, config))
+    record.parameters["steps"] = list(steps)
 
     actions: dict[str, Callable[[], Any]] = {
         "qc": lambda: pp.qc_metrics(data),
@@ -660,6 +726,7 @@ def run_pipeline(
             umap=config.umap,
             random_state=config.seed,
         ),
+        "integration": lambda: run_batch_correction(data, config),
         "leiden": lambda: domains.leiden(
             data,
             resolution=config.resolution,
@@ -673,6 +740,10 @@ def run_pipeline(
         )
     if config.domain_methods:
         actions["markers"] = lambda: run_markers(data, config)
+    if other is not None:
+        actions["multimodal"] = lambda: run_multimodal(
+            data, other, n_clusters or int(data.obs["leiden"].nunique()), config
+        )
     if reference is not None:
         actions["deconvolution"] = lambda: run_deconvolution(data, reference, config)
     for method in config.svg_methods:
@@ -681,7 +752,7 @@ def run_pipeline(
         actions[f"modules_{method}"] = lambda method=method: run_module_method(
             data, method, module_genes(data, outputs[config.svg_methods[0]][0], config), config
         )
-    steps = pipeline_steps(config)
+    actions = {name: actions[name] for name in steps if name in actions}
     bar = _Progress(steps, progress)
     outputs: dict[str, Any] = {}
     try:
@@ -696,9 +767,11 @@ def run_pipeline(
         notes["domains"] = [n for m in config.domain_methods for n in outputs[f"domains_{m}"]]
         notes["modules"] = [n for m in config.module_methods for n in outputs[f"modules_{m}"][1]]
         notes["deconvolution"] = outputs.get("deconvolution", [])
+        notes["integration"] = [*outputs.get("integration", []), *outputs.get("multimodal", [])]
         extra = {
             "markers": outputs.get("markers"),
             "modules": {m: outputs[f"modules_{m}"][0] for m in config.module_methods},
+            "mixing": mixing_table(data, config) if "integration" in outputs else None,
         }
         summary = _summary(data, tables, config, truth)
         bar.start("report")
@@ -753,6 +826,11 @@ def _summary(
         "n_svg": int((tables[primary]["qval"] < config.fdr).sum()),
         "n_clusters": int(data.obs["leiden"].nunique()),
     }
+    if count_samples(data, config) > 1:
+        summary["n_samples"] = count_samples(data, config)
+        summary["batch_correction"] = config.batch_correction
+    if "domain_multimodal" in data.obs:
+        summary["modality"] = config.modality
     if "cell_type_fractions" in data.obsm:
         summary["deconv_method"] = config.deconv_method
         summary["n_cell_types"] = int(data.obsm["cell_type_fractions"].shape[1])
@@ -765,7 +843,7 @@ def _summary(
             summary["deconv_rmse"] = float(agreement.loc["all", "rmse"])
     from sklearn.metrics import adjusted_rand_score
 
-    for method in config.domain_methods:
+    for method in [*config.domain_methods, *(["multimodal"] if config.modality else [])]:
         summary[f"n_domains_{method}"] = int(data.obs[f"domain_{method}"].nunique())
         if truth and "domain" in data.obs:
             summary[f"domain_ari_{method}"] = float(
@@ -816,6 +894,10 @@ def _write_outputs(
         files["cell_type_fractions"] = out / "cell_type_fractions.csv"
         with atomic_path(files["cell_type_fractions"]) as tmp:
             data.obsm["cell_type_fractions"].to_csv(tmp, index_label="spot")
+    if extra.get("mixing") is not None:
+        files["integration_metrics"] = out / "integration_metrics.csv"
+        with atomic_path(files["integration_metrics"]) as tmp:
+            extra["mixing"].to_csv(tmp)
     for method, table in extra.get("modules", {}).items():
         if table is not None:
             files[f"modules_{method}"] = out / f"modules_{method}.csv"
@@ -906,6 +988,10 @@ def _report_sections(
         sections.append(_domain_section(data, extra["markers"], notes["domains"], config, figure))
     if "cell_type_fractions" in data.obsm:
         sections.append(_deconvolution_section(data, notes.get("deconvolution", []), figure))
+    if notes.get("integration"):
+        sections.append(
+            integration_section(data, notes["integration"], extra.get("mixing"), config, figure)
+        )
     first_svg = len(sections)
     for rank, (method, table) in enumerate(tables.items()):
         sections.append(
@@ -922,7 +1008,7 @@ def _report_sections(
         sections.append(truth)
 
     methods = Section("Methods and provenance", "methods")
-    methods.add_html(methods_paragraph(provenance, list(pipeline_steps(config))))
+    methods.add_html(methods_paragraph(provenance, list(provenance["parameters"]["steps"])))
     methods.add_html(
         "<pre>"
         + json.dumps(
@@ -1116,6 +1202,10 @@ def _truth_table(summary: dict[str, Any], config: PipelineConfig) -> pd.DataFram
             rows[f"ARI of {DOMAIN_TITLES[method]} vs true domains"] = summary[
                 f"domain_ari_{method}"
             ]
+    if "domain_ari_multimodal" in summary:
+        rows["ARI of the RNA + second modality domains vs true domains"] = summary[
+            "domain_ari_multimodal"
+        ]
     return pd.DataFrame({"value": pd.Series(rows, dtype=object)})
 
 

@@ -55,6 +55,17 @@ CITATIONS = {
     "stihc": "Higgins, Li & Carey (2025) stIHC: a spatial transcriptomics iterative "
     "hierarchical clustering method for identifying spatial gene co-expression modules. "
     "Quantitative Biology, doi:10.1002/qub2.70011.",
+    "harmony": "Korsunsky et al. (2019) Fast, sensitive and accurate integration of single-cell "
+    "data with Harmony. Nature Methods 16:1289-1296.",
+    "mnn": "Haghverdi, Lun, Morgan & Marioni (2018) Batch effects in single-cell RNA-sequencing "
+    "data are corrected by matching mutual nearest neighbors. Nature Biotechnology 36:421-427.",
+    "cca": "Butler, Hoffman, Smibert, Papalexi & Satija (2018) Integrating single-cell "
+    "transcriptomic data across different conditions, technologies, and species. Nature "
+    "Biotechnology 36:411-420.",
+    "lisi": "Korsunsky et al. (2019) (LISI) Nature Methods 16:1289-1296; silhouette: Rousseeuw "
+    "(1987) J. Comput. Appl. Math. 20:53-65.",
+    "spatialglue": "Long et al. (2024) Deciphering spatial domains from spatial multi-omics "
+    "with SpatialGlue. Nature Methods 21:1658-1667.",
 }
 
 _STYLE = """
@@ -223,6 +234,23 @@ def methods_paragraph(provenance: dict[str, Any], used: list[str]) -> str:
         parts.append(
             "A graph attention autoencoder over the spatial graph (STAGATE-style) "
             f"{cite('stagate')} embedded the spots, clustered by a Gaussian mixture."
+        )
+    if "integration" in used:
+        method = params.get("batch_correction", "harmony")
+        names = {"harmony": "Harmony", "mnn": "mutual nearest neighbours", "cca": "CCA-style "
+                 "alignment followed by mutual nearest neighbours"}  # fmt: skip
+        parts.append(
+            f"Sample effects in the PCA embedding were corrected by {names[method]} "
+            f"{cite(method)}; the expression graph, UMAP, Leiden clusters and BANKSY-style "
+            "domain features used the corrected embedding. Batch mixing (LISI-style) and "
+            f"label conservation (silhouette) were measured before and after {cite('lisi')}."
+        )
+    if "multimodal" in used:
+        parts.append(
+            f"The RNA was integrated with the {params.get('modality')} modality by a "
+            f"SpatialGlue-style dual-attention graph autoencoder {cite('spatialglue')} "
+            "(spatial and feature kNN graphs per modality, within- and cross-modality "
+            "attention), and the integrated embedding was clustered by a Gaussian mixture."
         )
     if "markers" in used:
         parts.append(
