@@ -28,8 +28,8 @@ def test_subpackages_do_not_load_optional_extras():
         "    return {m for m in sys.modules if m.split('.')[0] in extras}\n"
         "before = loaded()\n"
         "import spatiome as sm\n"
-        "for name in ('io', 'datasets', 'graph', 'pp', 'svg', 'modules', 'domains', 'pl',\n"
-        "             'workflow'):\n"
+        "for name in ('io', 'datasets', 'graph', 'pp', 'svg', 'modules', 'domains', 'deconv',\n"
+        "             'integrate', 'ml', 'pl', 'workflow'):\n"
         "    getattr(sm, name)\n"
         "print(','.join(sorted(loaded() - before)))"
     )

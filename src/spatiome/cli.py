@@ -101,10 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-spots", type=int, default=3000)
     demo.add_argument("--n-genes", type=int, default=300)
 
-    run = commands.add_parser("run", help="run the pipeline on a dataset")
+    run = commands.add_parser(
+        "run",
+        help="run the pipeline on a dataset, from options or a TOML config",
+        # options left out keep the config's value (or the default): see _config
+        argument_default=argparse.SUPPRESS,
+    )
+    run.add_argument(
+        "config",
+        nargs="?",
+        default=None,
+        help="TOML configuration (see 'spatiome config --default'); options given on the "
+        "command line override it",
+    )
     run.add_argument(
         "--input",
-        required=True,
         action="append",
         help="Space Ranger outs/, Xenium folder, .h5ad, or a folder with a counts table and "
         "coords.csv; repeat for several samples (combined, sample effects corrected)",
@@ -115,6 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated names of the samples, one per --input (default: from the paths)",
     )
     _add_pipeline_options(run)
+    for action in run._actions:
+        if action.dest not in ("help", "config"):
+            action.default = argparse.SUPPRESS
+
+    config = commands.add_parser("config", help="print or check run configurations")
+    what = config.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--default", action="store_true", help="print every key with its default, documented"
+    )
+    what.add_argument("--check", metavar="CONFIG", help="validate a TOML configuration")
 
     data = commands.add_parser("datasets", help="public datasets known to spatiome")
     data_commands = data.add_subparsers(dest="datasets_command", required=True)
@@ -124,29 +145,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args: argparse.Namespace):
+#: Command-line options -> PipelineConfig fields (with the conversion of the text).
+_OPTION_FIELDS = {
+    "seed": ("seed", None),
+    "n_domains": ("n_domains", None),
+    "no_umap": ("umap", lambda flag: not flag),
+    "svg": ("svg_methods", "names"),
+    "domains": ("domain_methods", "names"),
+    "modules": ("module_methods", "names"),
+    "reference": ("reference", None),
+    "reference_labels": ("reference_labels", None),
+    "deconv": ("deconv_method", None),
+    "deconv_smoothing": ("deconv_smoothing", None),
+    "batch_correction": ("batch_correction", None),
+    "label_key": ("label_key", None),
+    "modality": ("modality", None),
+    "modality_input": ("modality_input", None),
+}
+
+
+def _names(text: str) -> tuple[str, ...]:
+    listed = tuple(m.strip() for m in text.split(",") if m.strip())
+    return () if listed == ("none",) else listed
+
+
+def _config(args: argparse.Namespace, base=None):
+    """The pipeline parameters: ``base`` (a config file's, or the defaults) with the
+    options given on the command line on top."""
+    from dataclasses import asdict
+
     from .workflow import PipelineConfig
 
-    def names(text: str) -> tuple[str, ...]:
-        listed = tuple(m.strip() for m in text.split(",") if m.strip())
-        return () if listed == ("none",) else listed
-
-    return PipelineConfig(
-        seed=args.seed,
-        n_domains=args.n_domains,
-        umap=not args.no_umap,
-        svg_methods=names(args.svg),
-        domain_methods=names(args.domains),
-        module_methods=names(args.modules),
-        reference=args.reference,
-        reference_labels=args.reference_labels,
-        deconv_method=args.deconv,
-        deconv_smoothing=args.deconv_smoothing,
-        batch_correction=args.batch_correction,
-        label_key=args.label_key,
-        modality=args.modality,
-        modality_input=args.modality_input,
-    )
+    values = asdict(base) if base is not None else {}
+    for option, (name, convert) in _OPTION_FIELDS.items():
+        if not hasattr(args, option):
+            continue
+        value = getattr(args, option)
+        if convert == "names":
+            value = _names(value)
+        elif convert is not None:
+            value = convert(value)
+        values[name] = value
+    return PipelineConfig(**values)
 
 
 def _finish(result, started: float) -> None:
@@ -209,26 +249,53 @@ def sample_names(sources: Sequence[Path], names: str | None) -> list[str]:
 def _run(args: argparse.Namespace) -> int:
     from .io import read
     from .workflow import run_pipeline
+    from .workflow.config import load_config
 
     started = time.perf_counter()
-    sources = [Path(p) for p in args.input]
+    loaded = load_config(args.config) if args.config is not None else None
+    if hasattr(args, "input"):
+        sources = [Path(p) for p in args.input]
+    elif loaded is not None and loaded.inputs:
+        sources = loaded.inputs
+    else:
+        raise SpatiomeInputError(
+            "no input: pass --input PATH, or a config whose [input] paths name the data"
+        )
+    names_text = getattr(args, "sample_names", None)
+    if names_text is None and loaded is not None and loaded.sample_names:
+        names_text = ",".join(loaded.sample_names)
+    config = _config(args, loaded.pipeline if loaded is not None else None)
     if len(sources) == 1:
         adata = read(sources[0])
     else:
         from .integrate import concat_samples
 
-        names = sample_names(sources, args.sample_names)
+        names = sample_names(sources, names_text)
         adata = concat_samples({name: read(s) for name, s in zip(names, sources, strict=True)})
+    out = getattr(args, "out", None) or (loaded.out if loaded is not None else "spatiome_out")
+    title = loaded.title if loaded is not None and loaded.title else ""
     result = run_pipeline(
         adata,
-        args.out,
-        _config(args),
+        out,
+        config,
         command="run",
         inputs=sources,
-        title=f"spatiome report: {', '.join(s.name for s in sources)}",
-        progress=not args.no_progress,
+        title=title or f"spatiome report: {', '.join(s.name for s in sources)}",
+        progress=not getattr(args, "no_progress", False),
+        config_file=args.config,
     )
     _finish(result, started)
+    return 0
+
+
+def _config_command(args: argparse.Namespace) -> int:
+    from .workflow.config import default_toml, load_config
+
+    if args.default:
+        sys.stdout.write(default_toml())
+        return 0
+    loaded = load_config(args.check)
+    print(f"{args.check}: valid ({len(loaded.inputs)} input(s), output {loaded.out})")
     return 0
 
 
@@ -246,7 +313,7 @@ def _datasets(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``spatiome`` command."""
     args = build_parser().parse_args(argv)
-    handlers = {"demo": _demo, "run": _run, "datasets": _datasets}
+    handlers = {"demo": _demo, "run": _run, "config": _config_command, "datasets": _datasets}
     try:
         return handlers[args.command](args)
     except (SpatiomeInputError, FileNotFoundError) as err:

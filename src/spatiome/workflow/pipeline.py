@@ -640,6 +640,7 @@ def run_pipeline(
     title: str = "spatiome report",
     truth: bool = False,
     progress: bool = True,
+    config_file: str | Path | None = None,
 ) -> PipelineResult:
     """Run QC, normalization, reduction, clustering, domains, SVG tests and modules.
 
@@ -667,6 +668,8 @@ def run_pipeline(
         Evaluate against simulated truth and add a recovery section to the report.
     progress
         Show a progress bar on stderr.
+    config_file
+        The TOML configuration the parameters came from, recorded with its sha256.
 
     Returns
     -------
@@ -693,6 +696,9 @@ def run_pipeline(
     record = Provenance(command=command, parameters=asdict(config), seed=config.seed)
     for path in inputs:
         record.add_input(path)
+    if config_file is not None:
+        record.add_input(config_file)
+        record.parameters["config_file"] = str(Path(config_file).resolve())
     reference = load_reference(config)
     if config.reference is not None:
         record.add_input(config.reference)

@@ -57,6 +57,41 @@ def package_versions(packages: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, 
     return versions
 
 
+def dependency_versions(root: str = "spatiome") -> dict[str, str]:
+    """Versions of ``root`` and of every installed distribution it depends on, recursively.
+
+    Requirements of extras count when the extra's packages are installed, so a run with
+    torch records torch and its own dependencies too.
+
+    Examples
+    --------
+    >>> versions = dependency_versions()
+    >>> {"spatiome", "anndata", "numpy", "scipy"} <= set(versions)
+    True
+    """
+    import re
+
+    found: dict[str, str] = {}
+    pending = [root]
+    while pending:
+        name = pending.pop()
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in found:
+            continue
+        try:
+            distribution = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found[key] = distribution.version
+        for requirement in distribution.requires or []:
+            if "extra ==" in requirement and key != root:
+                continue  # optional parts of a dependency are not its dependencies
+            match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+            if match:
+                pending.append(match.group(1))
+    return dict(sorted(found.items()))
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -110,6 +145,7 @@ class Provenance:
             "inputs": self.inputs,
             "steps": self.steps,
             "versions": package_versions(),
+            "dependencies": dependency_versions(),
             "python": sys.version.split()[0],
             "platform": platform.platform(),
             "machine": platform.machine(),
