@@ -84,6 +84,14 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
         help=".h5ad with the second modality (same spot names); with --modality image and "
         "no input, features come from the histology image of the input",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="recompute every step instead of restoring unchanged ones from the output's cache",
+    )
+    parser.add_argument(
+        "--no-cache", action="store_true", help="neither use nor write the step cache"
+    )
     parser.add_argument("--no-umap", action="store_true", help="skip UMAP")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -121,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
         "coords.csv; repeat for several samples (combined, sample effects corrected)",
     )
     run.add_argument(
+        "--until",
+        metavar="STEP",
+        help="stop after this step (its result stays in the output's cache, with a marker "
+        "in OUT/steps/STEP.done); used by workflow/Snakefile to run one step per rule",
+    )
+    run.add_argument(
         "--sample-names",
         default=None,
         help="comma-separated names of the samples, one per --input (default: from the paths)",
@@ -136,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--default", action="store_true", help="print every key with its default, documented"
     )
     what.add_argument("--check", metavar="CONFIG", help="validate a TOML configuration")
+    what.add_argument(
+        "--steps",
+        metavar="CONFIG",
+        help="print the steps a run of CONFIG on one sample performs, one per line",
+    )
 
     data = commands.add_parser("datasets", help="public datasets known to spatiome")
     data_commands = data.add_subparsers(dest="datasets_command", required=True)
@@ -217,6 +236,8 @@ def _demo(args: argparse.Namespace) -> int:
         truth=True,
         title="spatiome demo: simulated tissue",
         progress=not args.no_progress,
+        cache=not args.no_cache,
+        force=args.force,
     )
     print(format_recovery(result.summary))
     _finish(result, started)
@@ -283,7 +304,13 @@ def _run(args: argparse.Namespace) -> int:
         title=title or f"spatiome report: {', '.join(s.name for s in sources)}",
         progress=not getattr(args, "no_progress", False),
         config_file=args.config,
+        cache=not getattr(args, "no_cache", False),
+        force=getattr(args, "force", False),
+        until=getattr(args, "until", None),
     )
+    if "stopped_after" in result.summary:
+        print(f"step {result.summary['stopped_after']} done: {result.files['step']}")
+        return 0
     _finish(result, started)
     return 0
 
@@ -293,6 +320,12 @@ def _config_command(args: argparse.Namespace) -> int:
 
     if args.default:
         sys.stdout.write(default_toml())
+        return 0
+    if args.steps is not None:
+        from .workflow import pipeline_steps
+
+        steps = pipeline_steps(load_config(args.steps).pipeline)
+        print("\n".join(s for s in steps if s != "report"))
         return 0
     loaded = load_config(args.check)
     print(f"{args.check}: valid ({len(loaded.inputs)} input(s), output {loaded.out})")

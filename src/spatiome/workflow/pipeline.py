@@ -19,8 +19,18 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from .._core.files import atomic_path
+from .._core.files import atomic_path, write_text_atomic
 from .._core.validate import SpatiomeInputError, check_adata, get_spatial
+from .cache import (
+    CACHE_FOLDER,
+    StepCache,
+    apply_delta,
+    delta_since,
+    fingerprint,
+    snapshot,
+    step_dependencies,
+    step_parameters,
+)
 from .integration import (
     BATCH_METHODS,
     MODALITY_TITLES,
@@ -641,6 +651,9 @@ def run_pipeline(
     truth: bool = False,
     progress: bool = True,
     config_file: str | Path | None = None,
+    cache: bool = True,
+    force: bool = False,
+    until: str | None = None,
 ) -> PipelineResult:
     """Run QC, normalization, reduction, clustering, domains, SVG tests and modules.
 
@@ -670,6 +683,18 @@ def run_pipeline(
         Show a progress bar on stderr.
     config_file
         The TOML configuration the parameters came from, recorded with its sha256.
+    cache
+        Store what each step added under ``out_dir/.spatiome_cache`` and restore the steps
+        whose inputs and parameters are unchanged (see :mod:`spatiome.workflow.cache`): a
+        re-run with one changed parameter recomputes only the steps that depend on it,
+        and a killed run resumes after its last finished step.
+    force
+        Recompute every step (the cache is refreshed).
+    until
+        Stop after this step (one of :func:`pipeline_steps`), leaving its result in the
+        cache and a marker ``out_dir/steps/<step>.done``; the outputs and the report are
+        written only by a run to the end. This is how a workflow manager runs one step per
+        rule.
 
     Returns
     -------
@@ -700,11 +725,14 @@ def run_pipeline(
         record.add_input(config_file)
         record.parameters["config_file"] = str(Path(config_file).resolve())
     reference = load_reference(config)
+    side_inputs = []
     if config.reference is not None:
         record.add_input(config.reference)
+        side_inputs.append(str(Path(config.reference).resolve()))
     other = load_modality(adata, config)
     if config.modality_input is not None:
         record.add_input(config.modality_input)
+        side_inputs.append(str(Path(config.modality_input).resolve()))
 
     data = adata.copy()
     if "counts" not in data.layers:
@@ -716,6 +744,9 @@ def run_pipeline(
     n_clusters = config.n_domains
     steps = pipeline_steps(config, count_samples(data, config))
     record.parameters["steps"] = list(steps)
+    step_cache = StepCache(out / CACHE_FOLDER, enabled=cache)
+    root = fingerprint(data) + json.dumps({p: record.inputs[p] for p in side_inputs})
+    config_values = asdict(config)
 
     actions: dict[str, Callable[[], Any]] = {
         "qc": lambda: pp.qc_metrics(data),
@@ -759,14 +790,44 @@ def run_pipeline(
             data, method, module_genes(data, outputs[config.svg_methods[0]][0], config), config
         )
     actions = {name: actions[name] for name in steps if name in actions}
+    if until is not None and until not in actions:
+        raise SpatiomeInputError(
+            f"until={until!r} is not a step of this run; the steps are {list(actions)}"
+        )
     bar = _Progress(steps, progress)
     outputs: dict[str, Any] = {}
+    keys: dict[str, str] = {}
     try:
         for name, action in actions.items():
+            dependencies = step_dependencies(name, steps, config.svg_methods)
+            keys[name] = step_cache.key(
+                name,
+                step_parameters(name, config_values, config.svg_methods),
+                [keys[d] for d in dependencies],
+                root=root,
+            )
+            stored = None if force else step_cache.load(keys[name])
             bar.start(name)
             with record.step(name) as entry:
-                outputs[name] = action()
+                if stored is not None:
+                    apply_delta(data, stored[0])
+                    outputs[name] = stored[1]
+                    entry["cached"] = True
+                    logger.info("step %s: restored from the cache", name)
+                else:
+                    before = snapshot(data)
+                    outputs[name] = action()
+                    step_cache.save(keys[name], delta_since(data, before), outputs[name])
             bar.done(name, entry["seconds"])
+            if name == until:
+                marker = write_text_atomic(
+                    out / "steps" / f"{name}.done",
+                    json.dumps({"step": name, "key": keys[name], **entry}, default=str) + "\n",
+                )
+                return PipelineResult(
+                    adata=data, svg=pd.DataFrame(), summary={"stopped_after": name},
+                    files={"step": marker},
+                )  # fmt: skip
         tables = {method: outputs[method][0] for method in config.svg_methods}
         notes = {method: outputs[method][1] for method in config.svg_methods}
         notes["qc"] = [*outputs["spatial_qc"], *outputs["doublets"]]

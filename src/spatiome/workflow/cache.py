@@ -1,0 +1,297 @@
+"""Step cache of the pipeline: what each step added to the data, keyed by what it depends on.
+
+Every step of :func:`spatiome.workflow.run_pipeline` reads and writes one AnnData. The cache
+stores, per step, the *delta* the step made (new or changed ``obs``/``var`` columns,
+``obsm``/``obsp``/``layers`` entries, ``uns`` keys, and ``X`` when it changed) and the
+step's return value, under a key that hashes
+
+- the spatiome version,
+- the parameters the step reads (:data:`STEP_PARAMETERS`),
+- the keys of the steps whose outputs it reads (:data:`STEP_DEPENDS`), and through them,
+  ultimately, a fingerprint of the input data.
+
+A re-run with one changed parameter therefore recomputes the steps that read it and the
+steps that depend on those, and restores the others. Entries are written atomically after
+each step, so a run that is killed resumes from its last finished step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from .._core.files import atomic_path
+
+logger = logging.getLogger("spatiome")
+
+CACHE_FOLDER = ".spatiome_cache"
+
+#: Configuration fields each step reads (prefix match on step names ending in "_").
+STEP_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "qc": (),
+    "spatial_qc": ("spatial_qc", "seed"),
+    "doublets": ("doublets", "seed"),
+    "normalize": ("target_sum",),
+    "graph": ("graph_method", "n_spatial_neighbors"),
+    "reduce": ("n_comps", "n_top_genes", "umap", "seed"),
+    "integration": ("batch_correction", "sample_key", "umap", "seed"),
+    "leiden": ("resolution", "n_domains", "seed"),
+    "domains_": ("n_domains", "n_top_genes", "n_gene_groups", "batch_correction", "sample_key",
+                 "seed"),
+    "markers": ("domain_methods",),
+    "multimodal": ("modality", "modality_input", "n_domains", "seed"),
+    "deconvolution": ("reference", "reference_labels", "deconv_method", "deconv_smoothing",
+                      "seed"),
+    "svg": ("fdr", "trendseek_permutations", "seed"),
+    "modules_": ("svg_methods", "max_module_genes", "n_patterns", "fdr", "seed"),
+}  # fmt: skip
+
+#: Steps whose outputs each step reads ("svg" stands for every SVG test).
+STEP_DEPENDS: dict[str, tuple[str, ...]] = {
+    "qc": (),
+    "spatial_qc": ("qc",),
+    "doublets": ("qc",),
+    "normalize": ("qc",),
+    "graph": (),
+    "reduce": ("normalize",),
+    "integration": ("reduce",),
+    "leiden": ("reduce", "integration"),
+    "domains_": ("normalize", "graph", "leiden"),
+    "markers": ("normalize", "domains_"),
+    "multimodal": ("normalize", "leiden"),
+    "deconvolution": ("normalize", "graph"),
+    "svg": ("qc", "normalize", "graph"),
+    "modules_": ("normalize", "graph", "svg_first"),
+}
+
+
+def _lookup(table: dict[str, tuple[str, ...]], step: str, svg_methods) -> tuple[str, ...]:
+    if step in svg_methods:
+        return table["svg"]
+    for name, value in table.items():
+        if name.endswith("_") and step.startswith(name):
+            return value
+    return table[step]
+
+
+def step_dependencies(step: str, steps: tuple[str, ...], svg_methods) -> list[str]:
+    """The earlier steps of ``steps`` whose outputs ``step`` reads.
+
+    Examples
+    --------
+    >>> steps = ("qc", "normalize", "graph", "reduce", "leiden", "domains_cluster", "markers",
+    ...          "moran", "sparkx", "modules_stihc", "report")
+    >>> step_dependencies("markers", steps, ("moran", "sparkx"))
+    ['normalize', 'domains_cluster']
+    >>> step_dependencies("modules_stihc", steps, ("moran", "sparkx"))
+    ['normalize', 'graph', 'moran']
+    """
+    needed = []
+    for name in _lookup(STEP_DEPENDS, step, svg_methods):
+        if name == "svg_first":
+            needed.append(svg_methods[0])
+        elif name.endswith("_"):
+            needed += [s for s in steps if s.startswith(name)]
+        elif name in steps:
+            needed.append(name)
+    position = steps.index(step)
+    return [s for s in needed if steps.index(s) < position]
+
+
+def step_parameters(step: str, config: dict[str, Any], svg_methods) -> dict[str, Any]:
+    """The configuration values ``step`` reads."""
+    return {name: config.get(name) for name in _lookup(STEP_PARAMETERS, step, svg_methods)}
+
+
+def fingerprint(adata: AnnData) -> str:
+    """sha256 of the data a run starts from: matrices, names, coordinates and ``obs``.
+
+    Examples
+    --------
+    >>> import spatiome as sm
+    >>> a = sm.datasets.simulate_tissue(n_spots=100, n_genes=20, random_state=0)
+    >>> b = a.copy(); b.obsm["spatial"][0, 0] += 1.0
+    >>> fingerprint(a) == fingerprint(a.copy()), fingerprint(a) == fingerprint(b)
+    (True, False)
+    """
+    digest = hashlib.sha256()
+    for matrix in [adata.X, *(adata.layers[k] for k in sorted(adata.layers))]:
+        _update_matrix(digest, matrix)
+    for key in sorted(adata.obsm):
+        _update_matrix(digest, adata.obsm[key])
+    digest.update("\n".join(map(str, adata.obs_names)).encode())
+    digest.update("\n".join(map(str, adata.var_names)).encode())
+    digest.update(pd.util.hash_pandas_object(adata.obs, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _update_matrix(digest, matrix) -> None:
+    if matrix is None:
+        return
+    if isinstance(matrix, pd.DataFrame):
+        digest.update(pd.util.hash_pandas_object(matrix).to_numpy().tobytes())
+        return
+    if sp.issparse(matrix):
+        matrix = sp.csr_matrix(matrix)
+        for part in (matrix.data, matrix.indices, matrix.indptr):
+            digest.update(np.ascontiguousarray(part).tobytes())
+        digest.update(str(matrix.shape).encode())
+        return
+    array = np.ascontiguousarray(np.asarray(matrix))
+    digest.update(str((array.shape, array.dtype)).encode())
+    digest.update(array.tobytes())
+
+
+@dataclass
+class _Snapshot:
+    obs: pd.DataFrame
+    var: pd.DataFrame
+    x_digest: str
+    slots: dict[str, dict[str, int]]
+    uns: dict[str, int]
+    spatiome_uns: dict[str, int]
+
+
+@dataclass
+class Delta:
+    """What one step changed in the AnnData (see the module docstring)."""
+
+    obs: dict[str, pd.Series] = field(default_factory=dict)
+    var: dict[str, pd.Series] = field(default_factory=dict)
+    x: Any = None
+    slots: dict[str, dict[str, Any]] = field(default_factory=dict)
+    uns: dict[str, Any] = field(default_factory=dict)
+    spatiome_uns: dict[str, Any] = field(default_factory=dict)
+
+
+_SLOTS = ("obsm", "obsp", "varm", "layers")
+
+
+def _x_digest(adata: AnnData) -> str:
+    digest = hashlib.sha256()
+    _update_matrix(digest, adata.X)
+    return digest.hexdigest()
+
+
+def snapshot(adata: AnnData) -> _Snapshot:
+    """What a step may change, recorded before it runs."""
+    return _Snapshot(
+        obs=adata.obs.copy(),
+        var=adata.var.copy(),
+        x_digest=_x_digest(adata),
+        slots={s: {k: id(v) for k, v in getattr(adata, s).items()} for s in _SLOTS},
+        uns={k: id(v) for k, v in adata.uns.items()},
+        spatiome_uns={k: id(v) for k, v in adata.uns.get("spatiome", {}).items()},
+    )
+
+
+def _changed_columns(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, pd.Series]:
+    changed = {}
+    for column in after.columns:
+        if column not in before.columns or not after[column].equals(before[column]):
+            changed[column] = after[column].copy()
+    return changed
+
+
+def delta_since(adata: AnnData, before: _Snapshot) -> Delta:
+    """The changes ``adata`` went through since ``before`` was taken."""
+    delta = Delta(obs=_changed_columns(before.obs, adata.obs),
+                  var=_changed_columns(before.var, adata.var))  # fmt: skip
+    if _x_digest(adata) != before.x_digest:
+        delta.x = adata.X
+    for slot in _SLOTS:
+        current = getattr(adata, slot)
+        delta.slots[slot] = {k: v for k, v in current.items() if before.slots[slot].get(k) != id(v)}
+    delta.uns = {
+        k: v for k, v in adata.uns.items() if k != "spatiome" and before.uns.get(k) != id(v)
+    }
+    delta.spatiome_uns = {
+        k: v
+        for k, v in adata.uns.get("spatiome", {}).items()
+        if before.spatiome_uns.get(k) != id(v)
+    }
+    return delta
+
+
+def apply_delta(adata: AnnData, delta: Delta) -> None:
+    """Replay a stored step's changes onto ``adata`` (same spots and genes)."""
+    for column, values in delta.obs.items():
+        adata.obs[column] = values.reindex(adata.obs_names)
+    for column, values in delta.var.items():
+        adata.var[column] = values.reindex(adata.var_names)
+    if delta.x is not None:
+        adata.X = delta.x
+    for slot, entries in delta.slots.items():
+        for key, value in entries.items():
+            getattr(adata, slot)[key] = value
+    adata.uns.update(delta.uns)
+    if delta.spatiome_uns:
+        adata.uns.setdefault("spatiome", {}).update(delta.spatiome_uns)
+
+
+class StepCache:
+    """Stored step results under ``folder``; ``enabled=False`` stores and finds nothing.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> cache = StepCache(Path(tempfile.mkdtemp()))
+    >>> key = cache.key("qc", {}, [], root="abc")
+    >>> cache.load(key) is None
+    True
+    >>> cache.save(key, Delta(), "notes")
+    >>> cache.load(key)[1]
+    'notes'
+    """
+
+    def __init__(self, folder: Path, enabled: bool = True) -> None:
+        self.folder = Path(folder)
+        self.enabled = enabled
+
+    def key(self, step: str, parameters: dict[str, Any], dependencies: list[str], *,
+            root: str) -> str:  # fmt: skip
+        """Hash of the step, its parameters, its dependencies' keys and the input."""
+        from .. import __version__
+
+        record = {
+            "step": step,
+            "parameters": parameters,
+            "dependencies": dependencies,
+            "root": root,
+            "spatiome": __version__,
+        }
+        text = json.dumps(record, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{key}.pkl"
+
+    def load(self, key: str) -> tuple[Delta, Any] | None:
+        """The stored (delta, return value) of ``key``, or None."""
+        path = self._path(key)
+        if not self.enabled or not path.is_file():
+            return None
+        try:
+            with path.open("rb") as handle:
+                return pickle.load(handle)
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError) as err:
+            logger.warning("cache entry %s is unreadable (%s): recomputing", path.name, err)
+            return None
+
+    def save(self, key: str, delta: Delta, value: Any) -> None:
+        """Store a step's delta and return value, atomically."""
+        if not self.enabled:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self._path(key)) as tmp, open(tmp, "wb") as handle:
+            pickle.dump((delta, value), handle, protocol=pickle.HIGHEST_PROTOCOL)
