@@ -11,12 +11,16 @@ from .pipeline import (
     run_pipeline,
     run_svg_method,
 )
+from .config import RunConfig, default_toml, load_config
 from .provenance import Provenance, package_versions
 from .report import Section, write_report
 
 __all__ = [
     "PipelineConfig",
     "PipelineResult",
+    "RunConfig",
+    "load_config",
+    "default_toml",
     "run_pipeline",
     "evaluate_truth",
     "demo_tissue",
