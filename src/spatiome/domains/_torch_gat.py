@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from .._core.torch_session import deterministic_session, glorot_uniform
+
 # Scratch for one dense row block of the scaled expression (float32).
 _BLOCK_BYTES = 64 * 2**20
 # Keep the whole scaled expression dense when it is at most this large (float32).
@@ -200,12 +202,6 @@ class _Graph:
         return torch.from_numpy(np.ascontiguousarray(matrix @ features.detach().numpy()))
 
 
-def _xavier(shape: tuple[int, int], generator, torch):
-    bound = _INIT_GAIN * np.sqrt(6.0 / (shape[0] + shape[1]))
-    weight = (torch.rand(shape, generator=generator, dtype=torch.float32) * 2.0 - 1.0) * bound
-    return weight.requires_grad_(True)
-
-
 def train_autoencoder(
     expression: ScaledExpression,
     graph: sp.csr_matrix,
@@ -232,23 +228,14 @@ def train_autoencoder(
     import torch
 
     product, aggregate = _functions()
-    previous_threads = torch.get_num_threads()
-    previous_deterministic = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-    )
-    try:
-        if n_threads is not None:
-            torch.set_num_threads(int(n_threads))
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        generator = torch.Generator().manual_seed(int(seed))
+    with deterministic_session(seed, n_threads) as generator:
         expression.prepare()
         n_obs, n_genes = expression.shape
         edges = _Graph(graph)
         hidden, latent = (int(d) for d in hidden_dims)
-        w1 = _xavier((n_genes, hidden), generator, torch)
-        w2 = _xavier((hidden, latent), generator, torch)
-        attention = _xavier((hidden, 2), generator, torch)
+        w1 = glorot_uniform((n_genes, hidden), generator, gain=_INIT_GAIN)
+        w2 = glorot_uniform((hidden, latent), generator, gain=_INIT_GAIN)
+        attention = glorot_uniform((hidden, 2), generator, gain=_INIT_GAIN)
         parameters = [w1, w2, attention]
         optimizer = torch.optim.Adam(parameters, lr=learning_rate, weight_decay=weight_decay)
         total = expression.squared_norm()
@@ -281,11 +268,6 @@ def train_autoencoder(
         with torch.no_grad():
             _, embedding = forward()
         return embedding.numpy().astype(np.float32, copy=True), losses
-    finally:
-        torch.set_num_threads(previous_threads)
-        torch.use_deterministic_algorithms(
-            previous_deterministic[0], warn_only=previous_deterministic[1]
-        )
 
 
 def train_contrastive(
@@ -322,16 +304,7 @@ def train_contrastive(
     import torch
 
     product, aggregate = _functions()
-    previous_threads = torch.get_num_threads()
-    previous_deterministic = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-    )
-    try:
-        if n_threads is not None:
-            torch.set_num_threads(int(n_threads))
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        generator = torch.Generator().manual_seed(int(seed))
+    with deterministic_session(seed, n_threads) as generator:
         expression.prepare()
         n_obs, n_genes = expression.shape
         edges = _Graph(graph)
@@ -341,8 +314,8 @@ def train_contrastive(
         norm = 1.0 / np.sqrt(degree[rows] * degree[graph.indices])
         normalized = torch.from_numpy(norm.astype(np.float32))
         mean_weights = torch.from_numpy((1.0 / degree[rows]).astype(np.float32))
-        w1 = _xavier((n_genes, latent), generator, torch)
-        w2 = _xavier((latent, n_genes), generator, torch)
+        w1 = glorot_uniform((n_genes, latent), generator, gain=_INIT_GAIN)
+        w2 = glorot_uniform((latent, n_genes), generator, gain=_INIT_GAIN)
         bound = 1.0 / np.sqrt(latent)
         bilinear = (torch.rand((latent, latent), generator=generator) * 2 - 1) * bound
         bilinear.requires_grad_(True)
@@ -396,11 +369,6 @@ def train_contrastive(
             _, smoothed = forward(None)
         scores = _decoded_scores(smoothed.numpy().astype(np.float64), w2.detach().numpy())
         return scores.astype(np.float32), losses
-    finally:
-        torch.set_num_threads(previous_threads)
-        torch.use_deterministic_algorithms(
-            previous_deterministic[0], warn_only=previous_deterministic[1]
-        )
 
 
 def _decoded_scores(smoothed: np.ndarray, weight: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ import scanpy as sc
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._core.torch_session import import_torch
 from .._core.validate import SpatiomeInputError, check_adata, check_counts, get_matrix
 from ..graph import build_graph, default_method
 from .cluster import _labels_by_size, kmeans, leiden
@@ -44,7 +45,6 @@ _MODELS = {
     "reconstruction": "graph attention autoencoder (tied weights)",
     "contrastive": "graph convolution encoder, contrastive and reconstruction losses",
 }
-_INSTALL_HINT = 'spatiome.domains.gnn needs PyTorch: pip install "spatiome[deep]"'
 
 
 def gnn(
@@ -305,7 +305,7 @@ def gnn(
         weight_decay, gradient_clip, reconstruction_weight, cluster_method, covariance_type,
         n_pcs, n_comps, n_init, refine_neighbors, n_jobs, key_added, embedding_key,
     )  # fmt: skip
-    torch = _import_torch()
+    torch = import_torch("spatiome.domains.gnn")
     layer = "counts" if layer is None and "counts" in adata.layers else layer
     counts = get_matrix(adata, layer)
     check_counts(counts, where="adata.X" if layer is None else f"adata.layers[{layer!r}]")
@@ -387,14 +387,6 @@ def gnn(
         int(n_domains),
     )
     return adata if copy else None
-
-
-def _import_torch():
-    try:
-        import torch
-    except ImportError as err:
-        raise ImportError(f"{_INSTALL_HINT} (import failed: {err})") from err
-    return torch
 
 
 def _is_int(value: object) -> bool:

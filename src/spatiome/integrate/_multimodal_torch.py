@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from .._core.torch_session import deterministic_session, glorot_uniform
+
 # SpatialGlue adds this to the attention scores before the softmax.
 _SCORE_OFFSET = 1e-6
 
@@ -50,12 +52,6 @@ def _propagate():
     return Propagate
 
 
-def _xavier(shape: tuple[int, int], generator, torch):
-    bound = float(np.sqrt(6.0 / (shape[0] + shape[1])))
-    weight = (torch.rand(shape, generator=generator, dtype=torch.float32) * 2.0 - 1.0) * bound
-    return weight.requires_grad_(True)
-
-
 def train_dual_attention(
     features: list[np.ndarray],
     spatial_graph: sp.csr_matrix,
@@ -87,24 +83,15 @@ def train_dual_attention(
     import torch
 
     propagate = _propagate().apply
-    previous_threads = torch.get_num_threads()
-    previous_deterministic = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-    )
-    try:
-        if n_threads is not None:
-            torch.set_num_threads(int(n_threads))
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        generator = torch.Generator().manual_seed(int(seed))
+    with deterministic_session(seed, n_threads) as generator:
         spatial = sp.csr_matrix(spatial_graph, dtype=np.float32)
         graphs = [sp.csr_matrix(g, dtype=np.float32) for g in feature_graphs]
         inputs = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) for x in features]
         latent = int(latent_dim)
-        encoders = [_xavier((x.shape[1], latent), generator, torch) for x in inputs]
-        decoders = [_xavier((latent, x.shape[1]), generator, torch) for x in inputs]
+        encoders = [glorot_uniform((x.shape[1], latent), generator) for x in inputs]
+        decoders = [glorot_uniform((latent, x.shape[1]), generator) for x in inputs]
         attention = [
-            (_xavier((latent, latent), generator, torch), _xavier((latent, 1), generator, torch))
+            (glorot_uniform((latent, latent), generator), glorot_uniform((latent, 1), generator))
             for _ in range(3)
         ]
         parameters = [*encoders, *decoders, *(w for pair in attention for w in pair)]
@@ -157,9 +144,4 @@ def train_dual_attention(
             modality_weights=beta.numpy().astype(np.float64),
             losses=losses,
             final_losses=terms.numpy().astype(np.float64),
-        )
-    finally:
-        torch.set_num_threads(previous_threads)
-        torch.use_deterministic_algorithms(
-            previous_deterministic[0], warn_only=previous_deterministic[1]
         )

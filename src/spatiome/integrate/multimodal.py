@@ -15,6 +15,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._core.torch_session import import_torch
 from .._core.validate import (
     SpatiomeInputError,
     check_adata,
@@ -41,7 +42,6 @@ _PRESETS = {
 # Components of the RNA PCA (and of the ATAC LSI after dropping its first one) by default.
 _DEFAULT_COMPS = 50
 _TARGET_SUM = 1e4
-_INSTALL_HINT = 'spatiome.integrate.multimodal needs PyTorch: pip install "spatiome[deep]"'
 
 
 def multimodal(
@@ -241,7 +241,7 @@ def multimodal(
     other = get_matrix(adata_other, other_layer)
     other = other[order] if order is not None else other
     _check_other(other, modality, _where("adata_other", other_layer))
-    torch = _import_torch()
+    torch = import_torch("spatiome.integrate.multimodal")
     random_state = int(random_state)
 
     width = _default_comps(modality, other.shape[1]) if n_comps is None else int(n_comps)
@@ -339,14 +339,6 @@ def multimodal(
         np.round(trained.modality_weights.mean(axis=0), 3).tolist(),
     )
     return adata if copy else None
-
-
-def _import_torch():
-    try:
-        import torch
-    except ImportError as err:
-        raise ImportError(f"{_INSTALL_HINT} (import failed: {err})") from err
-    return torch
 
 
 def _where(name: str, layer: str | None) -> str:

@@ -1,5 +1,6 @@
 """Reproducible runs: the pipeline, provenance records and the HTML report."""
 
+from .config import RunConfig, default_toml, load_config
 from .pipeline import (
     SVG_METHODS,
     PipelineConfig,
@@ -11,7 +12,6 @@ from .pipeline import (
     run_pipeline,
     run_svg_method,
 )
-from .config import RunConfig, default_toml, load_config
 from .provenance import Provenance, package_versions
 from .report import Section, write_report
 
