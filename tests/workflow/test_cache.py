@@ -31,7 +31,10 @@ def tissue():
     return sm.datasets.simulate_tissue(n_spots=400, n_genes=60, random_state=2)
 
 
-BASE = dict(umap=False, n_domains=4, svg_methods=("moran", "sparkx"), module_methods=("stihc",))
+BASE = dict(
+    umap=False, n_domains=4, svg_methods=("moran", "sparkx"), module_methods=("stihc",),
+    n_top_maps=1, max_module_genes=30,
+)  # fmt: skip
 
 
 def test_changed_parameter_recomputes_only_what_depends_on_it(tissue, tmp_path):

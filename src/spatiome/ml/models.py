@@ -37,6 +37,8 @@ from .._core.validate import SpatiomeInputError, check_adata, get_matrix
 from .folds import spatial_folds
 
 MODELS = ("random_forest", "svm", "gradient_boosting")
+# Up to this many genes are modelled directly; more are reduced by a truncated SVD.
+_MAX_UNREDUCED = 50
 SCHEMES = ("blocked", "random")
 
 
@@ -177,7 +179,7 @@ def regress(
     >>> import spatiome as sm
     >>> tissue = sm.datasets.simulate_tissue(n_spots=500, n_genes=50, random_state=1)
     >>> tissue.obs["depth"] = tissue.obsm["spatial"][:, 0]
-    >>> result = regress(tissue, "depth", n_folds=3, n_importance=0)
+    >>> result = regress(tissue, "depth", model="svm", n_folds=3, n_importance=0)
     >>> list(result.summary.columns)
     ['r2', 'rmse', 'mae']
     """
@@ -304,7 +306,10 @@ def feature_matrix(adata: AnnData, features, n_genes: int):
             missing = [g for g, i in zip(features, genes, strict=True) if i < 0][:5]
             raise SpatiomeInputError(f"genes not in adata.var_names: {missing}")
     x = log[:, genes]
-    return x, list(adata.var_names[genes]), x.shape[1] > 50
+    reduce = x.shape[1] > _MAX_UNREDUCED
+    # a few genes are given to the model as they are: dense (spots x at most 50 values), so
+    # that every model, the SVM's standardization included, accepts them
+    return (x if reduce else x.toarray()), list(adata.var_names[genes]), reduce
 
 
 def log_expression(adata: AnnData) -> sp.csr_matrix:
