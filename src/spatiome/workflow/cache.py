@@ -172,6 +172,8 @@ class Delta:
     slots: dict[str, dict[str, Any]] = field(default_factory=dict)
     uns: dict[str, Any] = field(default_factory=dict)
     spatiome_uns: dict[str, Any] = field(default_factory=dict)
+    #: sha256 of ``X`` after the step, so the next step's snapshot need not hash it again
+    x_digest: str | None = None
 
 
 _SLOTS = ("obsm", "obsp", "varm", "layers")
@@ -183,12 +185,16 @@ def _x_digest(adata: AnnData) -> str:
     return digest.hexdigest()
 
 
-def snapshot(adata: AnnData) -> _Snapshot:
-    """What a step may change, recorded before it runs."""
+def snapshot(adata: AnnData, x_digest: str | None = None) -> _Snapshot:
+    """What a step may change, recorded before it runs.
+
+    ``x_digest``, the digest of ``X`` left by the previous step's delta, spares hashing
+    ``X`` again (the largest cost of a snapshot).
+    """
     return _Snapshot(
         obs=adata.obs.copy(),
         var=adata.var.copy(),
-        x_digest=_x_digest(adata),
+        x_digest=x_digest or _x_digest(adata),
         slots={s: {k: id(v) for k, v in getattr(adata, s).items()} for s in _SLOTS},
         uns={k: id(v) for k, v in adata.uns.items()},
         spatiome_uns={k: id(v) for k, v in adata.uns.get("spatiome", {}).items()},
@@ -205,9 +211,12 @@ def _changed_columns(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, pd.
 
 def delta_since(adata: AnnData, before: _Snapshot) -> Delta:
     """The changes ``adata`` went through since ``before`` was taken."""
-    delta = Delta(obs=_changed_columns(before.obs, adata.obs),
-                  var=_changed_columns(before.var, adata.var))  # fmt: skip
-    if _x_digest(adata) != before.x_digest:
+    delta = Delta(
+        obs=_changed_columns(before.obs, adata.obs),
+        var=_changed_columns(before.var, adata.var),
+        x_digest=_x_digest(adata),
+    )
+    if delta.x_digest != before.x_digest:
         delta.x = adata.X
     for slot in _SLOTS:
         current = getattr(adata, slot)

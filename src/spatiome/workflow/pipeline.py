@@ -745,7 +745,9 @@ def run_pipeline(
     steps = pipeline_steps(config, count_samples(data, config))
     record.parameters["steps"] = list(steps)
     step_cache = StepCache(out / CACHE_FOLDER, enabled=cache)
-    root = fingerprint(data) + json.dumps({p: record.inputs[p] for p in side_inputs})
+    root = (
+        fingerprint(data) + json.dumps({p: record.inputs[p] for p in side_inputs}) if cache else ""
+    )
     config_values = asdict(config)
 
     actions: dict[str, Callable[[], Any]] = {
@@ -797,6 +799,7 @@ def run_pipeline(
     bar = _Progress(steps, progress)
     outputs: dict[str, Any] = {}
     keys: dict[str, str] = {}
+    x_digest = None  # of X after the last step, carried so X is hashed once per step
     try:
         for name, action in actions.items():
             dependencies = step_dependencies(name, steps, config.svg_methods)
@@ -812,12 +815,17 @@ def run_pipeline(
                 if stored is not None:
                     apply_delta(data, stored[0])
                     outputs[name] = stored[1]
+                    x_digest = stored[0].x_digest
                     entry["cached"] = True
                     logger.info("step %s: restored from the cache", name)
-                else:
-                    before = snapshot(data)
+                elif cache:
+                    before = snapshot(data, x_digest)
                     outputs[name] = action()
-                    step_cache.save(keys[name], delta_since(data, before), outputs[name])
+                    delta = delta_since(data, before)
+                    x_digest = delta.x_digest
+                    step_cache.save(keys[name], delta, outputs[name])
+                else:
+                    outputs[name] = action()
             bar.done(name, entry["seconds"])
             if name == until:
                 marker = write_text_atomic(
@@ -893,8 +901,9 @@ def _summary(
         "n_svg": int((tables[primary]["qval"] < config.fdr).sum()),
         "n_clusters": int(data.obs["leiden"].nunique()),
     }
-    if count_samples(data, config) > 1:
-        summary["n_samples"] = count_samples(data, config)
+    n_samples = count_samples(data, config)
+    if n_samples > 1:
+        summary["n_samples"] = n_samples
         summary["batch_correction"] = config.batch_correction
     if "domain_multimodal" in data.obs:
         summary["modality"] = config.modality
