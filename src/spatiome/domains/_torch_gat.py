@@ -256,15 +256,7 @@ def train_autoencoder(
             gram = ((w1.T @ w1) * (hidden3.T @ hidden3)).sum()
             return (total - 2.0 * cross.double() + gram.double()) * scale, embedding
 
-        losses = np.empty(int(n_epochs), dtype=np.float64)
-        for epoch in range(int(n_epochs)):
-            optimizer.zero_grad(set_to_none=True)
-            loss, _ = forward()
-            loss.backward()
-            if gradient_clip is not None:
-                torch.nn.utils.clip_grad_norm_(parameters, float(gradient_clip))
-            optimizer.step()
-            losses[epoch] = float(loss.detach())
+        losses = _fit(lambda: forward()[0], parameters, optimizer, n_epochs, gradient_clip)
         with torch.no_grad():
             _, embedding = forward()
         return embedding.numpy().astype(np.float32, copy=True), losses
@@ -355,20 +347,31 @@ def train_contrastive(
             )
             return reconstruction_weight * error + contrast.double(), smoothed
 
-        losses = np.empty(int(n_epochs), dtype=np.float64)
-        for epoch in range(int(n_epochs)):
-            permutation = torch.randperm(n_obs, generator=generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss, _ = forward(permutation)
-            loss.backward()
-            if gradient_clip is not None:
-                torch.nn.utils.clip_grad_norm_(parameters, float(gradient_clip))
-            optimizer.step()
-            losses[epoch] = float(loss.detach())
+        def epoch_loss():  # a new shuffle of the spots for the corrupted view each epoch
+            return forward(torch.randperm(n_obs, generator=generator))[0]
+
+        losses = _fit(epoch_loss, parameters, optimizer, n_epochs, gradient_clip)
         with torch.no_grad():
             _, smoothed = forward(None)
         scores = _decoded_scores(smoothed.numpy().astype(np.float64), w2.detach().numpy())
         return scores.astype(np.float32), losses
+
+
+def _fit(epoch_loss, parameters, optimizer, n_epochs: int, gradient_clip: float | None):
+    """Full-batch training: ``n_epochs`` Adam steps on ``epoch_loss()``, the gradient norm
+    clipped at ``gradient_clip``; returns the loss of every epoch."""
+    import torch
+
+    losses = np.empty(int(n_epochs), dtype=np.float64)
+    for epoch in range(int(n_epochs)):
+        optimizer.zero_grad(set_to_none=True)
+        loss = epoch_loss()
+        loss.backward()
+        if gradient_clip is not None:
+            torch.nn.utils.clip_grad_norm_(parameters, float(gradient_clip))
+        optimizer.step()
+        losses[epoch] = float(loss.detach())
+    return losses
 
 
 def _decoded_scores(smoothed: np.ndarray, weight: np.ndarray) -> np.ndarray:
