@@ -6,8 +6,11 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+_UMASK_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -16,7 +19,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     A reader never sees a half-written file: the final name appears in one
     ``os.replace`` after the writer finished, and the temporary file is removed if
-    the writer raised.
+    the writer raised. The file gets the permissions the umask gives a new file (0644
+    under umask 022), so colleagues sharing a server can read the outputs.
 
     Examples
     --------
@@ -36,10 +40,26 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.is_file():  # mkstemp makes 0600 files; give the mode a new file would have
+            os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (read without changing it for longer than a call).
+
+    Examples
+    --------
+    >>> 0 <= current_umask() <= 0o777
+    True
+    """
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:

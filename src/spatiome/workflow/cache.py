@@ -174,6 +174,8 @@ class Delta:
     spatiome_uns: dict[str, Any] = field(default_factory=dict)
     #: sha256 of ``X`` after the step, so the next step's snapshot need not hash it again
     x_digest: str | None = None
+    #: When, where and how long the step was computed, and what it logged meanwhile
+    record: dict[str, Any] | None = None
 
 
 _SLOTS = ("obsm", "obsp", "varm", "layers")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._core.files import atomic_path, write_text_atomic
+from .._core.progress import listen
 from .._core.validate import SpatiomeInputError, check_adata, get_spatial
 from .cache import (
     CACHE_FOLDER,
@@ -52,6 +54,17 @@ from .names import (
     MODULE_TITLES,
     SVG_METHODS,
     SVG_TITLES,
+)
+from .outputs import (
+    LOG_NAME,
+    StepLog,
+    attach_log,
+    describe_os_error,
+    prepare_output_folder,
+    previous_outputs,
+    publish,
+    staged_outputs,
+    where,
 )
 from .provenance import Provenance
 from .report import write_report
@@ -204,8 +217,74 @@ class PipelineConfig:
         self.module_methods = _method_names(
             "module_methods", self.module_methods, MODULE_METHODS, False
         )
-        if self.n_domains is not None and self.n_domains < 2:
-            raise SpatiomeInputError(f"n_domains must be at least 2, got {self.n_domains}")
+        if self.graph_method not in GRAPH_METHODS:
+            raise SpatiomeInputError(
+                f"graph_method must be one of {GRAPH_METHODS}, got {self.graph_method!r}"
+            )
+        for name, (low, high, integer) in NUMERIC_RANGES.items():
+            _check_range(name, getattr(self, name), low, high, integer)
+
+
+#: Allowed values of the numeric parameters: (lowest, highest, integer); None is open.
+#: Bounds are inclusive, except fdr's, which lies strictly between 0 and 1.
+NUMERIC_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "seed": (0, 2**32 - 1, True),
+    "target_sum": (1e-300, None, False),
+    "n_comps": (2, None, True),
+    "n_top_genes": (2, None, True),
+    "n_spatial_neighbors": (1, None, True),
+    "resolution": (1e-300, None, False),
+    "n_domains": (2, None, True),
+    "fdr": (0.0, 1.0, False),
+    "n_top_maps": (0, None, True),
+    "trendseek_permutations": (19, None, True),
+    "n_gene_groups": (1, None, True),
+    "n_markers": (1, None, True),
+    "n_patterns": (1, None, True),
+    "max_module_genes": (4, None, True),
+    "deconv_smoothing": (0.0, None, False),
+}
+GRAPH_METHODS = ("auto", "grid", "knn", "radius", "delaunay")
+
+
+def _check_range(
+    name: str, value: Any, low: float | None, high: float | None, integer: bool
+) -> None:
+    """Raise unless ``value`` is None or a number of the right kind within [low, high].
+
+    Examples
+    --------
+    >>> try:
+    ...     PipelineConfig(fdr=2.0)
+    ... except SpatiomeInputError as err:
+    ...     print(err)
+    fdr must be a number strictly between 0 and 1, got 2.0
+    """
+    if value is None:
+        return
+    kind = "an integer" if integer else "a number"
+    if name == "fdr":
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+            raise SpatiomeInputError(
+                f"fdr must be a number strictly between 0 and 1, got {value!r}"
+            )
+        return
+    wrong_type = isinstance(value, bool) or not isinstance(
+        value, int | np.integer if integer else int | float | np.integer | np.floating
+    )
+    if low is not None and low == 1e-300:
+        bounds = "greater than 0"
+    elif high is None:
+        bounds = f"at least {low}"
+    else:
+        bounds = f"between {low} and {high}"
+    if (
+        wrong_type
+        or not np.isfinite(value)
+        or (low is not None and value < low)
+        or (high is not None and value > high)
+    ):
+        raise SpatiomeInputError(f"{name} must be {kind} {bounds}, got {value!r}")
 
 
 def _method_names(field_name: str, names, allowed: tuple[str, ...], required: bool):
@@ -266,6 +345,49 @@ def pipeline_steps(config: PipelineConfig, n_samples: int = 1) -> tuple[str, ...
 
 #: Below this median distance (um) to the nearest neighbour, observations are single cells.
 SINGLE_CELL_SPACING_UM = 20.0
+#: Readers whose observations are known: cells, or spots/bins on an array.
+_READER_OBSERVATIONS = {"read_xenium": "cell", "read_visium": "spot", "read_visium_hd": "spot"}
+
+
+def observation_kind(data: AnnData) -> str:
+    """Whether the observations are single cells (``"cell"``) or spots of several (``"spot"``).
+
+    In order: ``uns["spatiome"]["observation"]`` when set; the reader (Xenium: cells;
+    Visium, Visium HD: spots); with coordinates in micrometres, a median nearest-neighbour
+    distance under 20 um means cells; otherwise the geometry decides: spots sit on a
+    regular array (most nearest-neighbour distances within 5% of the median: ST, Visium,
+    Visium HD), while cells (seqFISH, MERFISH, CosMx, segmented images) and Slide-seq beads
+    are scattered irregularly.
+
+    Examples
+    --------
+    >>> import spatiome as sm
+    >>> spots = sm.datasets.simulate_tissue(n_spots=300, n_genes=20)
+    >>> cells = sm.datasets.simulate_tissue(n_spots=300, n_genes=20, layout="random")
+    >>> observation_kind(spots), observation_kind(cells)
+    ('spot', 'cell')
+    """
+    from scipy.spatial import cKDTree
+
+    info = data.uns.get("spatiome", {})
+    stated = info.get("observation") if isinstance(info, dict) else None
+    if stated in ("cell", "spot"):
+        return str(stated)
+    source = info.get("source", {}) if isinstance(info, dict) else {}
+    reader = source.get("reader") if isinstance(source, dict) else None
+    if reader in _READER_OBSERVATIONS:
+        return _READER_OBSERVATIONS[reader]
+    if data.n_obs < 3:
+        return "spot"
+    coords = get_spatial(data)
+    sample = coords[:: max(1, data.n_obs // 5000)]
+    distances, _ = cKDTree(coords).query(sample, k=2)
+    nearest = distances[:, 1]
+    median = float(np.median(nearest))
+    if data.uns.get("spatial_unit") == "um":
+        return "cell" if median < SINGLE_CELL_SPACING_UM else "spot"
+    on_lattice = float(np.mean(np.abs(nearest - median) <= 0.05 * median))
+    return "spot" if on_lattice >= 0.5 else "cell"
 
 
 def run_spatial_qc(data: AnnData, config: PipelineConfig) -> list[str]:
@@ -309,37 +431,20 @@ def run_spatial_qc(data: AnnData, config: PipelineConfig) -> list[str]:
     return notes
 
 
-def is_single_cell_resolution(data: AnnData) -> bool:
-    """True for Xenium input or observations closer than 20 um to their nearest neighbour.
-
-    Examples
-    --------
-    >>> import spatiome as sm
-    >>> spots = sm.datasets.simulate_tissue(n_spots=300, n_genes=20)
-    >>> cells = sm.datasets.simulate_tissue(n_spots=300, n_genes=20, layout="random")
-    >>> is_single_cell_resolution(spots), is_single_cell_resolution(cells)
-    (False, True)
-    """
-    from scipy.spatial import cKDTree
-
-    source = data.uns.get("spatiome", {}).get("source", {})
-    if isinstance(source, dict) and source.get("reader") == "read_xenium":
-        return True
-    if data.uns.get("spatial_unit", "um") != "um" or data.n_obs < 3:
-        return False
-    coords = get_spatial(data)
-    sample = coords[:: max(1, data.n_obs // 5000)]
-    distances, _ = cKDTree(coords).query(sample, k=2)
-    return bool(np.median(distances[:, 1]) < SINGLE_CELL_SPACING_UM)
-
-
 def run_doublets(data: AnnData, config: PipelineConfig) -> list[str]:
     """Score doublets when asked, or automatically on single-cell-resolution data."""
     from .. import pp
 
-    wanted = config.doublets if config.doublets is not None else is_single_cell_resolution(data)
+    if config.doublets is None:
+        wanted = data.uns["spatiome"].get("observation", observation_kind(data)) == "cell"
+    else:
+        wanted = config.doublets
     if not wanted:
-        return ["doublet scoring skipped: spot-level data (spots hold several cells)"]
+        reason = "switched off" if config.doublets is False else (
+            "each spot holds several cells, so a doublet is not defined; set doublets = true "
+            "to score single-cell data that was not recognized as such"
+        )  # fmt: skip
+        return [f"doublet scoring skipped: {reason}"]
     pp.doublets(data, random_state=config.seed)
     note = f"{int(data.obs['doublet'].sum())} doublets called"
     logger.info("doublets: %s", note)
@@ -451,9 +556,9 @@ def module_genes(data: AnnData, table: pd.DataFrame, config: PipelineConfig) -> 
     Examples
     --------
     >>> import pandas as pd
-    >>> table = pd.DataFrame({"qval": [0.5, 0.01, 0.001]}, index=["a", "b", "c"])
-    >>> module_genes(None, table, PipelineConfig(max_module_genes=1))
-    ['c']
+    >>> table = pd.DataFrame({"qval": [0.5, 0.01, 0.001, 0.02, 0.03, 0.04]}, index=list("abcdef"))
+    >>> module_genes(None, table, PipelineConfig(max_module_genes=4))
+    ['c', 'b', 'd', 'e']
     """
     called = table[table["qval"] < config.fdr].sort_values("qval", kind="stable")
     return [str(g) for g in called.index[: config.max_module_genes]]
@@ -477,10 +582,33 @@ def run_module_method(
         )  # fmt: skip
     else:
         raise SpatiomeInputError(f"unknown module method {method!r}; choose from {MODULE_METHODS}")
-    from ..pl.domains import module_labels
+    n_modules, n_unassigned = count_modules(data, key)
+    note = f"{MODULE_TITLES[method]}: {n_modules} modules of two or more genes from {len(genes)}"
+    note += " genes" + (f" ({n_unassigned} genes in no module)" if n_unassigned else "")
+    return table, [note]
 
-    n_modules = int(module_labels(data.var[module_column(data, key)]).nunique())
-    return table, [f"{MODULE_TITLES[method]}: {n_modules} modules from {len(genes)} genes"]
+
+#: Module labels that mean "in no module".
+UNASSIGNED_MODULES = ("-1", "unassigned", "nan", "None", "<NA>")
+
+
+def count_modules(data: AnnData, key: str) -> tuple[int, int]:
+    """Modules of two or more genes in ``var[f"{key}_module"]`` (or ``_pattern``), and the
+    number of genes left in no module (unassigned, or alone in a module of one).
+
+    Examples
+    --------
+    >>> import anndata, numpy as np, pandas as pd
+    >>> a = anndata.AnnData(np.zeros((2, 5)))
+    >>> a.var["module_stihc_module"] = pd.array([1, 1, 2, -1, 3], dtype="Int64")
+    >>> count_modules(a, "module_stihc")
+    (1, 3)
+    """
+    labels = data.var[module_column(data, key)].astype(str)
+    scored = labels[~labels.isin(UNASSIGNED_MODULES)]
+    sizes = scored.value_counts()
+    n_modules = int((sizes >= 2).sum())
+    return n_modules, int(labels.size - sizes[sizes >= 2].sum())
 
 
 def aeh_length_scale(data: AnnData, genes: list[str]) -> float:
@@ -590,7 +718,12 @@ def evaluate_truth(
 
 
 class _Progress:
-    """Step-by-step progress on stderr (a tqdm bar when attached to a terminal)."""
+    """Step-by-step progress on stderr (a tqdm bar when attached to a terminal).
+
+    Long steps report their own progress (epochs, sweeps, genes) through
+    :mod:`spatiome._core.progress`; :meth:`inner` shows it beside the step's name. The bar
+    shows elapsed time only: steps differ too much in length for a remaining-time guess.
+    """
 
     def __init__(self, steps: Sequence[str], enabled: bool):
         from tqdm.auto import tqdm
@@ -602,11 +735,19 @@ class _Progress:
             disable=not enabled,
             file=sys.stderr,
             leave=True,
+            bar_format="{desc}: {n_fmt}/{total_fmt} steps |{bar:20}| {elapsed}{postfix}",
         )
+        self.current = ""
 
     def start(self, name: str) -> None:
+        self.current = name
         self.bar.set_postfix_str(name)
         logger.info("step %s: start", name)
+
+    def inner(self, task: str, done: int, total: int, unit: str, details: str) -> None:
+        """Show a long step's own progress (a :mod:`spatiome._core.progress` listener)."""
+        text = f"{self.current}: {unit} {done:,}/{total:,}" + (f", {details}" if details else "")
+        self.bar.set_postfix_str(text)
 
     def done(self, name: str, seconds: float) -> None:
         self.bar.update(1)
@@ -691,9 +832,9 @@ def run_pipeline(
     config = config or PipelineConfig()
     check_adata(adata)
     get_spatial(adata)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    log_handler = _attach_log(out / "spatiome.log")
+    out = prepare_output_folder(out_dir)
+    previous = previous_outputs(out)
+    log_handler = attach_log(out)
     record = Provenance(command=command, parameters=asdict(config), seed=config.seed)
     for path in inputs:
         record.add_input(path)
@@ -713,6 +854,7 @@ def run_pipeline(
     data = adata.copy()
     if "counts" not in data.layers:
         data.layers["counts"] = data.X.copy()
+    data.uns.setdefault("spatiome", {})["observation"] = observation_kind(data)
     graph_method = (
         graph.default_method(data) if config.graph_method == "auto" else config.graph_method
     )
@@ -787,17 +929,21 @@ def run_pipeline(
             )
             stored = None if force else step_cache.load(keys[name])
             bar.start(name)
-            with record.step(name) as entry:
+            with record.step(name) as entry, listen(bar.inner):
                 if stored is not None:
                     apply_delta(data, stored[0])
                     outputs[name] = stored[1]
                     x_digest = stored[0].x_digest
-                    entry["cached"] = True
-                    logger.info("step %s: restored from the cache", name)
+                    _restored(name, entry, stored[0])
                 elif cache:
                     before = snapshot(data, x_digest)
-                    outputs[name] = action()
+                    tic = time.perf_counter()
+                    with StepLog().capture() as lines:
+                        outputs[name] = action()
                     delta = delta_since(data, before)
+                    delta.record = {**where(), "start": entry["start"], "out": str(out),
+                                    "seconds": round(time.perf_counter() - tic, 3),
+                                    "log": lines}  # fmt: skip
                     x_digest = delta.x_digest
                     step_cache.save(keys[name], delta, outputs[name])
                 else:
@@ -826,14 +972,20 @@ def run_pipeline(
         }
         summary = _summary(data, tables, config, truth)
         bar.start("report")
-        with record.step("report") as entry:
-            files = _write_outputs(data, tables, notes, summary, record, out, title, config, extra)
+        with record.step("report") as entry, staged_outputs(out) as staging:
+            names = _write_outputs(
+                data, tables, notes, summary, record, staging, title, config, extra
+            )
+            published = publish(staging, out, previous)
+            files = {key: published[name] for key, name in names.items()}
         bar.done("report", entry["seconds"])
+    except OSError as err:
+        raise SpatiomeInputError(describe_os_error(err)) from err
     finally:
         bar.close()
         logging.getLogger("spatiome").removeHandler(log_handler)
         log_handler.close()
-    files["log"] = out / "spatiome.log"
+    files["log"] = out / LOG_NAME
     primary = tables[config.svg_methods[0]]
     return PipelineResult(adata=data, svg=primary, summary=summary, files=files, svg_tables=tables)
 
@@ -857,13 +1009,22 @@ def _sorted(table: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(["qval", order], kind="mergesort")
 
 
-def _attach_log(path: Path) -> logging.Handler:
-    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    root = logging.getLogger("spatiome")
-    root.setLevel(logging.INFO)
-    root.addHandler(handler)
-    return handler
+def _restored(name: str, entry: dict[str, Any], delta: Any) -> None:
+    """Record in the provenance and the log that ``name`` came from the cache, and when,
+    where and how the cached result was computed (with that computation's log lines)."""
+    entry["cached"] = True
+    computed = dict(getattr(delta, "record", None) or {})
+    lines = computed.pop("log", [])
+    if computed:
+        entry["computed"] = computed
+        logger.info(
+            "step %s: restored from the cache (computed %s on %s in %.2f s)",
+            name, computed.get("start"), computed.get("host"), computed.get("seconds", 0.0),
+        )  # fmt: skip
+    else:
+        logger.info("step %s: restored from the cache", name)
+    for line in lines:
+        logger.info("step %s [as computed then]: %s", name, line)
 
 
 def _summary(
@@ -871,12 +1032,18 @@ def _summary(
 ) -> dict[str, Any]:
     primary = config.svg_methods[0]
     summary: dict[str, Any] = {
+        "observation": data.uns.get("spatiome", {}).get("observation", "spot"),
         "n_spots": int(data.n_obs),
         "n_genes": int(data.n_vars),
+        "fdr": config.fdr,
         "svg_method": primary,
         "n_svg": int((tables[primary]["qval"] < config.fdr).sum()),
         "n_clusters": int(data.obs["leiden"].nunique()),
     }
+    for method in config.module_methods:
+        key = f"module_{method}"
+        if any(f"{key}{suffix}" in data.var for suffix in ("_module", "_pattern")):
+            summary[f"n_modules_{method}"] = count_modules(data, key)[0]
     n_samples = count_samples(data, config)
     if n_samples > 1:
         summary["n_samples"] = n_samples
@@ -922,7 +1089,8 @@ def _write_outputs(
     title: str,
     config: PipelineConfig,
     extra: dict[str, Any],
-) -> dict[str, Path]:
+) -> dict[str, str]:
+    """Write every output into ``out`` (the staging folder); their names by kind."""
     from ..io import write_h5ad
 
     primary = config.svg_methods[0]
@@ -956,6 +1124,9 @@ def _write_outputs(
             with atomic_path(files[f"modules_{method}"]) as tmp:
                 table.to_csv(tmp, index_label="gene")
     record.finished = None
+    record.outputs = sorted(
+        [*(p.name for p in files.values()), "results.h5ad", "provenance.json", "report.html"]
+    )
     provenance = record.to_dict()
     sections = report_sections(data, tables, notes, summary, provenance, config, extra)
     write_report(files["report"], title, subtitle(summary), sections)
@@ -964,7 +1135,7 @@ def _write_outputs(
     data.uns["spatiome"]["provenance"] = json.dumps(record.to_dict(), default=str)
     data.uns["spatiome"]["summary"] = {k: v for k, v in summary.items() if v is not None}
     write_h5ad(data, files["results"])
-    return files
+    return {key: path.name for key, path in files.items()}
 
 
 def demo_tissue(seed: int = 0, n_spots: int = 3000, n_genes: int = 300) -> AnnData:
@@ -986,15 +1157,16 @@ def format_recovery(summary: dict[str, Any]) -> str:
     Examples
     --------
     >>> print(format_recovery({"n_true": 10, "n_svg_moran": 9, "svg_power_moran": 0.9,
-    ...                        "svg_fdr_moran": 0.0, "domain_ari": 0.7}))
-    Moran's I at q < 0.05: power 0.900 (9 called, 10 truly spatial), observed FDR 0.000
+    ...                        "svg_fdr_moran": 0.0, "domain_ari": 0.7, "fdr": 0.1}))
+    Moran's I at q < 0.1: power 0.900 (9 called, 10 truly spatial), observed FDR 0.000
     Leiden vs true domains: ARI 0.700
     """
     lines = []
+    fdr = summary.get("fdr", 0.05)
     for method in SVG_METHODS:
         if f"svg_power_{method}" in summary:
             lines.append(
-                f"{SVG_TITLES[method]} at q < 0.05: power {summary[f'svg_power_{method}']:.3f} "
+                f"{SVG_TITLES[method]} at q < {fdr:g}: power {summary[f'svg_power_{method}']:.3f} "
                 f"({summary[f'n_svg_{method}']} called, {summary['n_true']} truly spatial), "
                 f"observed FDR {summary[f'svg_fdr_{method}']:.3f}"
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import sys
@@ -61,7 +62,8 @@ def dependency_versions(root: str = "spatiome") -> dict[str, str]:
     """Versions of ``root`` and of every installed distribution it depends on, recursively.
 
     Requirements of extras count when the extra's packages are installed, so a run with
-    torch records torch and its own dependencies too.
+    torch records torch and its own dependencies too. Read once per process (reading the
+    installed metadata takes about a second).
 
     Examples
     --------
@@ -69,6 +71,11 @@ def dependency_versions(root: str = "spatiome") -> dict[str, str]:
     >>> {"spatiome", "anndata", "numpy", "scipy"} <= set(versions)
     True
     """
+    return dict(_dependency_versions(root))
+
+
+@functools.lru_cache(maxsize=4)
+def _dependency_versions(root: str) -> tuple[tuple[str, str], ...]:
     import re
 
     found: dict[str, str] = {}
@@ -89,7 +96,7 @@ def dependency_versions(root: str = "spatiome") -> dict[str, str]:
             match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
             if match:
                 pending.append(match.group(1))
-    return dict(sorted(found.items()))
+    return tuple(sorted(found.items()))
 
 
 def _now() -> str:
@@ -116,6 +123,8 @@ class Provenance:
     steps: list[dict[str, Any]] = field(default_factory=list)
     started: str = field(default_factory=_now)
     finished: str | None = None
+    #: Names of the files the run wrote into its output folder.
+    outputs: list[str] = field(default_factory=list)
 
     def add_input(self, path: str | Path) -> None:
         """Record the sha256 of an input file or of every file in an input folder."""
@@ -144,6 +153,7 @@ class Provenance:
             "parameters": self.parameters,
             "inputs": self.inputs,
             "steps": self.steps,
+            "outputs": self.outputs,
             "versions": package_versions(),
             "dependencies": dependency_versions(),
             "python": sys.version.split()[0],

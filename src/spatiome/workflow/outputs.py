@@ -1,0 +1,231 @@
+"""The output folder of a run: checked before the work, written as one set, logged by append.
+
+A run writes every output into a staging folder inside the output folder and moves the
+files into place only when all of them are written (:func:`staged_outputs`), so an
+interrupted run never leaves a new ``svg.csv`` beside an old report. Temporary files and
+staging folders that a killed run left behind are removed when the next run starts
+(:func:`prepare_output_folder`). The log (``spatiome.log``) is appended to, so a re-run that
+restores steps from the cache keeps the record of the run that computed them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import platform
+import re
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .._core.validate import SpatiomeInputError
+
+logger = logging.getLogger("spatiome")
+
+LOG_NAME = "spatiome.log"
+_STAGING_PREFIX = ".staging-"
+#: Temporary names of :func:`spatiome._core.files.atomic_path`: ``.NAME.RANDOM.tmp[.SUFFIX]``.
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp(\.[A-Za-z0-9]+)?$")
+
+
+def prepare_output_folder(out_dir: str | os.PathLike[str]) -> Path:
+    """Create ``out_dir`` if needed, check that it is writable, remove stale temporaries.
+
+    Raises one :class:`SpatiomeInputError` naming the path when the folder cannot be used
+    (a file in its place, no permission, read-only file system).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (folder / ".svg.csv.abc123.tmp.csv").write_text("half")
+    >>> prepare_output_folder(folder) == folder, sorted(p.name for p in folder.iterdir())
+    (True, [])
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SpatiomeInputError(
+            f"output folder {out} is a file: pass a folder (it is created if missing) with --out"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".spatiome-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise SpatiomeInputError(
+            f"cannot write to the output folder {out}: {err.strerror or err}; "
+            "choose a folder you can write to with --out"
+        ) from None
+    remove_stale_temporaries(out)
+    return out
+
+
+def remove_stale_temporaries(out: Path) -> list[str]:
+    """Delete half-written files and staging folders that an interrupted run left in ``out``.
+
+    Staging folders of a process that is still running are kept.
+    """
+    removed = []
+    for folder in (out, out / ".spatiome_cache"):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if path.is_file() and _TEMPORARY.match(path.name):
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+            elif path.is_dir() and path.name.startswith(_STAGING_PREFIX):
+                if _process_alive(path.name[len(_STAGING_PREFIX) :].split("-")[0]):
+                    continue
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path.name)
+    if removed:
+        logger.info("removed %d files an interrupted run left in %s", len(removed), out)
+    return removed
+
+
+def _process_alive(pid_text: str) -> bool:
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def staged_outputs(out: Path) -> Iterator[Path]:
+    """A staging folder inside ``out`` for the run's outputs; removed whatever happens.
+
+    Move the finished set into place with :func:`publish`.
+    """
+    staging = out / f"{_STAGING_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
+    staging.mkdir()
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish(staging: Path, out: Path, previous: list[str]) -> dict[str, Path]:
+    """Move every file of ``staging`` into ``out``; delete outputs of an earlier run that this
+    run did not produce (``previous``: their names). Returns the final paths by file name.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (out / "svg_geary.csv").write_text("old")
+    >>> with staged_outputs(out) as staging:
+    ...     _ = (staging / "svg.csv").write_text("new")
+    ...     paths = publish(staging, out, previous=["svg_geary.csv"])
+    >>> sorted(p.name for p in out.iterdir())
+    ['svg.csv']
+    """
+    produced = sorted(p for p in staging.iterdir() if p.is_file())
+    names = {p.name for p in produced}
+    final = {}
+    for path in produced:
+        target = out / path.name
+        os.replace(path, target)
+        final[path.name] = target
+    for name in previous:
+        if name not in names and "/" not in name and name != LOG_NAME:
+            (out / name).unlink(missing_ok=True)
+    return final
+
+
+def previous_outputs(out: Path) -> list[str]:
+    """Names of the files the last finished run in ``out`` wrote (from its provenance)."""
+    import json
+
+    try:
+        record = json.loads((out / "provenance.json").read_text())
+    except (OSError, ValueError):
+        return []
+    files = record.get("outputs", [])
+    return [str(f) for f in files] if isinstance(files, list) else []
+
+
+def attach_log(out: Path) -> logging.Handler:
+    """Append this run's log to ``out/spatiome.log``, starting with a header line."""
+    handler = logging.FileHandler(out / LOG_NAME, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("spatiome")
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    logger.info("===== run started on %s (pid %d): %s", where()["host"], os.getpid(), _argv())
+    return handler
+
+
+def _argv() -> str:
+    return " ".join(sys.argv) if sys.argv and sys.argv[0] else "(Python API)"
+
+
+def where() -> dict[str, Any]:
+    """Where a computation happens: host, user, process, working folder and version."""
+    from .. import __version__
+
+    try:
+        user = os.getlogin()
+    except OSError:
+        import getpass
+
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = ""
+    return {
+        "host": platform.node(),
+        "user": user,
+        "pid": os.getpid(),
+        "cwd": os.getcwd(),
+        "spatiome": __version__,
+    }
+
+
+class StepLog(logging.Handler):
+    """Collects what the ``spatiome`` logger says during one step (kept with its cache entry)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.levelname} {record.getMessage()}")
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[list[str]]:
+        logging.getLogger("spatiome").addHandler(self)
+        try:
+            yield self.lines
+        finally:
+            logging.getLogger("spatiome").removeHandler(self)
+
+
+def describe_os_error(err: OSError, path: str | os.PathLike[str] | None = None) -> str:
+    """One line for an operating-system error while writing outputs.
+
+    Examples
+    --------
+    >>> import errno
+    >>> describe_os_error(OSError(errno.ENOSPC, "No space left on device"), "/data/out")
+    'no space left on device writing /data/out: free some space or choose another --out'
+    """
+    target = path or err.filename or "the output folder"
+    if err.errno == errno.ENOSPC:
+        return f"no space left on device writing {target}: free some space or choose another --out"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {target}: {err.strerror}; choose a folder you can write to with --out"
+    return f"cannot write {target}: {err.strerror or err}"

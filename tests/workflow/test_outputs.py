@@ -1,0 +1,119 @@
+"""The output folder: one consistent set of files, logs appended, records of cached steps
+kept, permissions from the umask, clear errors for unusable folders."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+
+import pytest
+
+import spatiome as sm
+from spatiome._core.validate import SpatiomeInputError
+from spatiome.workflow import PipelineConfig, run_pipeline
+from spatiome.workflow import pipeline as pipeline_module
+from spatiome.workflow.outputs import describe_os_error, prepare_output_folder
+
+BASE = dict(
+    umap=False, n_domains=3, svg_methods=("moran",), module_methods=(), n_top_maps=1,
+    spatial_qc=False,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tissue():
+    return sm.datasets.simulate_tissue(n_spots=300, n_genes=40, random_state=5)
+
+
+def _steps(out):
+    return json.loads((out / "provenance.json").read_text())["steps"]
+
+
+def test_cached_rerun_appends_the_log_and_keeps_each_step_record(tissue, tmp_path):
+    out = tmp_path / "out"
+    run_pipeline(tissue, out, PipelineConfig(**BASE), progress=False)
+    first = {s["name"]: s for s in _steps(out)}
+    run_pipeline(tissue, out, PipelineConfig(**BASE), progress=False)
+    second = {s["name"]: s for s in _steps(out)}
+    log = (out / "spatiome.log").read_text()
+    assert log.count("===== run started") == 2
+    assert "moran: start" not in log or log.count("step moran: start") == 2
+    for name, step in second.items():
+        if name == "report":
+            continue
+        assert step["cached"] is True
+        computed = step["computed"]
+        assert computed["start"] == first[name]["start"]
+        assert computed["host"] and computed["pid"] and computed["out"] == str(out)
+        assert abs(computed["seconds"] - first[name]["seconds"]) < 1.0
+    # what the leiden step said when it was computed is in the log again, marked as such
+    assert "step leiden [as computed then]: INFO leiden:" in log
+
+
+def test_outputs_follow_the_umask(tissue, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        run_pipeline(tissue, tmp_path / "out", PipelineConfig(**BASE), progress=False)
+    finally:
+        os.umask(previous)
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert len(files) >= 6
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in files}
+    assert set(modes.values()) == {0o644}, modes
+
+
+def test_an_interrupted_rerun_leaves_the_earlier_set_untouched(tissue, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    run_pipeline(tissue, out, PipelineConfig(**BASE), progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline_module, "write_report", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(tissue, out, PipelineConfig(**{**BASE, "fdr": 0.1}), progress=False)
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    del before["spatiome.log"], after["spatiome.log"]
+    assert after == before  # no new svg.csv beside the old report
+    assert not [p for p in out.iterdir() if p.name.startswith(".staging")]
+
+
+def test_stale_temporaries_are_cleaned_and_unproduced_outputs_removed(tissue, tmp_path):
+    out = tmp_path / "out"
+    run_pipeline(
+        tissue, out, PipelineConfig(**{**BASE, "svg_methods": ("moran", "geary")}), progress=False
+    )
+    assert (out / "svg_geary.csv").is_file()
+    (out / ".svg.csv.k2j4h1.tmp.csv").write_text("half written")
+    (out / ".staging-999999999-abcd").mkdir()
+    run_pipeline(tissue, out, PipelineConfig(**BASE), progress=False)
+    names = {p.name for p in out.iterdir()}
+    assert ".svg.csv.k2j4h1.tmp.csv" not in names and ".staging-999999999-abcd" not in names
+    assert "svg_geary.csv" not in names  # not produced by the latest run
+    assert {"svg.csv", "report.html", "results.h5ad", "provenance.json"} <= names
+
+
+def test_a_full_disk_is_one_clear_error_and_leaves_no_partial_outputs(
+    tissue, tmp_path, monkeypatch
+):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pipeline_module, "write_report", full)
+    out = tmp_path / "out"
+    with pytest.raises(SpatiomeInputError, match="no space left on device"):
+        run_pipeline(tissue, out, PipelineConfig(**BASE), progress=False, cache=False)
+    assert sorted(p.name for p in out.iterdir()) == ["spatiome.log"]
+
+
+def test_unusable_output_folders_are_refused_before_any_work(tmp_path):
+    target = tmp_path / "report.txt"
+    target.write_text("a file")
+    with pytest.raises(SpatiomeInputError, match="is a file"):
+        prepare_output_folder(target)
+    with pytest.raises(SpatiomeInputError, match="cannot write to the output folder"):
+        prepare_output_folder(target / "below_a_file")
+    assert "no space left" in describe_os_error(OSError(errno.ENOSPC, "x"), "/x")
