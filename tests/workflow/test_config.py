@@ -41,7 +41,18 @@ def test_default_toml_documents_every_key_and_round_trips(capsys):
         ({"pipeline": {"svg_methods": "moran"}}, "must be a list of strings"),
         ({"pipeline": {"svg_methods": ["moran", "nope"]}}, "svg_methods must be distinct"),
         ({"pipeline": {"deconv_method": "cibersort"}}, "deconv_method must be one of"),
-        ({"pipeline": {"n_domains": 1}}, "n_domains must be at least 2"),
+        ({"pipeline": {"n_domains": 1}}, "n_domains must be an integer at least 2"),
+        ({"pipeline": {"fdr": 2.0}}, "fdr must be a number strictly between 0 and 1"),
+        ({"pipeline": {"fdr": 0}}, "fdr must be a number strictly between 0 and 1"),
+        ({"pipeline": {"n_top_maps": -4}}, "n_top_maps must be an integer at least 0"),
+        ({"pipeline": {"n_comps": -3}}, "n_comps must be an integer at least 2"),
+        ({"pipeline": {"resolution": 0.0}}, "resolution must be a number greater than 0"),
+        ({"pipeline": {"n_spatial_neighbors": 0}}, "n_spatial_neighbors must be an integer"),
+        ({"pipeline": {"target_sum": -1.0}}, "target_sum must be a number greater than 0"),
+        ({"pipeline": {"seed": -1}}, "seed must be an integer between 0 and"),
+        ({"pipeline": {"max_module_genes": 2}}, "max_module_genes must be an integer at least 4"),
+        ({"pipeline": {"deconv_smoothing": -0.5}}, "deconv_smoothing must be"),
+        ({"pipeline": {"graph_method": "hexagon"}}, "graph_method must be one of"),
         ({"input": {"paths": "a.h5ad"}}, "input.paths in the config must be a list"),
         ({"input": {"paths": ["a", "b"], "sample_names": ["x"]}}, "1 names for 2 paths"),
         ({"output": {"folder": "x"}}, "unknown key output.folder"),
@@ -63,6 +74,23 @@ def test_paths_are_taken_from_the_config_folder(tmp_path):
     assert config.out == tmp_path / "out"
     assert config.pipeline.reference == str(tmp_path / "ref.h5ad")
     assert config.pipeline.fdr == 0.1
+
+
+@pytest.mark.parametrize("line", ["fdr = 2.0", "n_top_maps = -4", "n_comps = -3"])
+def test_config_check_refuses_out_of_range_values(tmp_path, capsys, line):
+    (tmp_path / "run.toml").write_text(f'[input]\npaths = ["a.h5ad"]\n[pipeline]\n{line}\n')
+    assert main(["config", "--check", str(tmp_path / "run.toml")]) == 2
+    error = capsys.readouterr().err
+    assert line.split()[0] in error and "must be" in error
+
+
+def test_a_bare_name_that_is_no_file_stays_a_dataset_name(tmp_path):
+    (tmp_path / "run.toml").write_text(
+        '[input]\npaths = ["mouse_ob_rep11"]\n[pipeline]\nreference = "rctd_cerebellum_slideseq"\n'
+    )
+    config = load_config(tmp_path / "run.toml")
+    assert config.inputs == [Path("mouse_ob_rep11")]
+    assert config.pipeline.reference == "rctd_cerebellum_slideseq"
 
 
 def test_missing_or_invalid_file_is_one_clear_error(tmp_path, capsys):

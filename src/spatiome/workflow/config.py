@@ -115,14 +115,14 @@ def config_from_dict(
                 raise SpatiomeInputError(f"{table}.{key} in {where} must be {expected}")
             run[f"{table}.{key}"] = value
     pipeline = pipeline_config(document.get("pipeline", {}), where)
-    paths = [_resolve(base, p) for p in run["input.paths"]]
+    paths = [_resolve(base, p, may_be_name=True) for p in run["input.paths"]]
     names = run["input.sample_names"]
     if names and len(names) != len(paths):
         raise SpatiomeInputError(
             f"input.sample_names in {where} has {len(names)} names for {len(paths)} paths"
         )
     if pipeline.reference is not None:
-        pipeline.reference = str(_resolve(base, pipeline.reference))
+        pipeline.reference = str(_resolve(base, pipeline.reference, may_be_name=True))
     if pipeline.modality_input is not None:
         pipeline.modality_input = str(_resolve(base, pipeline.modality_input))
     return RunConfig(
@@ -207,9 +207,17 @@ def _type_name(hint: Any) -> str:
     )
 
 
-def _resolve(base: Path, value: str) -> Path:
+def _resolve(base: Path, value: str, *, may_be_name: bool = False) -> Path:
+    """``value`` taken from the config file's folder. With ``may_be_name``, a bare name that
+    is no file there stays as it is, so it can name a registered dataset
+    (``spatiome datasets list``)."""
     path = Path(value).expanduser()
-    return path if path.is_absolute() else (base / path)
+    if path.is_absolute():
+        return path
+    bare = len(path.parts) == 1 and "." not in value
+    if may_be_name and bare and not (base / path).exists():
+        return path
+    return base / path
 
 
 def _field_docs() -> dict[str, str]:

@@ -343,6 +343,38 @@ def pipeline_steps(config: PipelineConfig, n_samples: int = 1) -> tuple[str, ...
     )
 
 
+def make_names_unique(data: AnnData) -> list[str]:
+    """Make repeated gene and spot names unique in place (as scanpy's ``var_names_make_unique``
+    does: ``-1``, ``-2`` ... appended to the repeats); one note per kind of name changed.
+
+    Examples
+    --------
+    >>> import anndata, numpy as np
+    >>> a = anndata.AnnData(np.ones((2, 3)))
+    >>> a.var_names = ["Actb", "Gapdh", "Actb"]
+    >>> make_names_unique(a)
+    ['1 gene name occurs more than once (Actb): the repeats were renamed Actb-1 and so on']
+    >>> list(a.var_names)
+    ['Actb', 'Gapdh', 'Actb-1']
+    """
+    notes = []
+    for axis, noun in (("var", "gene"), ("obs", "spot")):
+        names = getattr(data, f"{axis}_names")
+        if names.is_unique:
+            continue
+        repeated = list(dict.fromkeys(names[names.duplicated()]))
+        shown = ", ".join(map(str, repeated[:5])) + (", ..." if len(repeated) > 5 else "")
+        plural = (
+            f"{len(repeated)} {noun} names occur" if len(repeated) > 1 else f"1 {noun} name occurs"
+        )
+        getattr(data, f"{axis}_names_make_unique")()
+        notes.append(
+            f"{plural} more than once ({shown}): the repeats were renamed {repeated[0]}-1 and so on"
+        )
+        logger.warning("input: %s", notes[-1])
+    return notes
+
+
 #: Below this median distance (um) to the nearest neighbour, observations are single cells.
 SINGLE_CELL_SPACING_UM = 20.0
 #: Readers whose observations are known: cells, or spots/bins on an array.
@@ -852,6 +884,7 @@ def run_pipeline(
         side_inputs.append(str(Path(config.modality_input).resolve()))
 
     data = adata.copy()
+    input_notes = make_names_unique(data)
     if "counts" not in data.layers:
         data.layers["counts"] = data.X.copy()
     data.uns.setdefault("spatiome", {})["observation"] = observation_kind(data)
@@ -917,6 +950,7 @@ def run_pipeline(
     bar = _Progress(steps, progress)
     outputs: dict[str, Any] = {}
     keys: dict[str, str] = {}
+    skipped: dict[str, str] = {}
     x_digest = None  # of X after the last step, carried so X is hashed once per step
     try:
         for name, action in actions.items():
@@ -927,27 +961,36 @@ def run_pipeline(
                 [keys[d] for d in dependencies],
                 root=root,
             )
-            stored = None if force else step_cache.load(keys[name])
+            missing = [d for d in dependencies if d in skipped]
             bar.start(name)
             with record.step(name) as entry, listen(bar.inner):
+                if missing:
+                    skipped[name] = f"it needs the {missing[0]} step, which was skipped"
+                    entry["skipped"] = skipped[name]
+                    logger.warning("step %s skipped: %s", name, skipped[name])
+                    bar.done(name, 0.0)
+                    continue
+                stored = None if force else step_cache.load(keys[name])
                 if stored is not None:
                     apply_delta(data, stored[0])
                     outputs[name] = stored[1]
                     x_digest = stored[0].x_digest
                     _restored(name, entry, stored[0])
-                elif cache:
-                    before = snapshot(data, x_digest)
+                else:
+                    before = snapshot(data, x_digest) if cache else None
                     tic = time.perf_counter()
                     with StepLog().capture() as lines:
-                        outputs[name] = action()
-                    delta = delta_since(data, before)
-                    delta.record = {**where(), "start": entry["start"], "out": str(out),
-                                    "seconds": round(time.perf_counter() - tic, 3),
-                                    "log": lines}  # fmt: skip
-                    x_digest = delta.x_digest
-                    step_cache.save(keys[name], delta, outputs[name])
-                else:
-                    outputs[name] = action()
+                        done, outputs[name] = _attempt(name, action)
+                    if not done:
+                        skipped[name] = entry["skipped"] = outputs.pop(name)
+                        x_digest = None
+                    elif before is not None:
+                        delta = delta_since(data, before)
+                        delta.record = {**where(), "start": entry["start"], "out": str(out),
+                                        "seconds": round(time.perf_counter() - tic, 3),
+                                        "log": lines}  # fmt: skip
+                        x_digest = delta.x_digest
+                        step_cache.save(keys[name], delta, outputs[name])
             bar.done(name, entry["seconds"])
             if name == until:
                 marker = write_text_atomic(
@@ -958,17 +1001,26 @@ def run_pipeline(
                     adata=data, svg=pd.DataFrame(), summary={"stopped_after": name},
                     files={"step": marker},
                 )  # fmt: skip
-        tables = {method: outputs[method][0] for method in config.svg_methods}
-        notes = {method: outputs[method][1] for method in config.svg_methods}
-        notes["qc"] = [*outputs["spatial_qc"], *outputs["doublets"]]
-        notes["domains"] = [n for m in config.domain_methods for n in outputs[f"domains_{m}"]]
-        notes["modules"] = [n for m in config.module_methods for n in outputs[f"modules_{m}"][1]]
+        ran = [m for m in config.svg_methods if m in outputs]
+        tables = {method: outputs[method][0] for method in ran}
+        notes = {method: outputs[method][1] for method in ran}
+        notes["qc"] = [*outputs.get("spatial_qc", []), *outputs.get("doublets", [])]
+        notes["domains"] = [
+            n for m in config.domain_methods for n in outputs.get(f"domains_{m}", [])
+        ]
+        modules = {
+            m: outputs[f"modules_{m}"] for m in config.module_methods if f"modules_{m}" in outputs
+        }
+        notes["modules"] = [n for table_notes in modules.values() for n in table_notes[1]]
         notes["deconvolution"] = outputs.get("deconvolution", [])
         notes["integration"] = [*outputs.get("integration", []), *outputs.get("multimodal", [])]
+        notes["skipped"] = [f"{step}: {why}" for step, why in skipped.items()]
+        notes["input"] = input_notes
         extra = {
             "markers": outputs.get("markers"),
-            "modules": {m: outputs[f"modules_{m}"][0] for m in config.module_methods},
+            "modules": {m: value[0] for m, value in modules.items()},
             "mixing": mixing_table(data, config) if "integration" in outputs else None,
+            "skipped": dict(skipped),
         }
         summary = _summary(data, tables, config, truth)
         bar.start("report")
@@ -986,7 +1038,7 @@ def run_pipeline(
         logging.getLogger("spatiome").removeHandler(log_handler)
         log_handler.close()
     files["log"] = out / LOG_NAME
-    primary = tables[config.svg_methods[0]]
+    primary = next(iter(tables.values()), pd.DataFrame(columns=["statistic", "pval", "qval"]))
     return PipelineResult(adata=data, svg=primary, summary=summary, files=files, svg_tables=tables)
 
 
@@ -1007,6 +1059,31 @@ def _sorted(table: pd.DataFrame) -> pd.DataFrame:
     """Most significant first: by q-value, then by p-value (log10 when available)."""
     order = "log10_pval" if "log10_pval" in table else "pval"
     return table.sort_values(["qval", order], kind="mergesort")
+
+
+#: Steps without which no result can be computed: their errors end the run.
+ESSENTIAL_STEPS = ("qc", "normalize")
+
+
+def _attempt(name: str, action: Callable[[], Any]) -> tuple[bool, Any]:
+    """Run one step: (True, its value), or (False, why it could not run on this data).
+
+    A step that is not essential and fails is skipped: the reason goes to the report, the
+    full traceback to the log, and the steps that need its result are skipped too.
+    """
+    try:
+        return True, action()
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as err:
+        if name in ESSENTIAL_STEPS:
+            raise
+        if isinstance(err, SpatiomeInputError):
+            reason = str(err)
+        else:
+            reason = f"it failed on this data ({type(err).__name__}: {err}); see spatiome.log"
+        logger.warning("step %s skipped: %s", name, reason, exc_info=True)
+        return False, reason
 
 
 def _restored(name: str, entry: dict[str, Any], delta: Any) -> None:
@@ -1030,16 +1107,18 @@ def _restored(name: str, entry: dict[str, Any], delta: Any) -> None:
 def _summary(
     data: AnnData, tables: dict[str, pd.DataFrame], config: PipelineConfig, truth: bool
 ) -> dict[str, Any]:
-    primary = config.svg_methods[0]
     summary: dict[str, Any] = {
         "observation": data.uns.get("spatiome", {}).get("observation", "spot"),
         "n_spots": int(data.n_obs),
         "n_genes": int(data.n_vars),
         "fdr": config.fdr,
-        "svg_method": primary,
-        "n_svg": int((tables[primary]["qval"] < config.fdr).sum()),
-        "n_clusters": int(data.obs["leiden"].nunique()),
     }
+    primary = next(iter(tables), None)
+    if primary is not None:
+        summary["svg_method"] = primary
+        summary["n_svg"] = int((tables[primary]["qval"] < config.fdr).sum())
+    if "leiden" in data.obs:
+        summary["n_clusters"] = int(data.obs["leiden"].nunique())
     for method in config.module_methods:
         key = f"module_{method}"
         if any(f"{key}{suffix}" in data.var for suffix in ("_module", "_pattern")):
@@ -1093,18 +1172,15 @@ def _write_outputs(
     """Write every output into ``out`` (the staging folder); their names by kind."""
     from ..io import write_h5ad
 
-    primary = config.svg_methods[0]
     files = {
-        "svg": out / "svg.csv",
         "results": out / "results.h5ad",
         "provenance": out / "provenance.json",
         "report": out / "report.html",
     }
-    for method in config.svg_methods[1:]:
-        files[f"svg_{method}"] = out / f"svg_{method}.csv"
-    for method, table in tables.items():
-        target = files["svg"] if method == primary else files[f"svg_{method}"]
-        with atomic_path(target) as tmp:
+    for rank, (method, table) in enumerate(tables.items()):
+        key = "svg" if rank == 0 else f"svg_{method}"
+        files[key] = out / f"{key}.csv"
+        with atomic_path(files[key]) as tmp:
             table.to_csv(tmp, index_label="gene")
     if extra.get("markers") is not None:
         files["markers"] = out / "markers.csv"
@@ -1151,6 +1227,30 @@ def demo_tissue(seed: int = 0, n_spots: int = 3000, n_genes: int = 300) -> AnnDa
     return simulate_tissue(n_spots=n_spots, n_genes=n_genes, random_state=seed)
 
 
+def console_summary(summary: dict[str, Any]) -> str:
+    """The run's results in one line for the terminal, at the configured FDR.
+
+    Examples
+    --------
+    >>> console_summary({"observation": "cell", "n_spots": 257, "fdr": 0.1, "svg_method": "moran",
+    ...                  "n_svg": 12, "n_domains_cluster": 4, "n_clusters": 5})
+    "257 cells; 12 spatially variable genes (Moran's I, q < 0.1); 4 domains; 5 clusters"
+    """
+    noun = summary.get("observation", "spot")
+    parts = [f"{summary.get('n_spots', 0):,} {noun}s"]
+    if "n_svg" in summary:
+        title = SVG_TITLES.get(summary["svg_method"], summary["svg_method"])
+        parts.append(
+            f"{summary['n_svg']:,} spatially variable genes ({title}, q < {summary['fdr']:g})"
+        )
+    domains = [v for k, v in summary.items() if k.startswith("n_domains_")]
+    if domains:
+        parts.append(f"{domains[0]} domains")
+    if "n_clusters" in summary:
+        parts.append(f"{summary['n_clusters']} clusters")
+    return "; ".join(parts)
+
+
 def format_recovery(summary: dict[str, Any]) -> str:
     """One line per truth metric, for the terminal.
 
@@ -1188,6 +1288,7 @@ __all__ = [
     "evaluate_truth",
     "demo_tissue",
     "format_recovery",
+    "console_summary",
     "pipeline_steps",
     "run_svg_method",
     "SVG_METHODS",
