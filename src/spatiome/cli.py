@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,7 +14,11 @@ from ._core.validate import SpatiomeInputError
 
 
 def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="spatiome_out", help="output folder")
+    parser.add_argument(
+        "--out",
+        default="spatiome_out",
+        help="output folder (created if missing; checked for being writable before the work)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
         "--n-domains",
@@ -43,12 +48,21 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reference",
         default=None,
-        help="labelled single-cell reference (.h5ad, raw counts) for cell-type deconvolution",
+        metavar="REFERENCE",
+        help="labelled single-cell reference (raw counts) for cell-type deconvolution: an "
+        ".h5ad; a folder holding reference_counts.csv[.gz] and reference_celltypes.csv (or "
+        "one .h5ad); the two tables joined by a comma as COUNTS,LABELS, count table first "
+        "(e.g. --reference ref/counts.csv.gz,ref/celltypes.csv; LABELS has the cell id in "
+        "its first column); or a registered dataset that has a reference (e.g. "
+        "rctd_merfish_hypothalamus). An existing path wins over a name",
     )
     parser.add_argument(
         "--reference-labels",
         default="cell_type",
-        help="cell-type column of the reference's obs (default: cell_type)",
+        metavar="COLUMN",
+        help="cell-type column of the reference: of the .h5ad's obs, or of the LABELS table "
+        "(default: cell_type; in a table, a column named cell_type, celltype, label(s) or "
+        "type, else the only column besides the cell id, is taken without this option)",
     )
     parser.add_argument(
         "--deconv",
@@ -125,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--input",
         action="append",
-        help="Space Ranger outs/, Xenium folder, .h5ad, or a folder with a counts table and "
-        "coords.csv; repeat for several samples (combined, sample effects corrected)",
+        help="Space Ranger outs/, Xenium folder, .h5ad, a folder with a counts table and "
+        "coords.csv, or a registered dataset name (see 'spatiome datasets list'; an existing "
+        "path wins); repeat for several samples (combined, sample effects corrected)",
     )
     run.add_argument(
         "--until",
@@ -213,32 +228,34 @@ def _finish(result, started: float) -> None:
     width = max(len(kind) for kind in result.files)
     for kind, path in sorted(result.files.items()):
         print(f"  {kind:<{width}} {path}")
-    print(
-        f"{result.summary['n_svg']} spatially variable genes (q < 0.05, "
-        f"{result.summary['svg_method']}), "
-        f"{result.summary['n_clusters']} clusters, {time.perf_counter() - started:.1f} s"
-    )
+    from .workflow.pipeline import console_summary
+
+    print(f"{console_summary(result.summary)}; {time.perf_counter() - started:.1f} s")
 
 
 def _demo(args: argparse.Namespace) -> int:
     from .workflow import demo_tissue, format_recovery, run_pipeline
+    from .workflow.inputs import output_errors
 
     started = time.perf_counter()
     config = _config(args)
+    _resolve_reference_option(config, None)
+    _check_output(args.out)
     tissue = demo_tissue(seed=args.seed, n_spots=args.n_spots, n_genes=args.n_genes)
     if config.n_domains is None:
         config.n_domains = int(tissue.obs["domain"].nunique())
-    result = run_pipeline(
-        tissue,
-        args.out,
-        config,
-        command="demo",
-        truth=True,
-        title="spatiome demo: simulated tissue",
-        progress=not args.no_progress,
-        cache=not args.no_cache,
-        force=args.force,
-    )
+    with output_errors(args.out):
+        result = run_pipeline(
+            tissue,
+            args.out,
+            config,
+            command="demo",
+            truth=True,
+            title="spatiome demo: simulated tissue",
+            progress=not args.no_progress,
+            cache=not args.no_cache,
+            force=args.force,
+        )
     print(format_recovery(result.summary))
     _finish(result, started)
     return 0
@@ -268,51 +285,84 @@ def sample_names(sources: Sequence[Path], names: str | None) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .io import read
     from .workflow import run_pipeline
     from .workflow.config import load_config
+    from .workflow.inputs import output_errors, read_input, resolve_input
 
     started = time.perf_counter()
     loaded = load_config(args.config) if args.config is not None else None
+    config_dir = loaded.source.parent if loaded is not None and loaded.source else None
     if hasattr(args, "input"):
-        sources = [Path(p) for p in args.input]
+        inputs = [resolve_input(text) for text in args.input]
     elif loaded is not None and loaded.inputs:
-        sources = loaded.inputs
+        inputs = [resolve_input(path, base=config_dir) for path in loaded.inputs]
     else:
         raise SpatiomeInputError(
-            "no input: pass --input PATH, or a config whose [input] paths name the data"
+            "no input: pass --input PATH (or a registered dataset name), or a config whose "
+            "[input] paths name the data"
         )
+    sources = [source.path for source in inputs]
     names_text = getattr(args, "sample_names", None)
     if names_text is None and loaded is not None and loaded.sample_names:
         names_text = ",".join(loaded.sample_names)
     config = _config(args, loaded.pipeline if loaded is not None else None)
+    _resolve_reference_option(config, None if hasattr(args, "reference") else config_dir)
+    out = getattr(args, "out", None) or (loaded.out if loaded is not None else "spatiome_out")
+    names = sample_names(sources, names_text) if len(sources) > 1 else []
+    _check_output(out)
     if len(sources) == 1:
-        adata = read(sources[0])
+        adata = read_input(inputs[0])
     else:
         from .integrate import concat_samples
 
-        names = sample_names(sources, names_text)
-        adata = concat_samples({name: read(s) for name, s in zip(names, sources, strict=True)})
-    out = getattr(args, "out", None) or (loaded.out if loaded is not None else "spatiome_out")
+        adata = concat_samples({name: read_input(s) for name, s in zip(names, inputs, strict=True)})
     title = loaded.title if loaded is not None and loaded.title else ""
-    result = run_pipeline(
-        adata,
-        out,
-        config,
-        command="run",
-        inputs=sources,
-        title=title or f"spatiome report: {', '.join(s.name for s in sources)}",
-        progress=not getattr(args, "no_progress", False),
-        config_file=args.config,
-        cache=not getattr(args, "no_cache", False),
-        force=getattr(args, "force", False),
-        until=getattr(args, "until", None),
-    )
+    with output_errors(out):
+        result = run_pipeline(
+            adata,
+            out,
+            config,
+            command="run",
+            inputs=sources,
+            title=title or f"spatiome report: {', '.join(s.name for s in sources)}",
+            progress=not getattr(args, "no_progress", False),
+            config_file=args.config,
+            cache=not getattr(args, "no_cache", False),
+            force=getattr(args, "force", False),
+            until=getattr(args, "until", None),
+        )
     if "stopped_after" in result.summary:
         print(f"step {result.summary['stopped_after']} done: {result.files['step']}")
         return 0
     _finish(result, started)
     return 0
+
+
+def _resolve_reference_option(config, config_dir: Path | None) -> None:
+    """Check the reference before any work; a config file's value is made self-contained.
+
+    ``config_dir`` is the folder of the configuration file the value came from (None when
+    it came from the command line): a dataset name or a COUNTS,LABELS pair there was
+    resolved against it, and is written back as the name or the two absolute paths.
+    """
+    from .workflow.inputs import resolve_reference
+
+    if config.reference is None:
+        return
+    source = resolve_reference(config.reference, base=config_dir)
+    if source.kind == "dataset" or (config_dir is not None and "," in config.reference):
+        config.reference = source.text
+
+
+def _check_output(out) -> None:
+    """Create and probe the output folder before the work; warnings go to stderr."""
+    from .workflow.inputs import check_output_dir
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_output_dir(out)
+    for warning in caught:
+        print(f"spatiome: warning: {warning.message}", file=sys.stderr)
 
 
 def _config_command(args: argparse.Namespace) -> int:
@@ -351,6 +401,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handlers[args.command](args)
     except (SpatiomeInputError, FileNotFoundError) as err:
         print(f"spatiome: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename is not None else ""
+        print(
+            f"spatiome: error: {where}{err.strerror or err}: check that this path can be read "
+            "(inputs) or written (--out)",
+            file=sys.stderr,
+        )
         return 2
 
 

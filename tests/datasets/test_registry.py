@@ -20,6 +20,8 @@ EXPECTED = {
     "breast_cancer_layer2": (251, 14789),
     "seqfish_field43": (257, 249),
     "dlpfc_151673": (3639, 7319),
+    "dlpfc_151674": (3673, 5000),
+    "dlpfc_151675": (3592, 7319),
     "rctd_cerebellum_slideseq": (100, 378),
     "rctd_merfish_hypothalamus": (750, 134),
 }
@@ -40,12 +42,21 @@ def test_registry_lists_all_datasets_with_checksums():
         info("nope")
 
 
-def test_registered_checksums_match_shared_files(shared_data):
-    for name in EXPECTED:
-        for file_name, spec in info(name)["files"].items():
-            file = shared_data / name / file_name
-            assert file.stat().st_size == spec["size"], file
-            assert hashlib.sha256(file.read_bytes()).hexdigest() == spec["sha256"], file
+def _shared_folder(shared_data: Path, name: str) -> Path:
+    """``shared_data/name``; skips the test when that dataset is not there."""
+    folder = shared_data / name
+    if not folder.is_dir():
+        pytest.skip(f"{name} not in {shared_data}")
+    return folder
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_registered_checksums_match_shared_files(shared_data, name):
+    folder = _shared_folder(shared_data, name)
+    for file_name, spec in info(name)["files"].items():
+        file = folder / file_name
+        assert file.stat().st_size == spec["size"], file
+        assert hashlib.sha256(file.read_bytes()).hexdigest() == spec["sha256"], file
 
 
 def test_data_dir_resolution(monkeypatch, tmp_path):
@@ -67,6 +78,7 @@ def shared_env(shared_data, monkeypatch):
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_load_shapes(shared_env, name):
+    _shared_folder(shared_env, name)
     adata = load(name, download=False)
     assert adata.shape == EXPECTED[name]
     assert adata.obsm["spatial"].shape == (EXPECTED[name][0], 2)
@@ -87,18 +99,99 @@ def test_mouse_ob_layers(shared_env):
     assert np.allclose(adata.obsm["spatial"][0], [float(v) for v in first.split("x")])
 
 
-def test_dlpfc_labels_and_grid(shared_env):
-    adata = load("dlpfc_151673")
-    assert adata.obs["layer_guess"].isna().sum() == 28
+DLPFC_LAYERS = {
+    # name: (spots per layer_guess, NA spots, one spot and its total UMI over all genes)
+    "dlpfc_151673": (
+        {"Layer1": 273, "Layer2": 253, "Layer3": 989, "Layer4": 218, "Layer5": 673,
+         "Layer6": 692, "WM": 513},
+        28,
+        ("AAACAAGTATCTCCCA-1", 8458),
+    ),
+    "dlpfc_151674": (
+        {"Layer1": 380, "Layer2": 224, "Layer3": 924, "Layer4": 247, "Layer5": 621,
+         "Layer6": 614, "WM": 625},
+        38,
+        ("AAACAAGTATCTCCCA-1", 10368),
+    ),
+    "dlpfc_151675": (
+        {"Layer1": 328, "Layer2": 275, "Layer3": 771, "Layer4": 275, "Layer5": 732,
+         "Layer6": 533, "WM": 652},
+        26,
+        ("AAACAACGAATAGTTC-1", 1163),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(DLPFC_LAYERS))
+def test_dlpfc_labels_and_grid(shared_env, name):
+    _shared_folder(shared_env, name)
+    layers, n_na, (spot, sum_umi) = DLPFC_LAYERS[name]
+    adata = load(name)
+    assert adata.obs["layer_guess"].isna().sum() == n_na
     assert set(adata.obs["layer_guess"].dropna().unique()) == {
         *(f"Layer{k}" for k in range(1, 7)),
         "WM",
     }
+    assert adata.obs["layer_guess"].value_counts().to_dict() == layers
+    for column in info(name)["labels"]:
+        assert isinstance(adata.obs[column].dtype, pd.CategoricalDtype), column
+        assert adata.obs[column].isna().sum() == n_na, column
     assert {"array_row", "array_col", "sum_umi"} <= set(adata.obs.columns)
     assert ((adata.obs["array_row"] - adata.obs["array_col"]) % 2 == 0).all()
     totals = np.asarray(adata.X.sum(axis=1)).ravel()
+    assert (totals > 0).all()
     assert (totals <= adata.obs["sum_umi"].to_numpy()).all()  # a gene subset
-    assert adata.obs.loc["AAACAAGTATCTCCCA-1", "sum_umi"] == 8458
+    assert adata.obs.loc[spot, "sum_umi"] == sum_umi
+
+
+def test_dlpfc_sections_gene_lists(shared_env):
+    genes = {}
+    for name in ("dlpfc_151673", "dlpfc_151674", "dlpfc_151675"):
+        _shared_folder(shared_env, name)
+        table = pd.read_csv(path(name) / "genes.tsv.gz", header=None, sep="\t")
+        genes[name] = pd.Index(table[0])
+    # 151675 has the 7,319 genes of 151673, in the same order
+    assert genes["dlpfc_151675"].equals(genes["dlpfc_151673"])
+    # 151674 has its own top 5,000 genes: intersect them for work across the sections
+    assert genes["dlpfc_151674"].is_unique and len(genes["dlpfc_151674"]) == 5000
+    assert len(genes["dlpfc_151674"].intersection(genes["dlpfc_151673"])) == 3837
+
+
+def test_dlpfc_sections_registered_alike():
+    reference = info("dlpfc_151673")
+    banksy = "https://raw.githubusercontent.com/prabhakarlab/Banksy/"
+    dmgcn = "https://raw.githubusercontent.com/Jinsl-lab/DMGCN/"
+    commits = {
+        "dlpfc_151674": "2276ad331791d3894b055abf3478857dc69f5133",
+        "dlpfc_151675": "74d245a2e8b3d05f7c04982db9f77bd0078fb3d5",
+    }
+    for name, commit in commits.items():
+        entry = info(name)
+        sample = name.split("_")[1]
+        assert registry._DATASETS[name].loader is registry._load_dlpfc
+        assert (entry["citation"], entry["license"]) == (
+            reference["citation"],
+            reference["license"],
+        )
+        assert entry["labels"] == reference["labels"]
+        assert list(entry["files"]) == list(reference["files"])  # README.md not registered
+        assert f"sample {sample}" in entry["description"]
+        assert f"{entry['shape'][0]} spots x {entry['shape'][1]} genes" in entry["description"]
+        for file_name in ("matrix.mtx.gz", "genes.tsv.gz", "barcodes.tsv.gz"):
+            assert entry["files"][file_name]["upstream"] == [
+                f"{banksy}{commit}/data/dlpfc{sample}.rda"
+            ]
+        metadata = f"{dmgcn}5800638c206b472afc56ced4e4a7dc788d6f3448/data/DLPFC/{sample}/"
+        assert entry["files"]["coords.csv"]["upstream"] == [
+            f"{metadata}metadata.tsv",
+            f"{metadata}spatial/tissue_positions_list.csv",
+        ]
+        assert entry["files"]["labels.csv"]["upstream"] == [f"{metadata}metadata.tsv"]
+        assert all(spec["url"] is None for spec in entry["files"].values())
+    table = list_datasets()
+    assert {"dlpfc_151673", "dlpfc_151674", "dlpfc_151675"} <= set(table.index)
+    assert table.loc["dlpfc_151674", "labels"] == table.loc["dlpfc_151673", "labels"]
+    assert not table.loc["dlpfc_151675", "downloadable"]
 
 
 @pytest.mark.parametrize(

@@ -109,3 +109,71 @@ def test_module_scores_follow_module_genes(tissue):
     plt.close(fig)
     with pytest.raises(SpatiomeInputError, match="is missing"):
         sm.pl.module_scores(adata, "no_such_column")
+
+
+# --- domains too small to test ----------------------------------------------------------
+
+
+def _with_tiny_domains(adata):
+    """The simulated domains plus a one-spot domain 'lone' and a two-spot domain 'pair'."""
+    adata = adata.copy()
+    labels = adata.obs["domain"].astype(str).to_numpy().copy()
+    labels[0], labels[1], labels[2] = "lone", "pair", "pair"
+    adata.obs["tiny"] = labels
+    return adata
+
+
+@pytest.mark.parametrize("method", ["wilcoxon", "t-test", "t-test_overestim_var", "logreg"])
+def test_markers_skip_one_and_two_spot_domains(tissue, method):
+    adata = _with_tiny_domains(tissue)
+    with pytest.warns(UserWarning, match=r"2 domain\(s\) not tested: 'lone' \(1 spot\)"):
+        table = sm.domains.markers(adata, "tiny", method=method)
+    assert table.attrs["skipped_domains"] == {"lone": 1, "pair": 2}
+    assert table.attrs["min_spots"] == 3 and "'pair' (2 spots)" in table.attrs["note"]
+    assert set(table["domain"]) == {"Layer1", "Layer2", "Layer3"}
+    assert len(table) == 3 * adata.n_vars
+    record = adata.uns["spatiome"]["rank_genes_groups_tiny"]
+    assert record["skipped_domains"] == {"lone": 1, "pair": 2}
+    if method == "wilcoxon":
+        # The large domains keep their true markers.
+        top = {g for genes in sm.domains.top_markers(table, 5).values() for g in genes}
+        assert len(top) >= 10 and top <= _true_markers(adata)
+
+
+def test_min_spots_two_tests_the_pair_and_rest_keeps_skipped_spots(tissue):
+    adata = _with_tiny_domains(tissue)
+    with pytest.warns(UserWarning, match="'lone' \\(1 spot\\)"):
+        table = sm.domains.markers(adata, "tiny", min_spots=2)
+    assert table.attrs["skipped_domains"] == {"lone": 1}
+    assert set(table["domain"]) == {"Layer1", "Layer2", "Layer3", "pair"}
+    # The rest of a tested domain is the whole tissue, the skipped spot included.
+    gene = adata.var_names[7]
+    column = np.asarray(adata.X[:, 7].todense()).ravel() != 0
+    inside = (adata.obs["tiny"] == "Layer1").to_numpy()
+    row = table.set_index(["domain", "gene"]).loc[("Layer1", gene)]
+    assert row["fraction_out"] == pytest.approx(column[~inside].mean())
+    assert row["fraction_in"] == pytest.approx(column[inside].mean())
+
+
+def test_no_testable_domain_gives_an_empty_table(tissue):
+    adata = tissue.copy()
+    adata.obs["almost_one"] = ["rare" if i == 0 else "bulk" for i in range(adata.n_obs)]
+    adata.uns["rank_genes_groups_almost_one"] = {"stale": True}
+    with pytest.warns(UserWarning, match="not tested"):
+        table = sm.domains.markers(adata, "almost_one")
+    assert table.empty and {"domain", "gene", "qval"} <= set(table.columns)
+    assert table.attrs["skipped_domains"] == {"bulk": adata.n_obs - 1, "rare": 1}
+    assert "rank_genes_groups_almost_one" not in adata.uns
+    assert sm.domains.top_markers(table) == {}
+
+
+def test_no_warning_and_empty_note_without_small_domains(tissue, recwarn):
+    table = sm.domains.markers(tissue, "domain")
+    assert table.attrs["skipped_domains"] == {} and table.attrs["note"] == ""
+    assert not [w for w in recwarn if "not tested" in str(w.message)]
+
+
+@pytest.mark.parametrize("bad", [1, 0, 2.5, True])
+def test_min_spots_is_checked(tissue, bad):
+    with pytest.raises(SpatiomeInputError, match="min_spots"):
+        sm.domains.markers(tissue, "domain", min_spots=bad)

@@ -7,6 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_rgba
 
 import spatiome as sm
 from spatiome._core.validate import SpatiomeInputError
@@ -57,3 +58,33 @@ def test_missing_fractions_is_a_clear_error(fractions_data):
         sm.pl.cell_type_maps(fractions_data, key="absent")
     with pytest.raises(SpatiomeInputError, match="not in"):
         sm.pl.cell_type_maps(fractions_data, cell_types=["Microglia"])
+
+
+def _legend_colors(ax) -> dict[str, tuple]:
+    legend = ax.get_legend()
+    return {
+        text.get_text(): to_rgba(handle.get_markerfacecolor())
+        for text, handle in zip(legend.get_texts(), legend.legend_handles, strict=True)
+    }
+
+
+def test_a_cell_type_has_one_colour_in_every_figure(fractions_data):
+    # "Neuron" dominates nowhere: the dominant map must not shift the others' colours.
+    values = fractions_data.obsm["cell_type_fractions"].to_numpy().copy()
+    values[:, 1] = 0.0
+    fractions_data.obsm["cell_type_fractions"].iloc[:, :] = values
+    dominant = _legend_colors(sm.pl.dominant_cell_type(fractions_data))
+    pies = _legend_colors(sm.pl.scatter_pies(fractions_data))
+    assert set(dominant) == {"Astro", "Oligo"} and set(pies) == {"Astro", "Neuron", "Oligo"}
+    assert all(dominant[name] == pies[name] for name in dominant)
+    expected = sm.pl.category_palette(["Astro", "Neuron", "Oligo"])
+    assert pies == {name: to_rgba(color) for name, color in expected.items()}
+
+
+def test_stored_cell_type_colours_win(fractions_data):
+    fractions_data.uns["cell_type_fractions_colors"] = ["#000000", "#ff0000", "#00ff00"]
+    pies = _legend_colors(sm.pl.scatter_pies(fractions_data))
+    dominant = _legend_colors(sm.pl.dominant_cell_type(fractions_data))
+    assert pies["Neuron"] == to_rgba("#ff0000")
+    assert all(dominant[name] == pies[name] for name in dominant)
+    plt.close("all")

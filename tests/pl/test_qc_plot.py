@@ -117,3 +117,26 @@ def test_qc_spatial_flag_selection():
     adata.obs["score"] = np.arange(adata.n_obs, dtype=float)
     with pytest.raises(SpatiomeInputError, match="boolean"):
         qc_spatial(adata, flags="score")
+
+
+@pytest.mark.parametrize("empty", [0.0, np.nan])
+def test_metrics_zero_or_missing_everywhere_get_no_panel(empty):
+    adata = _tissue()
+    adata.obs["pct_counts_mt"] = empty  # no mitochondrial genes in the panel
+    titles = [ax.get_title() for ax in qc_violin(adata).axes]
+    assert titles == ["Total counts", "Detected genes"]
+    panels = [ax.get_title().splitlines()[0] for ax in qc_spatial(adata).axes if ax.get_title()]
+    assert "Mitochondrial counts (%)" not in panels and len(panels) == 4
+    del adata.obs["pct_counts_mt"]  # a default metric that is absent is skipped too
+    assert len(qc_violin(adata).axes) == 2
+    adata.obs["pct_counts_mt"] = empty
+    with pytest.raises(SpatiomeInputError, match="zero or missing"):
+        qc_violin(adata, keys=("pct_counts_mt",))
+
+
+def test_flag_titles_count_cells_for_single_cell_data():
+    adata = _tissue()
+    adata.uns["spatiome"] = {"observation": "cell"}
+    fig = qc_spatial(adata, metrics="total_counts", flags="local_outlier")
+    (panel,) = [ax for ax in fig.axes if ax.get_title()]
+    assert panel.get_title().splitlines()[1] == "local_outlier: 12 cells"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 
 from spatiome._core.validate import SpatiomeInputError
@@ -49,3 +50,21 @@ def test_base64_png(fig):
     assert base64.b64decode(text)[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SpatiomeInputError, match="Figure"):
         figure_to_base64_png("not a figure")
+
+
+def test_base64_png_for_pages_is_narrow_and_light():
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    figure, ax = plt.subplots(figsize=(16, 4))
+    ax.scatter(rng.uniform(size=3000), rng.uniform(size=3000), c=rng.uniform(size=3000), s=30)
+    full = base64.b64decode(figure_to_base64_png(figure))
+    light = base64.b64decode(figure_to_base64_png(figure, max_width=800, colors=128))
+    plt.close(figure)
+    with Image.open(io.BytesIO(light)) as image:
+        assert image.width <= 800 and image.mode == "P"
+    assert len(light) < len(full) / 2
+    with pytest.raises(SpatiomeInputError, match="colors"):
+        figure_to_base64_png(figure, colors=1000)

@@ -14,7 +14,7 @@ import spatiome as sm
 from spatiome._core.validate import SpatiomeInputError
 from spatiome.workflow import PipelineConfig, run_pipeline
 from spatiome.workflow import pipeline as pipeline_module
-from spatiome.workflow.outputs import describe_os_error, prepare_output_folder
+from spatiome.workflow.outputs import prepare_output_folder
 
 BASE = dict(
     umap=False, n_domains=3, svg_methods=("moran",), module_methods=(), n_top_maps=1,
@@ -114,6 +114,19 @@ def test_unusable_output_folders_are_refused_before_any_work(tmp_path):
     target.write_text("a file")
     with pytest.raises(SpatiomeInputError, match="is a file"):
         prepare_output_folder(target)
-    with pytest.raises(SpatiomeInputError, match="cannot write to the output folder"):
+    with pytest.raises(SpatiomeInputError, match="is a file"):
         prepare_output_folder(target / "below_a_file")
-    assert "no space left" in describe_os_error(OSError(errno.ENOSPC, "x"), "/x")
+
+
+def test_console_summary_states_the_configured_fdr(capsys):
+    from types import SimpleNamespace
+
+    from spatiome.cli import _finish
+
+    summary = {"observation": "cell", "n_spots": 257, "fdr": 0.1, "svg_method": "sparkx",
+               "n_svg": 40, "n_domains_cluster": 4}  # fmt: skip
+    result = SimpleNamespace(summary=summary, files={"report": __import__("pathlib").Path("/o/r")})
+    _finish(result, 0.0)
+    printed = capsys.readouterr().out
+    assert "257 cells; 40 spatially variable genes (SPARK-X, q < 0.1); 4 domains" in printed
+    assert "0.05" not in printed

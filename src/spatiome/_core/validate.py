@@ -33,7 +33,42 @@ def check_adata(adata: object, *, name: str = "adata") -> AnnData:
 def check_coordinates(
     coords: object, *, n_obs: int | None = None, where: str = "coordinates"
 ) -> np.ndarray:
-    """Return coordinates as a float64 (n, 2|3) array, rejecting NaN/inf/non-numeric."""
+    """Return coordinates as a float64 (n, 2|3) array, refusing what no method can use.
+
+    Refused (:class:`SpatiomeInputError`, saying what to fix): non-numeric values, a shape
+    other than (n_spots, 2) or (n_spots, 3), a row count other than ``n_obs``, NaN or
+    infinite values, and two or more spots that all share one position (a constant pair of
+    columns, usually the wrong columns: every distance would be zero). The checks are O(n).
+
+    Allowed: spots all on one line (transects, a single array row; methods that need a
+    plane, such as a Delaunay graph, say so themselves), a constant third column (2-D data
+    stored as 3-D) and duplicated positions (the spatial graph builders warn when many spots
+    share theirs), since finding every duplicate costs far more than these checks.
+
+    Parameters
+    ----------
+    coords
+        Array-like of positions, one row per spot.
+    n_obs
+        Expected number of rows (the number of spots), if known.
+    where
+        Name of the coordinates in the error messages.
+
+    Returns
+    -------
+    numpy.ndarray
+        The coordinates as float64 (a view when they already are).
+
+    Examples
+    --------
+    >>> check_coordinates([[0, 0], [1, 2]]).dtype
+    dtype('float64')
+    >>> try:
+    ...     check_coordinates(np.ones((500, 2)), where="adata.obsm['spatial']")
+    ... except SpatiomeInputError as err:
+    ...     print(str(err).split(":")[1].strip())
+    all 500 spots share one position (x=1, y=1)
+    """
     try:
         array = np.asarray(coords, dtype=np.float64)
     except (TypeError, ValueError) as err:
@@ -55,11 +90,32 @@ def check_coordinates(
             f"{where} has {int(bad.sum())} spots with NaN or infinite coordinates "
             f"(first at row {int(np.flatnonzero(bad)[0])}): remove those spots or fix the values"
         )
+    if array.shape[0] > 1:
+        low, high = array.min(axis=0), array.max(axis=0)
+        # Tolerate the rounding of a transform applied to identical points.
+        scale = np.maximum(np.abs(low), np.abs(high))
+        if np.all(high - low <= 4 * np.finfo(np.float64).eps * scale):
+            axes = "xyz"[: array.shape[1]]
+            at = ", ".join(f"{axis}={value:g}" for axis, value in zip(axes, array[0], strict=True))
+            raise SpatiomeInputError(
+                f"{where}: all {array.shape[0]} spots share one position ({at}): check which "
+                "columns hold the coordinates (e.g. pxl_col_in_fullres/pxl_row_in_fullres or "
+                "x_centroid/y_centroid, not in_tissue or another constant column) and set "
+                "them as an (n_spots, 2) array"
+            )
     return array
 
 
 def get_spatial(adata: AnnData, key: str = "spatial") -> np.ndarray:
-    """Return validated ``adata.obsm[key]`` as float64."""
+    """Return validated ``adata.obsm[key]`` as float64 (see :func:`check_coordinates`).
+
+    Examples
+    --------
+    >>> import anndata
+    >>> adata = anndata.AnnData(np.ones((2, 1)), obsm={"spatial": np.array([[0, 1], [2, 3]])})
+    >>> get_spatial(adata).tolist()
+    [[0.0, 1.0], [2.0, 3.0]]
+    """
     if key not in adata.obsm:
         raise SpatiomeInputError(
             f"adata.obsm[{key!r}] is missing: read data with spatiome.io.read_* or set "
@@ -68,24 +124,80 @@ def get_spatial(adata: AnnData, key: str = "spatial") -> np.ndarray:
     return check_coordinates(adata.obsm[key], n_obs=adata.n_obs, where=f"adata.obsm[{key!r}]")
 
 
-def get_matrix(adata: AnnData, layer: str | None = None) -> sp.csr_matrix | np.ndarray:
-    """Return ``adata.X`` or ``adata.layers[layer]`` (CSR if sparse), without copying."""
+def get_matrix(
+    adata: AnnData, layer: str | None = None, *, argument: str = "layer"
+) -> sp.csr_matrix | np.ndarray:
+    """Return ``adata.X`` or ``adata.layers[layer]`` (CSR if sparse), without copying.
+
+    ``argument`` is the caller's parameter naming the layer, quoted in the error that says
+    how to point it elsewhere when the layer is missing.
+
+    Examples
+    --------
+    >>> import anndata, numpy as np
+    >>> adata = anndata.AnnData(np.array([[1.0, 0.0], [2.0, 3.0]]))
+    >>> get_matrix(adata).tolist()
+    [[1.0, 0.0], [2.0, 3.0]]
+    >>> try:
+    ...     get_matrix(adata, "counts")
+    ... except SpatiomeInputError as err:
+    ...     print(str(err).split(":")[0])
+    adata.layers['counts'] is missing (no layers present)
+    """
     if layer is None:
         matrix = adata.X
         where = "adata.X"
     else:
         if layer not in adata.layers:
-            raise SpatiomeInputError(
-                f"adata.layers[{layer!r}] is missing; available layers: "
-                f"{sorted(adata.layers.keys())}"
-            )
+            raise SpatiomeInputError(_missing_layer(adata, layer, argument))
         matrix = adata.layers[layer]
         where = f"adata.layers[{layer!r}]"
     if matrix is None:
-        raise SpatiomeInputError(f"{where} is empty (None): set a matrix or pass layer=")
+        raise SpatiomeInputError(f"{where} is empty (None): set a matrix or pass {argument}=")
     if sp.issparse(matrix):
         return sp.csr_matrix(matrix) if matrix.format != "csr" else matrix
     return np.asarray(matrix)
+
+
+def _missing_layer(adata: AnnData, layer: str, argument: str) -> str:
+    """What to do when ``adata.layers[layer]`` is missing, from what the object holds."""
+    present = sorted(adata.layers.keys())
+    listed = f"layers present: {present}" if present else "no layers present"
+    head = f"adata.layers[{layer!r}] is missing ({listed})"
+    if layer != "counts":
+        return f"{head}: pass {argument}= naming a present layer, or {argument}=None for adata.X"
+    head += (
+        ": this AnnData was not made by spatiome.io, whose readers keep the raw counts in "
+        "adata.layers['counts']"
+    )
+    other = f"; or pass {argument}={present[0]!r} if it holds the raw counts" if present else ""
+    if _holds_counts(adata.X):
+        return (
+            f"{head}. adata.X holds whole numbers, probably raw counts: set "
+            "adata.layers['counts'] = adata.X.copy() before this call (recommended, it "
+            f"keeps them when adata.X is normalized), or pass {argument}=None to read "
+            f"adata.X{other}"
+        )
+    raw = adata.raw is not None and adata.raw.shape == adata.shape
+    source = (
+        "adata.layers['counts'] = adata.raw.X.copy() if adata.raw holds them"
+        if raw
+        else "adata.layers['counts'] = <the raw counts, spots x genes>"
+    )
+    return (
+        f"{head}. adata.X is not raw counts (it holds non-integer or negative values, e.g. "
+        f"normalized data), so {argument}=None would not do: set {source}{other}"
+    )
+
+
+def _holds_counts(matrix: object) -> bool:
+    if matrix is None:
+        return False
+    values = _values(matrix)  # type: ignore[arg-type]
+    if values.size == 0 or not np.issubdtype(values.dtype, np.number):
+        return values.size == 0
+    finite = np.isfinite(values).all()
+    return bool(finite and values.min() >= 0 and np.all(np.mod(values, 1) == 0))
 
 
 def _values(matrix: sp.spmatrix | np.ndarray) -> np.ndarray:
@@ -93,23 +205,55 @@ def _values(matrix: sp.spmatrix | np.ndarray) -> np.ndarray:
 
 
 def check_counts(matrix: sp.spmatrix | np.ndarray, *, where: str = "counts") -> None:
-    """Raise unless ``matrix`` holds finite, non-negative integer counts."""
+    """Raise unless ``matrix`` holds finite, non-negative integer counts.
+
+    ``where`` names the matrix in the error (``"adata.X"``, ``"adata.layers['counts']"`` or a
+    file); the fix suggested depends on it.
+
+    Examples
+    --------
+    >>> check_counts(np.array([[0, 3], [1, 2]]))
+    >>> try:
+    ...     check_counts(np.array([[0.5, 1.0]]), where="adata.X")
+    ... except SpatiomeInputError as err:
+    ...     print(str(err).split(";")[0])
+    adata.X contains non-integer values (e.g. 0.5)
+    """
     values = _values(matrix)
     if values.size == 0:
         return
     # Integer storage is finite and integral by construction: only the sign can be wrong.
     is_integer = np.issubdtype(values.dtype, np.integer)
     if not is_integer and not np.isfinite(values).all():
-        raise SpatiomeInputError(f"{where} contains NaN or infinite values: fix the input")
+        n_bad = int((~np.isfinite(values)).sum())
+        raise SpatiomeInputError(
+            f"{where} contains NaN or infinite values ({n_bad} entries): raw counts are "
+            "finite numbers; fix the input"
+        )
     if values.min() < 0:
         raise SpatiomeInputError(
-            f"{where} contains negative values (min {values.min():g}); raw counts are expected"
+            f"{where} contains negative values (min {values.min():g}); raw counts are "
+            f"expected{_counts_hint(where)}"
         )
-    if not is_integer and not np.all(np.equal(np.mod(values, 1), 0)):
-        raise SpatiomeInputError(
-            f"{where} contains non-integer values; raw counts are expected "
-            "(pass layer='counts' or the unnormalized matrix)"
+    if not is_integer:
+        fractional = np.mod(values, 1) != 0
+        if fractional.any():
+            example = values[np.flatnonzero(fractional)[0]]
+            raise SpatiomeInputError(
+                f"{where} contains non-integer values (e.g. {example:g}); raw counts are "
+                f"expected{_counts_hint(where)}"
+            )
+
+
+def _counts_hint(where: str) -> str:
+    if where == "adata.X":
+        return (
+            ": adata.X looks normalized; pass layer='counts' if the raw counts are in "
+            "adata.layers['counts']"
         )
+    if where.startswith("adata.layers"):
+        return ": put the raw, unnormalized counts in this layer"
+    return ": use the unnormalized counts (whole numbers), not normalized values"
 
 
 def check_finite(matrix: sp.spmatrix | np.ndarray, *, where: str = "matrix") -> None:

@@ -17,14 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 from anndata import AnnData
 
 from .._core.validate import SpatiomeInputError
 
-__all__ = ["data_dir", "info", "list_datasets", "load", "path"]
+__all__ = ["close_names", "data_dir", "has_reference", "info", "list_datasets", "load", "path"]
 
 ENV_VAR = "SPATIOME_DATA"
 _GITHUB_RAW = "https://raw.githubusercontent.com"
@@ -111,29 +109,11 @@ def _load_dlpfc(folder: Path) -> AnnData:
 def _load_rctd(folder: Path, *, reference: bool = False) -> AnnData:
     if not reference:
         return _read_table(folder, "spatial_counts.csv.gz", "coords.csv", spatial_unit="unknown")
-    return _read_reference(folder / "reference_counts.csv.gz", folder / "reference_celltypes.csv")
+    from ..io import read_reference_table
 
-
-def _read_reference(counts_path: Path, types_path: Path) -> AnnData:
-    """A single-cell reference (cells x genes counts, cell types in obs); it has no space."""
-    table = pd.read_csv(counts_path, index_col=0)
-    table.index = table.index.astype(str)
-    counts = sp.csr_matrix(table.to_numpy(dtype=np.int64)).astype(np.int32)
-    types = pd.read_csv(types_path, dtype={"cell": str}).set_index("cell")
-    missing = table.index.difference(types.index)
-    if len(missing):
-        raise SpatiomeInputError(
-            f"{types_path}: no cell type for {len(missing)} cells of {counts_path} "
-            f"(e.g. {missing[:3].tolist()}): use the files shipped together"
-        )
-    obs = types.reindex(table.index)
-    obs["cell_type"] = pd.Categorical(obs["cell_type"])
-    adata = AnnData(X=counts, obs=obs, var=pd.DataFrame(index=table.columns.astype(str)))
-    adata.layers["counts"] = counts.copy()
-    adata.uns["spatiome"] = {
-        "source": {"reader": "datasets.load", "paths": [str(counts_path), str(types_path)]}
-    }
-    return adata
+    return read_reference_table(
+        folder / "reference_counts.csv.gz", folder / "reference_celltypes.csv"
+    )
 
 
 # --------------------------------------------------------------------------- registry
@@ -141,6 +121,19 @@ def _read_reference(counts_path: Path, types_path: Path) -> AnnData:
 _SPACEXR = "dmcable/spacexr"
 _SPACEXR_COMMIT = "744153c"
 _ROUNDTRIP = "converted to this table; the bytes differ from the upstream file"
+_BANKSY = "prabhakarlab/Banksy"
+_DMGCN = "Jinsl-lab/DMGCN"
+_BANKSY_151674 = "2276ad331791d3894b055abf3478857dc69f5133"  # 5,000-gene raw-count version
+_BANKSY_151675 = "74d245a2e8b3d05f7c04982db9f77bd0078fb3d5"
+_DMGCN_COMMIT = "5800638c206b472afc56ced4e4a7dc788d6f3448"
+_DLPFC_CITATION = (
+    "Maynard K.R., Collado-Torres L., Weber L.M. et al. (2021) "
+    "Transcriptome-scale spatial gene expression in the human dorsolateral "
+    "prefrontal cortex. Nature Neuroscience 24:425-436."
+)
+_DLPFC_LICENSE = (
+    "spatialLIBD data (Artistic-2.0 package data, CC-BY publication); cite the original paper."
+)
 
 _DATASETS: dict[str, Dataset] = {
     d.name: d
@@ -286,11 +279,115 @@ _DATASETS: dict[str, Dataset] = {
                     upstream=(_raw("Jinsl-lab/DMGCN", "HEAD", "data/DLPFC/151673/metadata.tsv"),),
                 ),
             },
-            citation="Maynard K.R., Collado-Torres L., Weber L.M. et al. (2021) "
-            "Transcriptome-scale spatial gene expression in the human dorsolateral "
-            "prefrontal cortex. Nature Neuroscience 24:425-436.",
-            license="spatialLIBD data (Artistic-2.0 package data, CC-BY publication); "
-            "cite the original paper.",
+            citation=_DLPFC_CITATION,
+            license=_DLPFC_LICENSE,
+            loader=_load_dlpfc,
+        ),
+        Dataset(
+            name="dlpfc_151674",
+            description="Human dorsolateral prefrontal cortex, 10x Visium sample 151674 "
+            "(spatialLIBD, same donor as dlpfc_151673): 3673 spots x 5000 genes (raw counts "
+            "of this section's own top 5,000 genes, not dlpfc_151673's gene list: 3,837 are "
+            "shared with its 7,319, so intersect var_names across sections), manual layer "
+            "labels (obs['layer_guess'], Layer1-6 and WM, 38 NA), Visium array_row/array_col "
+            "and the spot's total UMI over all genes (obs['sum_umi']).",
+            shape=(3673, 5000),
+            labels=("layer_guess", "layer_guess_reordered", "layer_guess_reordered_short"),
+            files={
+                "matrix.mtx.gz": DataFile(
+                    "7cfea5c3ecdf52e6cbad932af9bf709e68a915a642a43d71889b56155743d470",
+                    8101294,
+                    origin="Banksy data/dlpfc151674.rda (raw integer UMI counts of the "
+                    "section's top 5,000 genes), written as integer counts unchanged",
+                    upstream=(_raw(_BANKSY, _BANKSY_151674, "data/dlpfc151674.rda"),),
+                ),
+                "genes.tsv.gz": DataFile(
+                    "1128d733bfda9a719e2129b3be49012ff639e784286ef69bdb77121ed3653175",
+                    17493,
+                    origin="Ensembl ids of the rows of the Banksy matrix",
+                    upstream=(_raw(_BANKSY, _BANKSY_151674, "data/dlpfc151674.rda"),),
+                ),
+                "barcodes.tsv.gz": DataFile(
+                    "1af8847b663f1da7f6d67e3027964c27c37153852d58690e7fc53ff2c0c187c3",
+                    19287,
+                    origin="spot barcodes of the columns of the Banksy matrix",
+                    upstream=(_raw(_BANKSY, _BANKSY_151674, "data/dlpfc151674.rda"),),
+                ),
+                "coords.csv": DataFile(
+                    "71b0d9079bb6bab9c64f91f99b54be820710823f7d5aab8c9865b7f27fe580c0",
+                    267546,
+                    origin="spatialLIBD spot metadata and Space Ranger tissue positions",
+                    upstream=(
+                        _raw(_DMGCN, _DMGCN_COMMIT, "data/DLPFC/151674/metadata.tsv"),
+                        _raw(
+                            _DMGCN,
+                            _DMGCN_COMMIT,
+                            "data/DLPFC/151674/spatial/tissue_positions_list.csv",
+                        ),
+                    ),
+                ),
+                "labels.csv": DataFile(
+                    "7512e00f732a01479833172272d7b9fb4167e4e7c497b7fad9cdc0677df13804",
+                    126766,
+                    origin="layer_guess columns of the spatialLIBD spot metadata",
+                    upstream=(_raw(_DMGCN, _DMGCN_COMMIT, "data/DLPFC/151674/metadata.tsv"),),
+                ),
+            },
+            citation=_DLPFC_CITATION,
+            license=_DLPFC_LICENSE,
+            loader=_load_dlpfc,
+        ),
+        Dataset(
+            name="dlpfc_151675",
+            description="Human dorsolateral prefrontal cortex, 10x Visium sample 151675 "
+            "(spatialLIBD, same donor as dlpfc_151673): 3592 spots x 7319 genes (raw counts "
+            "of a gene subset, the genes of dlpfc_151673 in the same order), manual layer "
+            "labels (obs['layer_guess'], Layer1-6 and WM, 26 NA), Visium array_row/array_col "
+            "and the spot's total UMI over all genes (obs['sum_umi']).",
+            shape=(3592, 7319),
+            labels=("layer_guess", "layer_guess_reordered", "layer_guess_reordered_short"),
+            files={
+                "matrix.mtx.gz": DataFile(
+                    "cb62a5ef34b313db208d51f3f2b5fc8cbe92d92903a1546222f6ac5fdcdf941d",
+                    6310292,
+                    origin="Banksy data/dlpfc151675.rda (count / sum_umi * 5000), turned back "
+                    "into integer counts with the spatialLIBD sum_umi",
+                    upstream=(_raw(_BANKSY, _BANKSY_151675, "data/dlpfc151675.rda"),),
+                ),
+                "genes.tsv.gz": DataFile(
+                    "48b0f5be95fa48aafae7c83e2364fc38a2286ef07e18fa12494aec9882cea73d",
+                    25408,
+                    origin="Ensembl ids of the rows of the Banksy matrix",
+                    upstream=(_raw(_BANKSY, _BANKSY_151675, "data/dlpfc151675.rda"),),
+                ),
+                "barcodes.tsv.gz": DataFile(
+                    "0778addb803330e29944e1ab6c13da7649fce009b406d09f7b90ec62c9145da5",
+                    18928,
+                    origin="spot barcodes of the columns of the Banksy matrix",
+                    upstream=(_raw(_BANKSY, _BANKSY_151675, "data/dlpfc151675.rda"),),
+                ),
+                "coords.csv": DataFile(
+                    "bc81c37933eb66ae33670ef4607303fab0182dba43c66b08406041da719c65ab",
+                    261404,
+                    origin="spatialLIBD spot metadata and Space Ranger tissue positions",
+                    upstream=(
+                        _raw(_DMGCN, _DMGCN_COMMIT, "data/DLPFC/151675/metadata.tsv"),
+                        _raw(
+                            _DMGCN,
+                            _DMGCN_COMMIT,
+                            "data/DLPFC/151675/spatial/tissue_positions_list.csv",
+                        ),
+                    ),
+                ),
+                "labels.csv": DataFile(
+                    "96039f6fb040c0412bc861c672082625db1b465b55e3125c2e5e264c3b2486c8",
+                    123802,
+                    origin="layer_guess columns of the spatialLIBD spot metadata",
+                    upstream=(_raw(_DMGCN, _DMGCN_COMMIT, "data/DLPFC/151675/metadata.tsv"),),
+                ),
+            },
+            citation=_DLPFC_CITATION,
+            license=_DLPFC_LICENSE,
             loader=_load_dlpfc,
         ),
         Dataset(
@@ -622,7 +719,7 @@ def load(
     AnnData
         Raw counts in ``X`` and ``layers['counts']``, coordinates in ``obsm['spatial']``
         and labels in ``obs`` (``layer`` for mouse_ob_rep11; ``layer_guess``,
-        ``array_row``/``array_col`` and ``sum_umi`` for dlpfc_151673).
+        ``array_row``/``array_col`` and ``sum_umi`` for the dlpfc_* sections).
         ``uns['spatiome']['dataset']`` records the name, files and their sha256.
 
     Examples
@@ -658,10 +755,56 @@ def load(
     return adata
 
 
+def close_names(name: str, n: int = 3) -> list[str]:
+    """Registered dataset names that look like ``name`` (for "did you mean" messages).
+
+    Parameters
+    ----------
+    name
+        Any text, e.g. a mistyped dataset name.
+    n
+        Most names returned.
+
+    Returns
+    -------
+    list of str
+        The closest registered names first; empty when none is close.
+
+    Examples
+    --------
+    >>> close_names("mouse_ob")
+    ['mouse_ob_rep11']
+    >>> close_names("rctd_merfish")
+    ['rctd_merfish_hypothalamus']
+    """
+    import difflib
+
+    text = str(name).lower()
+    close = difflib.get_close_matches(text, list(_DATASETS), n=n, cutoff=0.5)
+    starts = [d for d in _DATASETS if text and (d.startswith(text) or text.startswith(d))]
+    return list(dict.fromkeys([*starts, *close]))[:n]
+
+
+def has_reference(name: str) -> bool:
+    """Whether a registered dataset ships a labelled single-cell reference.
+
+    Such datasets return it from ``load(name, reference=True)``.
+
+    Examples
+    --------
+    >>> has_reference("rctd_merfish_hypothalamus"), has_reference("mouse_ob_rep11")
+    (True, False)
+    """
+    return _get(name).reference_shape is not None
+
+
 def _get(name: str) -> Dataset:
     if name not in _DATASETS:
+        close = close_names(name)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
         raise SpatiomeInputError(
-            f"unknown dataset {name!r}; registered datasets: {sorted(_DATASETS)}"
+            f"unknown dataset {name!r}; {hint}registered datasets: {sorted(_DATASETS)} "
+            "(spatiome datasets list)"
         )
     return _DATASETS[name]
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from .._core.progress import Progress
 from ._pln import MIN_RATE, PLNTable
 from ._solvers import nnls_gram_batch
 
@@ -41,8 +42,12 @@ def fit_weights(
     max_iter: int = 25,
     tol: float = 1e-3,
     chunk_size: int = 2048,
+    progress: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Weights (n_spots, n_types) and each spot's log likelihood at them."""
+    """Weights (n_spots, n_types) and each spot's log likelihood at them.
+
+    ``progress``, when given, is advanced by the number of spots of each chunk fitted.
+    """
     weights = np.array(start, dtype=np.float64)
     loglik = np.empty(counts.shape[0])
     outer = _outer_products(profiles)
@@ -61,6 +66,8 @@ def fit_weights(
             max_iter,
             tol,
         )
+        if progress is not None:
+            progress.advance(hi - lo)
     return weights, loglik
 
 

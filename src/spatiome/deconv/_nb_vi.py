@@ -17,6 +17,7 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
+from .._core.progress import Progress
 from ._solvers import nnls_shared
 
 _W_SHAPE = 0.5  # gamma shape of the abundance prior (< 1 favours few types per spot)
@@ -33,7 +34,11 @@ def fit_nb_vi(
     cells_per_spot: float,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, dict]:
-    """Posterior mean abundances (spots x types) and a summary of the fit."""
+    """Posterior mean abundances (spots x types) and a summary of the fit.
+
+    Every epoch, with its loss (the sum of the minibatches' negative ELBO), is reported as
+    progress of the task ``"deconv.nb_vi"``.
+    """
     torch = _import_torch()
     n_spots = counts.shape[0]
     n_batches = math.ceil(n_spots / batch_size)
@@ -47,17 +52,19 @@ def fit_nb_vi(
         model = _Model(torch, counts, profiles, cells_per_spot)
         optimizer = torch.optim.Adam(model.parameters(), lr=_LR)
         losses = []
-        for _epoch in range(n_epochs):
-            order = torch.randperm(n_spots, generator=generator).numpy()
-            total = 0.0
-            for lo in range(0, n_spots, batch_size):
-                rows = np.sort(order[lo : lo + batch_size])
-                optimizer.zero_grad()
-                loss = model.negative_elbo(rows, generator)
-                loss.backward()
-                optimizer.step()
-                total += loss.item()
-            losses.append(total)
+        with Progress("deconv.nb_vi", n_epochs, "epoch") as progress:
+            for epoch in range(n_epochs):
+                order = torch.randperm(n_spots, generator=generator).numpy()
+                total = 0.0
+                for lo in range(0, n_spots, batch_size):
+                    rows = np.sort(order[lo : lo + batch_size])
+                    optimizer.zero_grad()
+                    loss = model.negative_elbo(rows, generator)
+                    loss.backward()
+                    optimizer.step()
+                    total += loss.item()
+                losses.append(total)
+                progress.update(epoch + 1, f"loss {total:.4g}")
         with torch.no_grad():
             abundance = model.posterior_mean_abundance().numpy()
     finally:

@@ -10,6 +10,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._core.progress import Progress
 from .._core.random import check_random_state
 from .._core.validate import SpatiomeInputError, check_adata, check_counts, get_matrix
 from ._irls import Penalty, fit_weights
@@ -24,6 +25,7 @@ MODES = ("full", "doublet")
 _MIN_SHARED_GENES = 10
 _SIGMA_BOUNDS = (0.05, 1.5)
 _SIGMA_SPOTS = 300
+_SIGMA_ROUNDS = 4  # at most, of fitting the sampled spots then maximizing over sigma
 _SIGMA_ENTRIES = 200_000  # spots x genes used to choose sigma
 # RCTD's decision rules for doublet mode (negative log likelihood differences)
 DOUBLET_THRESHOLD = 25.0
@@ -84,6 +86,10 @@ def deconvolve(
     ``n_neighbors`` spatial neighbours' fractions scaled to its own total, with a
     strength relative to the spot's own curvature (1 weighs the neighbours like the
     data), solved by a few rounds of Jacobi updates.
+
+    Progress goes to the ``"spatiome"`` logger at INFO level: spots fitted (``"nnls"``,
+    ``"rctd"``), rounds of the choice of sigma (``"rctd"``), smoothing rounds, spot x
+    candidate fits of doublet mode, and epochs with the loss (``"nb_vi"``).
 
     Parameters
     ----------
@@ -155,7 +161,10 @@ def deconvolve(
     neighbours = _neighbour_average(adata_sp, inputs.kept, n_neighbors) if smoothing else None
     extra_obs: dict[str, np.ndarray] = {}
     if method == "nnls":
-        weights = _nnls(inputs, neighbours, smoothing)
+        with Progress("deconv.nnls", inputs.counts.shape[0], "spot") as progress:
+            weights = _nnls(inputs, progress=progress)
+        if neighbours is not None:
+            weights = _smooth_nnls(inputs, neighbours, smoothing, weights)
     elif method == "rctd":
         weights, extra_obs = _rctd(inputs, neighbours, smoothing, mode, rng, info)
     else:
@@ -274,18 +283,31 @@ def _smoothing_target(weights: np.ndarray, neighbours: sp.csr_matrix) -> np.ndar
 _SMOOTHING_ROUNDS = 10
 
 
-def _nnls(inputs: _Inputs, neighbours, smoothing: float, chunk: int = 8192) -> np.ndarray:
+def _nnls(inputs: _Inputs, chunk: int = 8192, progress: Progress | None = None) -> np.ndarray:
+    """NNLS weights of every spot, in chunks of ``chunk`` spots, each reported to
+    ``progress``."""
     gram = inputs.profiles.T @ inputs.profiles
     rhs = np.asarray(inputs.counts @ inputs.profiles)
-    weights = np.vstack(
-        [nnls_shared(gram, rhs[lo : lo + chunk]) for lo in range(0, rhs.shape[0], chunk)]
-    )
-    if neighbours is None:
-        return weights
+    parts = []
+    for lo in range(0, rhs.shape[0], chunk):
+        parts.append(nnls_shared(gram, rhs[lo : lo + chunk]))
+        if progress is not None:
+            progress.update(min(lo + chunk, rhs.shape[0]))
+    return np.vstack(parts)
+
+
+def _smooth_nnls(
+    inputs: _Inputs, neighbours: sp.csr_matrix, smoothing: float, weights: np.ndarray
+) -> np.ndarray:
+    """Jacobi rounds of NNLS with the spatial prior, starting from ``weights``."""
+    gram = inputs.profiles.T @ inputs.profiles
+    rhs = np.asarray(inputs.counts @ inputs.profiles)
     scale = smoothing * np.trace(gram) / gram.shape[0]
-    for _ in range(_SMOOTHING_ROUNDS):
-        target = _smoothing_target(weights, neighbours)
-        weights = nnls_shared(gram + scale * np.eye(gram.shape[0]), rhs + scale * target)
+    with Progress("deconv.nnls smoothing", _SMOOTHING_ROUNDS, "round") as progress:
+        for round_ in range(_SMOOTHING_ROUNDS):
+            target = _smoothing_target(weights, neighbours)
+            weights = nnls_shared(gram + scale * np.eye(gram.shape[0]), rhs + scale * target)
+            progress.update(round_ + 1)
     return weights
 
 
@@ -294,21 +316,22 @@ def _nnls(inputs: _Inputs, neighbours, smoothing: float, chunk: int = 8192) -> n
 
 def _rctd(inputs: _Inputs, neighbours, smoothing, mode, rng, info):
     profiles = _platform_adjusted(inputs, info)
-    start = _nnls(
-        _Inputs(inputs.counts, profiles, inputs.types, inputs.genes, inputs.kept), None, 0.0
-    )
+    start = _nnls(_Inputs(inputs.counts, profiles, inputs.types, inputs.genes, inputs.kept))
     start = np.maximum(start, 1e-3 * start.sum(axis=1, keepdims=True) / start.shape[1] + 1e-8)
     sigma = _choose_sigma(inputs.counts, profiles, start, rng)
     info["sigma"] = sigma
-    table = PLNTable(sigma)
-    weights, _ = fit_weights(inputs.counts, profiles, table, start)
+    with Progress("deconv.rctd", inputs.counts.shape[0], "spot") as progress:
+        table = PLNTable(sigma)
+        weights, _ = fit_weights(inputs.counts, profiles, table, start, progress=progress)
     if neighbours is not None:
         strength = np.full(weights.shape[0], float(smoothing))
-        for _ in range(_SMOOTHING_ROUNDS):
-            penalty = Penalty(strength, _smoothing_target(weights, neighbours))
-            weights, _ = fit_weights(
-                inputs.counts, profiles, table, weights, penalty=penalty, max_iter=3
-            )
+        with Progress("deconv.rctd smoothing", _SMOOTHING_ROUNDS, "round") as progress:
+            for round_ in range(_SMOOTHING_ROUNDS):
+                penalty = Penalty(strength, _smoothing_target(weights, neighbours))
+                weights, _ = fit_weights(
+                    inputs.counts, profiles, table, weights, penalty=penalty, max_iter=3
+                )
+                progress.update(round_ + 1)
     if mode == "full":
         return weights, {}
     return _doublet_mode(inputs.counts, profiles, table, weights, inputs.types)
@@ -337,13 +360,16 @@ def _choose_sigma(counts, profiles, start, rng) -> float:
     x = counts[sample]
     weights = start[sample].copy()
     sigma = 0.5
-    for _ in range(4):
-        weights, _ = fit_weights(x, profiles, PLNTable(sigma), weights, max_iter=10)
-        new = _golden_max(_sigma_objective(x.toarray(), weights @ profiles.T), *_SIGMA_BOUNDS)
-        if abs(new - sigma) < 0.01:
+    # On small data choosing sigma takes longer than fitting every spot: it has its own task.
+    with Progress("deconv.rctd sigma", _SIGMA_ROUNDS, "round") as progress:
+        for round_ in range(_SIGMA_ROUNDS):
+            weights, _ = fit_weights(x, profiles, PLNTable(sigma), weights, max_iter=10)
+            new = _golden_max(_sigma_objective(x.toarray(), weights @ profiles.T), *_SIGMA_BOUNDS)
+            converged = abs(new - sigma) < 0.01
             sigma = new
-            break
-        sigma = new
+            progress.update(round_ + 1, f"sigma {sigma:.3f}")
+            if converged:
+                break
     return round(float(sigma), 3)
 
 
@@ -375,16 +401,13 @@ def _doublet_mode(counts, profiles, table, full_weights, types):
     order = np.argsort(-shares, axis=1)[:, :_MAX_CANDIDATES]
     candidates = [o[shares[i, o] > _CANDIDATE_SHARE] for i, o in enumerate(order)]
     candidates = [c if c.size else order[i, :1] for i, c in enumerate(candidates)]
-    singles = _subset_scores(
-        counts, profiles, table, full_weights, [[(t,) for t in c] for c in candidates]
-    )
-    pairs = _subset_scores(
-        counts,
-        profiles,
-        table,
-        full_weights,
-        [[(a, b) for j, a in enumerate(c) for b in c[j + 1 :]] for c in candidates],
-    )
+    single_subsets = [[(t,) for t in c] for c in candidates]
+    pair_subsets = [[(a, b) for j, a in enumerate(c) for b in c[j + 1 :]] for c in candidates]
+    n_fits = sum(map(len, single_subsets)) + sum(map(len, pair_subsets))
+    # One unit is the fit of one spot to one candidate type or pair of types.
+    with Progress("deconv.rctd doublet mode", n_fits, "fit") as progress:
+        singles = _subset_scores(counts, profiles, table, full_weights, single_subsets, progress)
+        pairs = _subset_scores(counts, profiles, table, full_weights, pair_subsets, progress)
     weights = np.zeros_like(full_weights)
     klass = np.empty(n_spots, dtype=object)
     first = np.full(n_spots, -1)
@@ -434,8 +457,18 @@ def _confident(pair_scores: dict, kind: int, min_score: float) -> bool:
     )
 
 
-def _subset_scores(counts, profiles, table, full_weights, subsets_per_spot):
-    """Negative log likelihood and weights of each spot under each listed type subset."""
+def _subset_scores(
+    counts,
+    profiles,
+    table,
+    full_weights,
+    subsets_per_spot,
+    progress: Progress | None = None,
+):
+    """Negative log likelihood and weights of each spot under each listed type subset.
+
+    ``progress`` is advanced by one for every spot fitted to one subset.
+    """
     out: list[dict] = [{} for _ in subsets_per_spot]
     jobs: dict[tuple, list[int]] = {}
     for i, subsets in enumerate(subsets_per_spot):
@@ -446,7 +479,7 @@ def _subset_scores(counts, profiles, table, full_weights, subsets_per_spot):
         cols = list(subset)
         start = np.maximum(full_weights[np.ix_(rows, cols)], 0.0)
         start += 0.1 * full_weights[rows].sum(axis=1, keepdims=True) / len(cols) + 1e-8
-        w, ll = fit_weights(counts[rows], profiles[:, cols], table, start)
+        w, ll = fit_weights(counts[rows], profiles[:, cols], table, start, progress=progress)
         for k, i in enumerate(spots):
             out[i][subset] = (-ll[k], w[k])
     return out

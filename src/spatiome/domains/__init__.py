@@ -1,7 +1,14 @@
 """Spatial domains and the genes that define them; labels go to ``adata.obs[key_added]``."""
 
 from .bison import bison
-from .cluster import cluster, gaussian_mixture, hierarchical, kmeans, leiden
+from .cluster import (
+    cluster,
+    gaussian_mixture,
+    hierarchical,
+    kmeans,
+    leiden,
+    merge_small_domains,
+)
 from .gnn import gnn
 from .markers import markers, top_markers
 
@@ -14,5 +21,6 @@ __all__ = [
     "kmeans",
     "leiden",
     "markers",
+    "merge_small_domains",
     "top_markers",
 ]

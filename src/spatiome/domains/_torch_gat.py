@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from .._core.progress import Progress
 from .._core.torch_session import deterministic_session, glorot_uniform
 
 # Scratch for one dense row block of the scaled expression (float32).
@@ -213,8 +214,11 @@ def train_autoencoder(
     gradient_clip: float | None,
     seed: int,
     n_threads: int | None,
+    progress: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Train the autoencoder; return the (spots x hidden_dims[1]) embedding and loss trace.
+
+    ``progress``, when given, is updated after every epoch with the epoch's loss.
 
     Architecture (tied weights, no biases, attention shared by encoder and decoder)::
 
@@ -256,7 +260,9 @@ def train_autoencoder(
             gram = ((w1.T @ w1) * (hidden3.T @ hidden3)).sum()
             return (total - 2.0 * cross.double() + gram.double()) * scale, embedding
 
-        losses = _fit(lambda: forward()[0], parameters, optimizer, n_epochs, gradient_clip)
+        losses = _fit(
+            lambda: forward()[0], parameters, optimizer, n_epochs, gradient_clip, progress
+        )
         with torch.no_grad():
             _, embedding = forward()
         return embedding.numpy().astype(np.float32, copy=True), losses
@@ -274,8 +280,11 @@ def train_contrastive(
     reconstruction_weight: float,
     seed: int,
     n_threads: int | None,
+    progress: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Train the contrastive graph autoencoder; return the embedding and the loss trace.
+
+    ``progress``, when given, is updated after every epoch with the epoch's loss.
 
     GraphST's model on a sparse graph (``G`` the graph with self-loops, symmetrically
     normalized, ``M`` its row-normalized version; only ``hidden_dims[1]`` is used)::
@@ -350,16 +359,24 @@ def train_contrastive(
         def epoch_loss():  # a new shuffle of the spots for the corrupted view each epoch
             return forward(torch.randperm(n_obs, generator=generator))[0]
 
-        losses = _fit(epoch_loss, parameters, optimizer, n_epochs, gradient_clip)
+        losses = _fit(epoch_loss, parameters, optimizer, n_epochs, gradient_clip, progress)
         with torch.no_grad():
             _, smoothed = forward(None)
         scores = _decoded_scores(smoothed.numpy().astype(np.float64), w2.detach().numpy())
         return scores.astype(np.float32), losses
 
 
-def _fit(epoch_loss, parameters, optimizer, n_epochs: int, gradient_clip: float | None):
+def _fit(
+    epoch_loss,
+    parameters,
+    optimizer,
+    n_epochs: int,
+    gradient_clip: float | None,
+    progress: Progress | None = None,
+):
     """Full-batch training: ``n_epochs`` Adam steps on ``epoch_loss()``, the gradient norm
-    clipped at ``gradient_clip``; returns the loss of every epoch."""
+    clipped at ``gradient_clip``; returns the loss of every epoch, each also reported to
+    ``progress``."""
     import torch
 
     losses = np.empty(int(n_epochs), dtype=np.float64)
@@ -371,6 +388,8 @@ def _fit(epoch_loss, parameters, optimizer, n_epochs: int, gradient_clip: float 
             torch.nn.utils.clip_grad_norm_(parameters, float(gradient_clip))
         optimizer.step()
         losses[epoch] = float(loss.detach())
+        if progress is not None:
+            progress.update(epoch + 1, f"loss {losses[epoch]:.4g}")
     return losses
 
 

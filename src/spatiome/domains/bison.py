@@ -45,6 +45,7 @@ from anndata import AnnData
 from scipy.optimize import linear_sum_assignment
 from threadpoolctl import threadpool_limits
 
+from .._core.progress import Progress
 from .._core.random import check_random_state
 from .._core.validate import (
     SpatiomeInputError,
@@ -116,7 +117,8 @@ def bison(
     their collapsed conditionals (rates integrated out). As in the original, K and R are
     fixed: a gene group or a domain that is down to one member keeps it. Draws after
     ``burn_in`` are aligned to the draw at the end of burn-in (Hungarian matching of the
-    labels) and the per-spot and per-gene posterior modes are reported.
+    labels) and the per-spot and per-gene posterior modes are reported. Every sweep, with
+    the log posterior, is reported as progress (``"spatiome"`` logger at INFO level).
 
     Parameters
     ----------
@@ -292,7 +294,8 @@ def bison(
         z, rho = _initial_labels(
             model_counts, s, g, graph, n_domains, n_gene_groups, init, options, rng
         )
-        chain = _run_chain(model_counts, s, g, graph, z, rho, options, rng)
+        with Progress("domains.bison", options["n_iterations"], "sweep") as progress:
+            chain = _run_chain(model_counts, s, g, graph, z, rho, options, rng, progress)
 
     adata = adata.copy() if copy else adata
     _write(adata, chain, spots, gene_index, options, key_added, n_genes)
@@ -665,7 +668,8 @@ def _kmeans_gene_groups(counts, s, g, z, n_domains, n_groups, options, rng) -> n
     return rho
 
 
-def _run_chain(counts, s, g, graph, z, rho, options, rng) -> dict:
+def _run_chain(counts, s, g, graph, z, rho, options, rng, progress: Progress | None = None) -> dict:
+    """The Gibbs sampler; ``progress`` (a :class:`Progress`) is updated after every sweep."""
     n_spots, n_genes = counts.shape
     n_domains, n_groups = options["n_domains"], options["n_gene_groups"]
     n_iterations, burn_in = options["n_iterations"], options["burn_in"]
@@ -734,14 +738,16 @@ def _run_chain(counts, s, g, graph, z, rho, options, rng) -> dict:
                 rho[:] = candidate
                 T, U, A, n_cluster, n_group = stats
                 log_posterior[iteration] = score
-        if not keep:
-            continue
-        if reference_z is None:
-            reference_z, reference_rho = z.copy(), rho.copy()
-        spot_map = _align(reference_z, z, n_domains)
-        spot_votes[spot_rows, spot_map[z]] += 1
-        group_map = np.concatenate([[0], 1 + _align(reference_rho - 1, rho - 1, n_groups)])
-        gene_votes[gene_rows, group_map[rho]] += 1
+        if keep:
+            if reference_z is None:
+                reference_z, reference_rho = z.copy(), rho.copy()
+            spot_map = _align(reference_z, z, n_domains)
+            spot_votes[spot_rows, spot_map[z]] += 1
+            group_map = np.concatenate([[0], 1 + _align(reference_rho - 1, rho - 1, n_groups)])
+            gene_votes[gene_rows, group_map[rho]] += 1
+        if progress is not None:
+            phase = "" if keep else "burn-in, "
+            progress.update(iteration + 1, f"{phase}log posterior {log_posterior[iteration]:.6g}")
 
     n_kept = n_iterations - burn_in
     if options["estimate"] == "mode":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import warnings
 
 import numpy as np
@@ -377,6 +378,22 @@ def hierarchical(
     return adata if copy else None
 
 
+def _fit_gmm(
+    features: np.ndarray, n_clusters: int, covariance_type: str, random_state: int, n_init: int
+):
+    """scikit-learn's mixture with the ridge of :func:`gaussian_mixture`."""
+    from sklearn.mixture import GaussianMixture
+
+    ridge = 1e-4 * float(np.mean(np.var(features, axis=0))) + 1e-12
+    return GaussianMixture(
+        n_components=n_clusters,
+        covariance_type=covariance_type,
+        reg_covar=ridge,
+        n_init=n_init,
+        random_state=random_state,
+    ).fit(features)
+
+
 def gaussian_mixture(
     adata: AnnData,
     n_clusters: int,
@@ -433,8 +450,6 @@ def gaussian_mixture(
     >>> adata.obs["gmm"].value_counts().tolist()
     [30, 30, 30]
     """
-    from sklearn.mixture import GaussianMixture
-
     check_adata(adata)
     features = _representation(adata, use_rep)
     _check_n_clusters(n_clusters, adata.n_obs)
@@ -444,14 +459,7 @@ def gaussian_mixture(
             f"got {covariance_type!r}"
         )
     random_state = 0 if random_state is None else int(random_state)
-    ridge = 1e-4 * float(np.mean(np.var(features, axis=0))) + 1e-12
-    model = GaussianMixture(
-        n_components=int(n_clusters),
-        covariance_type=covariance_type,
-        reg_covar=ridge,
-        n_init=int(n_init),
-        random_state=random_state,
-    ).fit(features)
+    model = _fit_gmm(features, int(n_clusters), covariance_type, random_state, int(n_init))
     probabilities = model.predict_proba(features)
     labels = probabilities.argmax(axis=1)
     adata = adata.copy() if copy else adata
@@ -484,6 +492,7 @@ def cluster(
     n_top_genes: int | None = 2000,
     n_spatial_neighbors: int = 15,
     spatial_key: str = "spatial",
+    min_domain_size: int = 5,
     key_added: str = "spatial_domain",
     random_state: int = 0,
     copy: bool = False,
@@ -499,6 +508,17 @@ def cluster(
 
     Nothing in ``adata`` other than the outputs changes: genes are selected on a lightweight
     view, and the expression graph of :func:`spatiome.pp.reduce` is not replaced.
+
+    A clusterer can spend a domain on a few outlying spots: on the breast cancer and
+    seqFISH sections, every Gaussian-mixture component of one to three spots held
+    low-count spots (10-33% of the median library size) lying 2-8 times farther from
+    their nearest neighbour in feature space than the median spot. Such spots are not a
+    domain, so the spots of any domain smaller than ``min_domain_size`` are set aside, the
+    clusterer is fitted again on the other spots (up to three times), and the set-aside
+    spots join their most probable component (``"gmm"``, ``"kmeans"``) or the nearest
+    domain centroid (``"leiden"``, ``"hierarchical"``). The number of domains is kept; only
+    if small domains remain after the refits are they merged into the nearest larger
+    domain, with a warning.
 
     Parameters
     ----------
@@ -519,6 +539,9 @@ def cluster(
         neighbours of the features.
     spatial_key
         Coordinates in ``adata.obsm``.
+    min_domain_size
+        Smallest number of spots in a returned domain (``1`` keeps whatever the clusterer
+        gives).
     key_added
         Column of ``adata.obs`` receiving the domain labels ``"0"``, ``"1"``, ... (by
         decreasing size).
@@ -531,7 +554,9 @@ def cluster(
     -------
     AnnData or None
         The copy when ``copy=True``; otherwise None. Parameters go to
-        ``adata.uns["spatiome"][key_added]``.
+        ``adata.uns["spatiome"][key_added]``, with ``"refits"`` (fits made without the
+        spots of small domains), ``"set_aside_spots"`` (spots left out of the last fit)
+        and ``"merged_domains"``.
 
     References
     ----------
@@ -554,6 +579,7 @@ def cluster(
     if method not in _CLUSTER_METHODS:
         raise SpatiomeInputError(f"method must be one of {_CLUSTER_METHODS}, got {method!r}")
     _check_n_clusters(n_domains, adata.n_obs)
+    _check_min_size(min_domain_size, "min_domain_size")
     if not 0.0 <= float(neighbourhood_lambda) <= 1.0:
         raise SpatiomeInputError(
             f"neighbourhood_lambda must be in [0, 1], got {neighbourhood_lambda!r}"
@@ -618,8 +644,256 @@ def cluster(
         )
     record["clusterer"] = adata.uns["spatiome"][key_added]
     record["random_state"] = random_state
+    record["min_domain_size"] = int(min_domain_size)
+    record.update(
+        _drop_small_domains(
+            adata, use_rep, method, int(n_domains), int(min_domain_size), key_added, random_state
+        )
+    )
     adata.uns["spatiome"][key_added] = record
     return adata if copy else None
+
+
+_MERGE_BY = ("spatial", "expression")
+
+
+def merge_small_domains(
+    adata: AnnData,
+    key: str,
+    *,
+    min_size: int = 5,
+    by: str = "spatial",
+    use_rep: str | None = None,
+    n_neighbors: int = 6,
+    spatial_key: str = "spatial",
+    key_added: str | None = None,
+    copy: bool = False,
+) -> AnnData | None:
+    """Merge the domains with fewer than ``min_size`` spots into neighbouring domains.
+
+    A post-processing step for the labels of any domain method (BISON, the graph
+    autoencoder, an imported annotation): each spot of a small domain takes the label
+    most common among its ``n_neighbors`` nearest spots of the larger domains in the
+    tissue (``by="spatial"``; ties go to the label of the nearest spot), or the label of
+    the nearest larger-domain centroid in ``adata.obsm[use_rep]`` (``by="expression"``).
+    The other domains keep their names; spots without a label stay unlabelled.
+    :func:`cluster` does the same by refitting its clusterer first, which keeps the
+    requested number of domains.
+
+    Parameters
+    ----------
+    adata
+        Data with domain labels in ``adata.obs[key]``.
+    key
+        Column of ``adata.obs`` with the domains.
+    min_size
+        Smallest number of spots a domain keeps.
+    by
+        ``"spatial"`` (neighbours in the tissue) or ``"expression"`` (nearest centroid).
+    use_rep
+        Representation for ``by="expression"``; default ``f"X_{key}"`` when present
+        (written by :func:`cluster`), else ``"X_pca"``.
+    n_neighbors
+        Spatial neighbours that vote for ``by="spatial"``.
+    spatial_key
+        Coordinates in ``adata.obsm``.
+    key_added
+        Column receiving the merged labels (default: ``key``, replaced).
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    AnnData or None
+        The copy when ``copy=True``; otherwise None. The merged domains and their sizes go
+        to ``adata.uns["spatiome"][key_added]["merged_small_domains"]``.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd, anndata as ad
+    >>> from spatiome.domains import merge_small_domains
+    >>> adata = ad.AnnData(np.zeros((40, 1)))
+    >>> adata.obsm["spatial"] = np.column_stack([np.arange(40.0), np.zeros(40)])
+    >>> labels = np.repeat(["a", "b"], 20)
+    >>> labels[5] = "c"  # a one-spot domain inside domain a
+    >>> adata.obs["domain"] = pd.Categorical(labels)
+    >>> merge_small_domains(adata, "domain")
+    >>> adata.obs["domain"].value_counts().to_dict()
+    {'a': 20, 'b': 20}
+    >>> adata.uns["spatiome"]["domain"]["merged_small_domains"]
+    {'c': 1}
+    """
+    check_adata(adata)
+    if key not in adata.obs:
+        raise SpatiomeInputError(
+            f"adata.obs[{key!r}] is missing: run a domain method first or pass key= one of "
+            f"{list(adata.obs.columns)}"
+        )
+    _check_min_size(min_size, "min_size")
+    if by not in _MERGE_BY:
+        raise SpatiomeInputError(f"by must be one of {_MERGE_BY}, got {by!r}")
+    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, numbers.Integral):
+        raise SpatiomeInputError(f"n_neighbors must be a positive integer, got {n_neighbors!r}")
+    if n_neighbors < 1:
+        raise SpatiomeInputError(f"n_neighbors must be a positive integer, got {n_neighbors!r}")
+    labels = pd.Categorical(adata.obs[key].astype("category")).remove_unused_categories()
+    codes = labels.codes.astype(np.int64)
+    sizes = np.bincount(codes[codes >= 0], minlength=labels.categories.size)
+    small = sizes < min_size
+    merged = {str(labels.categories[i]): int(sizes[i]) for i in np.flatnonzero(small)}
+    moving = np.isin(codes, np.flatnonzero(small))
+    staying = (codes >= 0) & ~moving
+    if merged and not staying.any():
+        warnings.warn(
+            f"merge_small_domains: every domain of adata.obs[{key!r}] has fewer than "
+            f"{min_size} spots; nothing was merged",
+            UserWarning,
+            stacklevel=2,
+        )
+        merged = {}
+    if merged and by == "spatial":
+        from scipy.spatial import cKDTree
+
+        coords = get_spatial(adata, spatial_key)
+        n_votes = int(min(n_neighbors, staying.sum()))
+        _, index = cKDTree(coords[staying]).query(coords[moving], k=n_votes)
+        voters = codes[staying][np.asarray(index).reshape(int(moving.sum()), n_votes)]
+        # One vote per neighbour, plus less than one vote in total to break ties by distance.
+        weights = 1.0 + 0.5 * (n_votes - np.arange(n_votes)) / n_votes**2
+        votes = np.zeros((voters.shape[0], labels.categories.size))
+        np.add.at(votes, (np.arange(voters.shape[0])[:, None], voters), weights[None, :])
+        codes[moving] = votes.argmax(axis=1)
+    elif merged:
+        if use_rep is None:
+            use_rep = f"X_{key}" if f"X_{key}" in adata.obsm else "X_pca"
+        features = _representation(adata, use_rep)
+        codes = _nearest_centroid(features, np.where(moving, -1, codes), staying)
+        codes = np.where(labels.codes < 0, -1, codes)
+    result = pd.Categorical.from_codes(codes, categories=labels.categories)
+    result = result.remove_categories([c for c in labels.categories if str(c) in merged])
+    adata = adata.copy() if copy else adata
+    key_added = key_added or key
+    adata.obs[key_added] = result
+    adata.uns.setdefault("spatiome", {})
+    record = adata.uns["spatiome"].get(key_added)
+    if not isinstance(record, dict):
+        record = adata.uns["spatiome"][key_added] = {}
+    record["merged_small_domains"] = merged
+    record["merge"] = {"min_size": int(min_size), "by": by}
+    if merged:
+        logger.info("merge_small_domains: %d domain(s) merged by %s", len(merged), by)
+    return adata if copy else None
+
+
+# Fits of the clusterer without the spots of small domains, before those are merged.
+_MAX_REFITS = 3
+
+
+def _drop_small_domains(
+    adata: AnnData,
+    use_rep: str,
+    method: str,
+    n_domains: int,
+    min_size: int,
+    key_added: str,
+    random_state: int,
+) -> dict:
+    """Refit the clusterer without the spots of small domains; merge what stays small."""
+    labels = adata.obs[key_added].cat.codes.to_numpy().astype(np.int64)
+    outcome = {"refits": 0, "set_aside_spots": 0, "merged_domains": 0}
+    if _small_domains(labels, min_size).size == 0:
+        return outcome
+    features = _representation(adata, use_rep)
+    keep = np.ones(labels.size, dtype=bool)
+    probability = None
+    while outcome["refits"] < _MAX_REFITS:
+        small = _small_domains(labels, min_size)
+        if small.size == 0:
+            break
+        candidate = keep & ~np.isin(labels, small)
+        if candidate.sum() < n_domains * min_size:
+            break
+        keep = candidate
+        labels, probability = _refit(features, keep, method, n_domains, random_state)
+        outcome["refits"] += 1
+    small = _small_domains(labels, min_size)
+    merged = np.isin(labels, small)
+    if small.size and not merged.all():
+        labels = _nearest_centroid(features, labels, ~merged)
+        if probability is not None:
+            probability = np.where(merged, np.nan, probability)
+        outcome["merged_domains"] = int(small.size)
+        warnings.warn(
+            f"cluster: {small.size} domain(s) stayed smaller than min_domain_size="
+            f"{min_size} spots after {outcome['refits']} refit(s) and were merged into the "
+            f"nearest domain; {np.unique(labels).size} domains remain",
+            UserWarning,
+            stacklevel=3,
+        )
+    outcome["set_aside_spots"] = int((~keep).sum())
+    adata.obs[key_added] = _labels_by_size(labels)
+    if probability is not None:
+        adata.obs[f"{key_added}_probability"] = probability
+    logger.info(
+        "cluster: %d spot(s) in domains under %d spots set aside, %d refit(s)",
+        outcome["set_aside_spots"],
+        min_size,
+        outcome["refits"],
+    )
+    return outcome
+
+
+def _small_domains(labels: np.ndarray, min_size: int) -> np.ndarray:
+    sizes = np.bincount(labels)
+    return np.flatnonzero((sizes > 0) & (sizes < min_size))
+
+
+def _refit(
+    features: np.ndarray, keep: np.ndarray, method: str, n_domains: int, random_state: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels of every spot from the clusterer fitted on the ``keep`` spots."""
+    fitted = features[keep]
+    if method == "gmm":
+        model = _fit_gmm(fitted, n_domains, "full", random_state, 1)
+        posterior = model.predict_proba(features)
+        return posterior.argmax(axis=1), posterior.max(axis=1)
+    if method == "kmeans":
+        from sklearn.cluster import KMeans
+
+        model = KMeans(n_clusters=n_domains, n_init=10, random_state=random_state).fit(fitted)
+        return model.predict(features), None
+    shell = AnnData(X=np.zeros((fitted.shape[0], 1)))
+    shell.obsm["features"] = fitted
+    if method == "leiden":
+        leiden(
+            shell, n_clusters=n_domains, use_rep="features", key_added="refit",
+            random_state=random_state,
+        )  # fmt: skip
+    else:
+        hierarchical(
+            shell, n_domains, use_rep="features", key_added="refit", random_state=random_state
+        )
+    labels = np.full(features.shape[0], -1, dtype=np.int64)
+    labels[keep] = shell.obs["refit"].cat.codes.to_numpy()
+    return _nearest_centroid(features, labels, keep), None
+
+
+def _nearest_centroid(features: np.ndarray, labels: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """``labels`` with every spot outside ``known`` moved to the nearest centroid of ``known``."""
+    names, codes = np.unique(labels[known], return_inverse=True)
+    centroids = np.zeros((names.size, features.shape[1]))
+    np.add.at(centroids, codes, features[known])
+    centroids /= np.bincount(codes, minlength=names.size)[:, None]
+    result = labels.copy()
+    if (~known).any():
+        distances = ((features[~known, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
+        result[~known] = names[distances.argmin(axis=1)]
+    return result
+
+
+def _check_min_size(value: int, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise SpatiomeInputError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _require_representation(adata: AnnData, use_rep: str) -> None:

@@ -16,6 +16,7 @@ import scanpy as sc
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._core.progress import Progress
 from .._core.torch_session import import_torch
 from .._core.validate import SpatiomeInputError, check_adata, check_counts, get_matrix
 from ..graph import build_graph, default_method
@@ -153,7 +154,8 @@ def gnn(
     seed is not touched), there is no dropout, and deterministic algorithms are
     requested while training. The same seed and number of threads give the same
     embedding and labels; a different number of threads can change the last bits of the
-    floating-point sums.
+    floating-point sums. Every epoch, with its loss, is reported as progress (``"spatiome"``
+    logger at INFO level).
 
     Parameters
     ----------
@@ -328,12 +330,17 @@ def gnn(
         "n_threads": n_jobs,
     }
     start = time.perf_counter()
-    if objective == "reconstruction":
-        embedding, losses = train_autoencoder(expression, graph, **training)
-    else:
-        embedding, losses = train_contrastive(
-            expression, graph, reconstruction_weight=float(reconstruction_weight), **training
-        )
+    with Progress("domains.gnn", int(n_epochs), "epoch") as progress:
+        if objective == "reconstruction":
+            embedding, losses = train_autoencoder(expression, graph, progress=progress, **training)
+        else:
+            embedding, losses = train_contrastive(
+                expression,
+                graph,
+                reconstruction_weight=float(reconstruction_weight),
+                progress=progress,
+                **training,
+            )
     seconds = time.perf_counter() - start
     labels = _cluster(
         embedding, int(n_domains), cluster_method, covariance_type, n_pcs, n_init, random_state

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import warnings
+from numbers import Integral
 
 import pandas as pd
 import scanpy as sc
@@ -23,6 +25,7 @@ def markers(
     layer: str | None = None,
     bison_key: str | None = None,
     min_fraction: float = 0.0,
+    min_spots: int = 3,
     key_added: str | None = None,
 ) -> pd.DataFrame:
     """Rank the genes that distinguish each domain from the rest of the tissue.
@@ -35,6 +38,14 @@ def markers(
     posterior probability of being discriminating and its gene group are joined to the
     table, so the data-driven test and the model's feature selection can be read side by
     side.
+
+    A domain is tested only when it and the rest of the labelled spots both hold at least
+    ``min_spots`` spots. Smaller domains are skipped with a warning and listed in the
+    table's ``attrs`` (their spots stay in the "rest" of the other domains' comparisons,
+    except for ``"logreg"``, which fits on the tested domains only). A rank test cannot say
+    much about a handful of spots: even a gene expressed in every spot of the domain and in
+    no other spot reaches a two-sided Wilcoxon p-value of at best about 0.08 with one spot,
+    0.014 with two and 0.003 with three, before any correction for testing every gene.
 
     Parameters
     ----------
@@ -52,6 +63,9 @@ def markers(
         ``key_added`` of :func:`spatiome.domains.bison` whose gene columns to join.
     min_fraction
         Keep only genes expressed in at least this fraction of the domain's spots.
+    min_spots
+        Smallest number of spots (at least 2, scanpy's limit) in a tested domain and in the
+        rest of the tissue.
     key_added
         ``adata.uns`` key of scanpy's result (default ``f"rank_genes_groups_{groupby}"``),
         which :func:`scanpy.pl.rank_genes_groups_dotplot` and friends read.
@@ -62,7 +76,10 @@ def markers(
         One row per domain and gene, ranked within each domain: ``domain``, ``gene``,
         ``score``, ``logfoldchange``, ``pval``, ``qval``, ``fraction_in``,
         ``fraction_out`` and, with BISON, ``bison_prob_discriminating`` and
-        ``bison_gene_group``.
+        ``bison_gene_group``. ``table.attrs`` holds ``"min_spots"``,
+        ``"skipped_domains"`` (domain -> number of spots, for the domains too small to test)
+        and ``"note"`` (a sentence naming them, empty when none was skipped); the same
+        record goes to ``adata.uns["spatiome"][key_added]``.
 
     Examples
     --------
@@ -75,6 +92,17 @@ def markers(
     ['Layer1', 'Layer2', 'Layer3']
     >>> bool((table.groupby("domain")["qval"].min() < 0.05).all())
     True
+
+    A domain of one spot is left out instead of stopping the analysis:
+
+    >>> import warnings
+    >>> adata.obs["with_single"] = adata.obs["domain"].cat.add_categories("lone")
+    >>> adata.obs.loc[adata.obs_names[0], "with_single"] = "lone"
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")
+    ...     table = sm.domains.markers(adata, "with_single")
+    >>> table.attrs["skipped_domains"], sorted(table["domain"].unique())
+    ({'lone': 1}, ['Layer1', 'Layer2', 'Layer3'])
     """
     check_adata(adata)
     labels = _domain_labels(adata, groupby)
@@ -82,6 +110,12 @@ def markers(
         raise SpatiomeInputError(f"method must be one of {_TESTS}, got {method!r}")
     if not 0.0 <= float(min_fraction) <= 1.0:
         raise SpatiomeInputError(f"min_fraction must be in [0, 1], got {min_fraction!r}")
+    if isinstance(min_spots, bool) or not isinstance(min_spots, Integral) or min_spots < 2:
+        raise SpatiomeInputError(
+            f"min_spots must be an integer of at least 2 (a rank test needs two spots on "
+            f"each side), got {min_spots!r}"
+        )
+    min_spots = int(min_spots)
     matrix = get_matrix(adata, layer)
     labelled = ~pd.isna(labels)
     obs_names = adata.obs_names
@@ -89,13 +123,38 @@ def markers(
         # Spots a method left unlabelled (for example filtered by BISON) are not compared.
         matrix, labels, obs_names = matrix[labelled], labels[labelled], obs_names[labelled]
     uns_key = key_added or f"rank_genes_groups_{groupby}"
+    sizes = pd.Series(labels).value_counts().reindex(labels.categories)
+    testable = ((sizes >= min_spots) & (sizes.sum() - sizes >= min_spots)).to_numpy()
+    if method == "logreg" and testable.sum() < 2:
+        testable[:] = False  # a logistic regression needs two tested domains
+    tested = [str(c) for c in sizes.index[testable]]
+    skipped = {str(c): int(n) for c, n in sizes[~testable].items()}
+    note = _skip_note(skipped, min_spots, method)
+    adata.uns.setdefault("spatiome", {})
+    adata.uns["spatiome"][uns_key] = {
+        "groupby": groupby,
+        "method": method,
+        "min_spots": min_spots,
+        "skipped_domains": skipped,
+    }
+    if note:
+        warnings.warn(f"markers: {note}", UserWarning, stacklevel=2)
+    if not tested:
+        adata.uns.pop(uns_key, None)  # no stale result of an earlier call stays behind
+        return _with_attrs(_empty_table(adata, bison_key), min_spots, skipped, note)
     # scanpy reads the groups from obs and writes only to uns[uns_key]; it runs on a
     # lightweight object so nothing else in the user's AnnData changes.
     view = AnnData(X=matrix, obs=pd.DataFrame({groupby: labels}, index=obs_names.copy()))
     view.var_names = adata.var_names.copy()
     view.uns["log1p"] = {"base": None}
     sc.tl.rank_genes_groups(
-        view, groupby, method=method, n_genes=adata.n_vars, pts=True, key_added=uns_key
+        view,
+        groupby,
+        groups=tested if skipped else "all",
+        method=method,
+        n_genes=adata.n_vars,
+        pts=True,
+        key_added=uns_key,
     )
     adata.uns[uns_key] = view.uns[uns_key]
     table = sc.get.rank_genes_groups_df(view, group=None, key=uns_key)
@@ -112,14 +171,50 @@ def markers(
         }
     )
     if "domain" not in table.columns:  # a single group comes back without the column
-        table.insert(0, "domain", str(labels.categories[0]))
+        table.insert(0, "domain", tested[0])
     table = _join_bison(table, adata, bison_key)
     if min_fraction > 0:
         table = table[table["fraction_in"] >= min_fraction]
     table["domain"] = table["domain"].astype(str)
     table = table.reset_index(drop=True)
-    logger.info("markers: %d domains ranked by %s", labels.categories.size, method)
+    logger.info("markers: %d domains ranked by %s", len(tested), method)
+    return _with_attrs(table, min_spots, skipped, note)
+
+
+_COLUMNS = (
+    "domain", "gene", "score", "logfoldchange", "pval", "qval", "fraction_in", "fraction_out",
+)  # fmt: skip
+
+
+def _skip_note(skipped: dict[str, int], min_spots: int, method: str) -> str:
+    if not skipped:
+        return ""
+    listed = ", ".join(
+        f"{domain!r} ({size} spot{'s' if size != 1 else ''})" for domain, size in skipped.items()
+    )
+    need = (
+        "logreg needs two domains"
+        if method == "logreg" and len(skipped) > 0 and max(skipped.values()) >= min_spots
+        else "a domain and the rest of the tissue need"
+    )
+    return (
+        f"{len(skipped)} domain(s) not tested: {listed}; {need} at least "
+        f"min_spots={min_spots} spots each"
+    )
+
+
+def _with_attrs(
+    table: pd.DataFrame, min_spots: int, skipped: dict[str, int], note: str
+) -> pd.DataFrame:
+    table.attrs.update(min_spots=min_spots, skipped_domains=dict(skipped), note=note)
     return table
+
+
+def _empty_table(adata: AnnData, bison_key: str | None) -> pd.DataFrame:
+    table = pd.DataFrame({name: pd.Series(dtype=float) for name in _COLUMNS})
+    table["domain"] = table["domain"].astype(str)
+    table["gene"] = table["gene"].astype(str)
+    return _join_bison(table, adata, bison_key).reset_index(drop=True)
 
 
 def top_markers(table: pd.DataFrame, n_genes: int = 5, *, max_qval: float = 0.05) -> dict:

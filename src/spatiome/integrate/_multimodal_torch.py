@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from .._core.progress import Progress
 from .._core.torch_session import deterministic_session, glorot_uniform
 
 # SpatialGlue adds this to the attention scores before the softmax.
@@ -64,8 +65,11 @@ def train_dual_attention(
     loss_weights: tuple[float, float, float, float],
     seed: int,
     n_threads: int | None,
+    progress: Progress | None = None,
 ) -> Trained:
     """Train SpatialGlue's model on two modalities; graphs are normalized and symmetric.
+
+    ``progress``, when given, is updated after every epoch with the weighted loss.
 
     For modality ``m`` with features ``X_m``, spatial graph ``S`` and feature graph ``F_m``
     (both ``D^-1/2 (A + I) D^-1/2``)::
@@ -131,6 +135,8 @@ def train_dual_attention(
             loss.backward()
             optimizer.step()
             losses[epoch] = terms.detach().numpy()
+            if progress is not None:
+                progress.update(epoch + 1, f"loss {float(loss.detach()):.4g}")
         with torch.no_grad():
             _, terms, joint, own, alphas, beta = forward()
 

@@ -15,6 +15,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._core.progress import Progress
 from .._core.torch_session import import_torch
 from .._core.validate import (
     SpatiomeInputError,
@@ -105,7 +106,8 @@ def multimodal(
     Training runs on the CPU, deterministically: weights are drawn from a torch
     ``Generator`` seeded with ``random_state`` (the global seed is not touched), there is
     no dropout, and deterministic algorithms are requested. The same seed and number of
-    threads give the same embedding, weights and labels.
+    threads give the same embedding, weights and labels. Every epoch, with its weighted
+    loss, is reported as progress (``"spatiome"`` logger at INFO level).
 
     Parameters
     ----------
@@ -257,18 +259,20 @@ def multimodal(
     from ._multimodal_torch import train_dual_attention
 
     start = time.perf_counter()
-    trained = train_dual_attention(
-        [rna_features, other_features],
-        spatial_graph,
-        feature_graphs,
-        latent_dim=int(latent_dim),
-        n_epochs=int(n_epochs),
-        learning_rate=float(learning_rate),
-        weight_decay=float(weight_decay),
-        loss_weights=loss_weights,
-        seed=random_state,
-        n_threads=n_jobs,
-    )
+    with Progress("integrate.multimodal", int(n_epochs), "epoch") as progress:
+        trained = train_dual_attention(
+            [rna_features, other_features],
+            spatial_graph,
+            feature_graphs,
+            latent_dim=int(latent_dim),
+            n_epochs=int(n_epochs),
+            learning_rate=float(learning_rate),
+            weight_decay=float(weight_decay),
+            loss_weights=loss_weights,
+            seed=random_state,
+            n_threads=n_jobs,
+            progress=progress,
+        )
     seconds = time.perf_counter() - start
     labels = None
     if n_domains is not None:

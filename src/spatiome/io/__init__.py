@@ -3,6 +3,7 @@
 Raw integer counts sit in ``X`` and ``layers['counts']`` (CSR), coordinates in
 ``obsm['spatial']`` (unit in ``uns['spatial_unit']``), and the files read in
 ``uns['spatiome']['source']``. :func:`read` picks the reader from what a path holds.
+:func:`read_reference_table` reads a labelled single-cell reference (counts + cell types).
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from anndata import AnnData
 
 from .._core.validate import SpatiomeInputError
 from .h5ad import read_h5ad, write_h5ad
-from .tables import read_slideseq, read_table
+from .tables import read_reference_table, read_slideseq, read_table
 from .visium import read_visium, read_visium_hd
 from .xenium import read_xenium
 
 __all__ = [
     "read",
     "read_h5ad",
+    "read_reference_table",
     "read_slideseq",
     "read_table",
     "read_visium",
@@ -61,9 +63,12 @@ def read(path: str | os.PathLike[str], **kwargs: Any) -> AnnData:
         count table (``counts.csv[.gz]``, ``counts.tsv[.gz]``, ``matrix.mtx[.gz]``) and
         ``coords.csv`` (:func:`read_table`; the coordinate columns are the first of
         ``x``/``y``, ``pxl_col_in_fullres``/``pxl_row_in_fullres``, ``xcoord``/``ycoord``,
-        ``x_centroid``/``y_centroid``, ``array_col``/``array_row`` found).
+        ``x_centroid``/``y_centroid``, ``array_col``/``array_row`` found). The tables'
+        field separator is detected (comma, tab, semicolon or pipe) unless ``sep=`` is
+        given.
     **kwargs
-        Passed to the chosen reader (they override what :func:`read` chose).
+        Passed to the chosen reader (they override what :func:`read` chose), e.g.
+        ``sep=";"`` for the tables of a folder.
 
     Returns
     -------
@@ -109,7 +114,8 @@ def read(path: str | os.PathLike[str], **kwargs: Any) -> AnnData:
     )
     coords = _first_existing(folder, _COORD_NAMES)
     if counts is not None and coords is not None:
-        return read_table(counts, coords, **{**_coordinate_options(coords), **kwargs})
+        options = _coordinate_options(coords, kwargs.get("sep"))
+        return read_table(counts, coords, **{**options, **kwargs})
     raise SpatiomeInputError(
         f"{target}: no known layout found. Looked for: an .h5ad file; "
         "spatial/tissue_positions.csv or spatial/tissue_positions_list.csv (Visium); "
@@ -128,14 +134,17 @@ def _first_existing(folder: Path, names: tuple[str, ...]) -> Path | None:
     return next((folder / name for name in names if (folder / name).exists()), None)
 
 
-def _coordinate_options(coords: Path) -> dict[str, Any]:
-    from .tables import _header, _infer_sep
+def _coordinate_options(coords: Path, sep: str | None) -> dict[str, Any]:
+    from .tables import _check_sep, _header, separator_hint, sniff
 
-    header = _header(coords, _infer_sep(coords))
+    _check_sep(sep)
+    dialect = sniff(coords, sep)
+    header = _header(coords, dialect.sep)
     for x, y, unit in _XY_COLUMNS:
         if x in header and y in header:
             return {"x": x, "y": y, "spatial_unit": unit}
     raise SpatiomeInputError(
         f"{coords}: no coordinate columns found (columns: {header[:10]}); looked for "
         f"{[pair[:2] for pair in _XY_COLUMNS]}: rename them or call read_table(x=, y=)"
+        f"{separator_hint(header, dialect.sep)}"
     )

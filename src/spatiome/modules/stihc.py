@@ -17,7 +17,8 @@ Two steps:
    correlation of their smoothed profiles, then clusters are alternately merged (by
    clustering their centroids) and pruned (members that correlate less than ``alpha``
    with their cluster mean become singletons) until the labelling settles; ``alpha`` is
-   chosen over a grid by the mean silhouette width among the most frequent cluster counts.
+   chosen over a grid by the mean silhouette width. Genes left alone in a cluster of
+   their own belong to no module.
 
 How it is computed here:
 
@@ -38,7 +39,13 @@ How it is computed here:
 Deviations from the original (all documented in :func:`stihc`): the candidate ``alpha``
 range and the stopping test of the final merge-only loop use gene-gene (centroid-centroid)
 correlations, where the original correlates the transposed matrices (spot-spot); with
-``legacy_alpha_range=True`` the original's spot-spot range is used.
+``legacy_alpha_range=True`` the original's spot-spot range is used. The silhouette that
+chooses ``alpha`` measures distances between genes by their Spearman correlation, the
+similarity that IHC clusters on, where the original takes Euclidean distances between the
+smoothed profiles (``silhouette_metric="euclidean"``): those are dominated by how much of
+each gene there is, not by where it is. ``alpha`` is the best silhouette over the whole
+grid; the original's rule (the best among the most frequent cluster counts) is
+``alpha_selection="mode"``.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ from scipy.spatial.distance import squareform
 from scipy.stats import rankdata
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
+from .._core.progress import Progress
 from .._core.random import check_random_state
 from .._core.validate import (
     SpatiomeInputError,
@@ -83,6 +91,9 @@ MAX_ITERATIONS = 100
 N_ALPHAS = 20
 PENALTY_MEANS = ("arithmetic", "geometric")
 ALPHA_SELECTIONS = ("mode", "silhouette")
+SILHOUETTE_METRICS = ("spearman", "euclidean")
+#: Label of the genes that end alone in a cluster: they belong to no module.
+UNASSIGNED = -1
 # The systems are symmetric positive definite: keep SuperLU on the diagonal (no pivoting),
 # which keeps the symmetric fill-reducing ordering effective.
 _SPD = {"diag_pivot_thresh": 0.0, "options": {"SymmetricMode": True}}
@@ -104,7 +115,8 @@ def stihc(
     layer: str | None = None,
     genes: str | Sequence[str] | None = None,
     alpha: float | None = None,
-    alpha_selection: str = "mode",
+    alpha_selection: str = "silhouette",
+    silhouette_metric: str = "spearman",
     penalty: float | None = None,
     penalties: Sequence[float] | None = None,
     penalty_mean: str = "arithmetic",
@@ -127,10 +139,10 @@ def stihc(
     at ``1 - alpha``, then repeated merging of clusters whose centroids correlate above
     ``alpha`` and pruning of members that correlate below ``alpha`` with their cluster
     mean (they become singletons) until successive labellings agree (ARI > 0.9). The
-    threshold ``alpha`` is chosen by scanning 20 values (twice) and taking, among the
-    most frequent numbers of clusters, the ``alpha`` with the best mean silhouette width
-    (Euclidean distances between smoothed profiles). The number of modules is not an
-    input.
+    threshold ``alpha`` is chosen by scanning 20 values (twice) and taking the one with
+    the best mean silhouette width of the gene labels. The number of modules is not an
+    input. A gene that ends alone in its cluster is not a module: it is reported as
+    unassigned (module ``-1``).
 
     The selected genes are densified: the smoothed profiles are a dense
     ``n_spots x n_genes`` float64 matrix (plus the same for ranks), meant for a set of
@@ -149,10 +161,23 @@ def stihc(
     alpha
         Correlation threshold of IHC. Default: chosen by silhouette as described above.
     alpha_selection
-        How ``alpha`` is chosen from the scanned grid: ``"mode"`` (the original): among
-        the grid values giving the most frequent number of clusters, the one with the
-        largest mean silhouette (the largest such ``alpha`` on ties); ``"silhouette"``:
-        the largest mean silhouette over the whole grid.
+        How ``alpha`` is chosen from the scanned grid: ``"silhouette"`` (default): the
+        largest mean silhouette over the whole grid (the largest such ``alpha`` on ties);
+        ``"mode"`` (the original): the same among the grid values giving the most
+        frequent number of clusters. The mode rule needs a plateau of cluster counts,
+        as on a few well separated modules; when the count grows steadily with
+        ``alpha`` (many genes, many patterns) the most frequent count is an accident of
+        the grid (on a simulated 4,000-spot tissue two grid values shared 5 clusters at
+        ``alpha = 0.11``, which put 67 genes into 5 modules).
+    silhouette_metric
+        Distance between genes in the silhouette: ``"spearman"`` (default):
+        ``sqrt(2 (1 - rho))`` with ``rho`` the Spearman correlation of the smoothed
+        profiles, i.e. Euclidean distance between standardized ranks, the similarity IHC
+        clusters on; ``"euclidean"`` (the original): Euclidean distance between the
+        smoothed profiles. The latter is dominated by the genes' expression levels, so
+        on real data, where levels differ by orders of magnitude, every clustering by
+        pattern scores below zero and the scan ends at an ``alpha`` near 1 with every
+        gene alone (72 clusters from 77 genes on the built-in demo tissue).
     penalty
         Smoothing penalty ``lambda`` for all genes, in units of the squared median edge
         length of the mesh. Default: chosen by GCV (see ``penalties``, ``penalty_mean``).
@@ -194,14 +219,22 @@ def stihc(
     -------
     pandas.DataFrame
         Indexed by gene: ``module`` (integer label, 1 .. n_modules, numbered by first
-        appearance in gene order; genes alone in their module are singletons),
-        ``module_size``, ``module_correlation`` (Spearman correlation of the gene's
-        smoothed profile with its module mean) and ``penalty`` (the gene's GCV choice).
-        Unless ``copy=True``: columns in ``adata.var[f"{key_added}_{column}"]`` (so the
-        labels are ``adata.var[f"{key_added}_module"]``), module mean profiles in
+        appearance in gene order; ``-1`` for a gene alone in its cluster, which belongs
+        to no module), ``module_size`` (0 for those), ``module_correlation`` (Spearman
+        correlation of the gene's smoothed profile with its module mean; NaN for
+        unassigned genes) and ``penalty`` (the gene's GCV choice). Unless ``copy=True``:
+        columns in ``adata.var[f"{key_added}_{column}"]`` (so the labels are
+        ``adata.var[f"{key_added}_module"]``: NaN for genes not grouped, ``-1`` for
+        grouped but unassigned), module mean profiles in
         ``adata.obsm[f"{key_added}_profiles"]`` (DataFrame, spots x modules) and the
         parameters (chosen ``alpha`` and ``penalty``, the scanned grids with their
-        silhouettes and cluster counts) in ``adata.uns["spatiome"][key_added]``.
+        silhouettes and cluster counts, ``n_modules`` and ``n_unassigned``) in
+        ``adata.uns["spatiome"][key_added]``.
+
+    Notes
+    -----
+    Progress (penalties scanned by GCV, then thresholds scanned by IHC) is reported
+    through :mod:`spatiome._core.progress` as task ``"modules.stihc"``.
 
     Raises
     ------
@@ -230,6 +263,10 @@ def stihc(
     [1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3]
     >>> adata.var["stihc_module"].nunique()
     3
+    >>> lone = anndata.AnnData(np.column_stack([values, rng.normal(size=400)]),
+    ...                        obsm={"spatial": xy})
+    >>> stihc(lone, copy=True)["module"].tolist()[-3:]
+    [3, 3, -1]
     """
     check_adata(adata)
     _check_options(alpha, penalty, penalties, penalty_mean, n_probes, max_edge,
@@ -237,6 +274,10 @@ def stihc(
     if alpha_selection not in ALPHA_SELECTIONS:
         raise SpatiomeInputError(
             f"alpha_selection must be one of {ALPHA_SELECTIONS}, got {alpha_selection!r}"
+        )
+    if silhouette_metric not in SILHOUETTE_METRICS:
+        raise SpatiomeInputError(
+            f"silhouette_metric must be one of {SILHOUETTE_METRICS}, got {silhouette_metric!r}"
         )
     if min_dof is not None and not (_is_real(min_dof) and min_dof >= 1):
         raise SpatiomeInputError(f"min_dof must be a number >= 1 or None, got {min_dof!r}")
@@ -263,35 +304,54 @@ def stihc(
         )
     rng = check_random_state(random_state)
     grid = DEFAULT_PENALTIES if penalties is None else np.asarray(penalties, dtype=np.float64)
-    smooth = _smooth(
-        values, coordinates, grid, penalty, penalty_mean, n_probes, min_dof, max_edge, rng
-    )
-    profiles = smooth.profiles
-    del values
+    n_smoothing = 1 if penalty is not None else grid.size + 1
+    n_scan = 2 * N_ALPHAS if alpha is None else 0
+    with Progress("modules.stihc", n_smoothing + n_scan + 1, "step") as bar:
+        smooth = _smooth(
+            values, coordinates, grid, penalty, penalty_mean, n_probes, min_dof, max_edge, rng,
+            bar,
+        )  # fmt: skip
+        profiles = smooth.profiles
+        del values
 
-    ranks = _standard_ranks(profiles)
-    gene_corr = _gram(ranks)
-    euclid = _euclidean(profiles)
-    if alpha is None:
-        spot_corr = _spot_range(profiles) if legacy_alpha_range else None
-        chosen, scan = _choose_alpha(profiles, ranks, gene_corr, euclid, spot_corr, alpha_selection)
-    else:
-        chosen, scan = float(alpha), {}
-    labels = _ihc(profiles, ranks, gene_corr, chosen)
-    labels = _first_appearance(labels)
+        ranks = _standard_ranks(profiles)
+        gene_corr = _gram(ranks)
+        if alpha is None:
+            distance = (
+                _euclidean(profiles)
+                if silhouette_metric == "euclidean"
+                else _correlation_distance(gene_corr)
+            )
+            spot_corr = _spot_range(profiles) if legacy_alpha_range else None
+            chosen, scan = _choose_alpha(
+                profiles, ranks, gene_corr, distance, spot_corr, alpha_selection, bar, n_smoothing
+            )
+        else:
+            chosen, scan = float(alpha), {}
+        labels = _modules(_ihc(profiles, ranks, gene_corr, chosen))
+        bar.update(bar.total, f"{int(labels.max()) + 1} modules")
 
     n_modules = int(labels.max()) + 1
+    assigned = labels != UNASSIGNED
+    members = np.flatnonzero(assigned)
     onehot = sp.csr_matrix(
-        (np.ones(labels.size), (np.arange(labels.size), labels)), shape=(labels.size, n_modules)
+        (np.ones(members.size), (members, labels[assigned])), shape=(labels.size, n_modules)
     )
     sizes = np.asarray(onehot.sum(axis=0)).ravel()
-    means = np.asarray(onehot.T @ profiles.T).T / sizes
-    mean_ranks = _standard_ranks(means)
-    module_corr = np.einsum("ng,ng->g", ranks, mean_ranks[:, labels]) / ranks.shape[0]
+    means = np.asarray(onehot.T @ profiles.T).T / np.maximum(sizes, 1)
+    module_corr = np.full(labels.size, np.nan)
+    module_size = np.zeros(labels.size, dtype=np.int64)
+    if n_modules:
+        mean_ranks = _standard_ranks(means)
+        module_corr[assigned] = (
+            np.einsum("ng,ng->g", ranks[:, assigned], mean_ranks[:, labels[assigned]])
+            / ranks.shape[0]
+        )
+        module_size[assigned] = sizes[labels[assigned]].astype(np.int64)
     table = pd.DataFrame(
         {
-            "module": labels + 1,
-            "module_size": sizes[labels].astype(np.int64),
+            "module": np.where(assigned, labels + 1, UNASSIGNED),
+            "module_size": module_size,
             "module_correlation": module_corr,
             "penalty": smooth.gene_penalties,
         },
@@ -306,6 +366,7 @@ def stihc(
             "spatial_key": spatial_key,
             "alpha": chosen,
             "alpha_chosen_by": "given" if alpha is not None else "silhouette",
+            "silhouette_metric": silhouette_metric,
             "penalty": smooth.penalty,
             "penalty_units": "squared median edge length",
             "penalty_mean": penalty_mean,
@@ -318,7 +379,7 @@ def stihc(
             "n_triangles": smooth.n_triangles,
             "legacy_alpha_range": bool(legacy_alpha_range),
             "n_modules": n_modules,
-            "n_multi_gene_modules": int((sizes > 1).sum()),
+            "n_unassigned": int((~assigned).sum()),
             "random_state": random_state if isinstance(random_state, int | None) else "Generator",
             **scan,
         }
@@ -438,12 +499,15 @@ def _smooth(
     min_dof: float | None,
     max_edge: float | None,
     rng: np.random.Generator,
+    bar: Progress,
 ) -> _Smoothing:
+    """Smoothed profiles; ``bar`` advances by one step per penalty and one for the refit."""
     n, n_genes = values.shape
     matrix, n_triangles = _penalty_matrix(coordinates, max_edge)
     identity = sp.identity(n, format="csc")
     if penalty is not None:
         solver = splu((identity + penalty * matrix).tocsc(), permc_spec="MMD_AT_PLUS_A", **_SPD)
+        bar.update(1, "smoothed at the given penalty")
         return _Smoothing(
             profiles=solver.solve(values),
             penalty=float(penalty),
@@ -472,14 +536,17 @@ def _smooth(
             residual = block - solver.solve(block)
             rss = np.einsum("ij,ij->j", residual, residual)
             gcv[index, start : start + chunk] = n * rss / (n - trace) ** 2
+        bar.update(index + 1, f"GCV at penalty {index + 1} of {grid.size}")
     choice = grid[np.argmin(gcv, axis=0)]
     if penalty_mean == "arithmetic":
         common = float(choice.mean())
     else:
         common = float(np.exp(np.log(choice).mean()))
     solver = splu((identity + common * matrix).tocsc(), permc_spec="MMD_AT_PLUS_A", **_SPD)
+    profiles = solver.solve(values)
+    bar.update(grid.size + 1, f"smoothed at the common penalty {common:.3g}")
     return _Smoothing(
-        profiles=solver.solve(values),
+        profiles=profiles,
         penalty=common,
         gene_penalties=choice,
         penalties=grid,
@@ -514,6 +581,13 @@ def _euclidean(profiles: np.ndarray) -> np.ndarray:
     np.maximum(d2, 0.0, out=d2)
     np.fill_diagonal(d2, 0.0)
     return np.sqrt(d2)
+
+
+def _correlation_distance(corr: np.ndarray) -> np.ndarray:
+    """``sqrt(2 (1 - rho))``: Euclidean distance between standardized rank vectors."""
+    distance = np.sqrt(np.clip(2.0 * (1.0 - corr), 0.0, None))
+    np.fill_diagonal(distance, 0.0)
+    return distance
 
 
 def _spot_range(profiles: np.ndarray) -> np.ndarray:
@@ -642,11 +716,14 @@ def _merge_only(groups: list[np.ndarray], clusters: _Clusters, alpha: float) -> 
     return groups
 
 
-def _first_appearance(labels: np.ndarray) -> np.ndarray:
-    _, first = np.unique(labels, return_index=True)
-    order = np.argsort(first)
-    remap = np.empty(order.size, dtype=np.int64)
-    remap[np.unique(labels)[order]] = np.arange(order.size)
+def _modules(labels: np.ndarray) -> np.ndarray:
+    """Clusters of two or more genes numbered 0, 1, ... by first appearance in gene order;
+    genes alone in their cluster get ``UNASSIGNED``."""
+    values, first, counts = np.unique(labels, return_index=True, return_counts=True)
+    shared = counts > 1
+    order = np.argsort(first[shared])
+    remap = np.full(int(values.max()) + 1, UNASSIGNED, dtype=np.int64)
+    remap[values[shared][order]] = np.arange(order.size)
     return remap[labels]
 
 
@@ -654,23 +731,27 @@ def _first_appearance(labels: np.ndarray) -> np.ndarray:
 # Choosing alpha
 
 
-def _silhouette(euclid: np.ndarray, labels: np.ndarray) -> float:
+def _silhouette(gene_distance: np.ndarray, labels: np.ndarray) -> float:
     n_labels = int(np.unique(labels).size)
     if n_labels == labels.size:
         return -1.0
     if n_labels < 2:
         return float("nan")
-    return float(silhouette_score(euclid, labels, metric="precomputed"))
+    return float(silhouette_score(gene_distance, labels, metric="precomputed"))
 
 
 def _choose_alpha(
     profiles: np.ndarray,
     ranks: np.ndarray,
     gene_corr: np.ndarray,
-    euclid: np.ndarray,
+    gene_distance: np.ndarray,
     spot_corr: np.ndarray | None,
     selection: str,
+    bar: Progress,
+    offset: int,
 ) -> tuple[float, dict]:
+    """The scanned ``alpha`` with the best silhouette; ``bar`` advances one step per IHC run
+    from ``offset`` (``2 * N_ALPHAS`` steps in all)."""
     n_genes = gene_corr.shape[0]
     source = gene_corr if spot_corr is None else spot_corr
     distance = 1.0 - source[np.triu_indices_from(source, k=1)]
@@ -682,10 +763,11 @@ def _choose_alpha(
         )
     first = np.linspace(distance.min() + 1e-5, distance.max() - 1e-5, N_ALPHAS)
     valid = []
-    for value in first:
+    for index, value in enumerate(first):
         labels = _ihc(profiles, ranks, gene_corr, float(value))
-        score = _silhouette(euclid, labels)
+        score = _silhouette(gene_distance, labels)
         count = int(labels.max()) + 1
+        bar.update(offset + index + 1, f"threshold {index + 1} of {N_ALPHAS} (first scan)")
         if np.isfinite(score):
             valid.append(float(value))
         if count >= n_genes:
@@ -700,8 +782,9 @@ def _choose_alpha(
     counts = np.empty(N_ALPHAS, dtype=np.int64)
     for index, value in enumerate(grid):
         labels = _ihc(profiles, ranks, gene_corr, float(value))
-        silhouettes[index] = _silhouette(euclid, labels)
+        silhouettes[index] = _silhouette(gene_distance, labels)
         counts[index] = int(labels.max()) + 1
+        bar.update(offset + N_ALPHAS + index + 1, f"threshold {index + 1} of {N_ALPHAS}")
     usable = np.isfinite(silhouettes)
     tally = pd.Series(counts[usable]).value_counts()
     modal = tally.index[tally == tally.max()].to_numpy()

@@ -1,4 +1,9 @@
-"""Cell-type fractions on the tissue: one map per type, the dominant type, scatter-pies."""
+"""Cell-type fractions on the tissue: one map per type, the dominant type, scatter-pies.
+
+A cell type has one colour in every figure: ``adata.uns[f"{key}_colors"]`` (one colour
+per column of ``adata.obsm[key]``, in column order) when set, otherwise the colour
+:func:`spatiome.pl.category_palette` gives its name.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +21,12 @@ from matplotlib.patches import Wedge
 from .._core.validate import SpatiomeInputError, check_adata, get_spatial
 from .spatial import (
     PANEL_INCHES,
+    RASTERIZE_ABOVE,
     TITLE_SIZE,
     _add_legend,
-    _category_colors,
     _default_spot_size,
     _frame,
+    category_palette,
     spatial,
 )
 
@@ -86,7 +92,25 @@ def dominant_cell_type(
     """Each spot coloured by its most abundant cell type.
 
     Spots whose largest fraction is below ``min_fraction`` (or that have no estimate)
-    are grey.
+    are grey. Each type keeps the colour it has in :func:`scatter_pies`, whichever types
+    dominate somewhere.
+
+    Parameters
+    ----------
+    adata
+        Data with fractions in ``adata.obsm[key]`` and coordinates in ``obsm["spatial"]``.
+    key
+        The fractions' key in ``obsm``.
+    min_fraction
+        Smallest largest fraction for a spot to be coloured.
+    ax
+        Axes to draw into; a new figure when ``None``.
+    spot_size
+        Spot diameter in coordinate units (default: nearest-neighbour spacing).
+
+    Returns
+    -------
+    matplotlib.axes.Axes
 
     Examples
     --------
@@ -108,7 +132,8 @@ def dominant_cell_type(
     column = "dominant cell type"
     view.obs[column] = pd.Categorical(labels, categories=list(fractions.columns))
     view.obs[column] = view.obs[column].cat.remove_unused_categories()
-    return spatial(view, column, ax=ax, spot_size=spot_size)
+    colors = cell_type_colors(adata, key)
+    return spatial(view, column, ax=ax, spot_size=spot_size, palette=colors)
 
 
 def scatter_pies(
@@ -121,6 +146,25 @@ def scatter_pies(
     random_state: int = 0,
 ) -> Axes:
     """A pie of cell-type fractions at every spot (a random subset beyond ``max_spots``).
+
+    Parameters
+    ----------
+    adata
+        Data with fractions in ``adata.obsm[key]`` and coordinates in ``obsm["spatial"]``.
+    key
+        The fractions' key in ``obsm``.
+    ax
+        Axes to draw into; a new figure when ``None``.
+    spot_size
+        Pie diameter in coordinate units (default: nearest-neighbour spacing).
+    max_spots
+        Most pies drawn.
+    random_state
+        Seed of the subset drawn beyond ``max_spots``.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
 
     Examples
     --------
@@ -139,7 +183,8 @@ def scatter_pies(
         keep = np.sort(np.random.default_rng(random_state).choice(keep, max_spots, replace=False))
     size = _default_spot_size(coords) if spot_size is None else float(spot_size)
     names = pd.Index(fractions.columns)
-    colors = _category_colors(adata, key, names)
+    palette = cell_type_colors(adata, key)
+    colors = [palette[str(name)] for name in names]
     if ax is None:
         _, ax = plt.subplots(figsize=(PANEL_INCHES + 1.5, PANEL_INCHES))
     wedges, faces = [], []
@@ -151,12 +196,35 @@ def scatter_pies(
             faces.append(colors[t])
             start += sweep
     collection = PatchCollection(wedges, facecolors=faces, linewidths=0)
-    collection.set_rasterized(len(keep) > 2000)
+    collection.set_rasterized(len(keep) > RASTERIZE_ABOVE)
     ax.add_collection(collection)
     _frame(ax, adata, coords, size, pixel=False, scalebar=True)
     _add_legend(ax, names, colors, "cell type")
     ax.set_title("cell-type fractions", fontsize=TITLE_SIZE)
     return ax
+
+
+def cell_type_colors(adata: AnnData, key: str = "cell_type_fractions") -> dict[str, str]:
+    """The colour of each cell type of ``adata.obsm[key]``, the same in every figure.
+
+    ``adata.uns[f"{key}_colors"]`` (one colour per column, in column order) when it is set
+    and long enough, otherwise :func:`spatiome.pl.category_palette` of the type names.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd, anndata
+    >>> adata = anndata.AnnData(np.zeros((2, 1)))
+    >>> adata.obsm["cell_type_fractions"] = pd.DataFrame(
+    ...     [[0.5, 0.5], [1.0, 0.0]], index=adata.obs_names, columns=["Neuron", "Astro"])
+    >>> cell_type_colors(adata)
+    {'Neuron': '#ff7f0e', 'Astro': '#1f77b4'}
+    """
+    names = [str(c) for c in _fractions(adata, key).columns]
+    stored = adata.uns.get(f"{key}_colors")
+    if stored is not None and len(stored) >= len(names):
+        return {name: str(color) for name, color in zip(names, stored, strict=False)}
+    palette = category_palette(names)
+    return {name: palette[name] for name in names}
 
 
 def _fractions(adata: AnnData, key: str) -> pd.DataFrame:

@@ -12,7 +12,12 @@ from anndata import AnnData
 from matplotlib.figure import Figure
 
 from .._core.validate import SpatiomeInputError, check_adata, get_matrix
-from .spatial import spatial
+from .spatial import _category_colors, natural_key, observation_noun, spatial
+
+#: The label of genes in no module: left unassigned, or alone in a "module" of one gene.
+UNASSIGNED = "unassigned"
+#: Module labels that mean "in no module".
+_NO_MODULE = frozenset({"-1", "unassigned", "nan", "none", "<na>", ""})
 
 
 def markers(
@@ -31,7 +36,8 @@ def markers(
     Dot plot: dot size is the fraction of the domain's spots expressing the gene, colour the
     mean expression scaled to [0, 1] per gene. Heatmap: the mean expression per domain
     z-scored per gene. Genes are the first ``n_genes`` significant up-regulated genes of
-    each domain in ``table`` (see :func:`spatiome.domains.markers`), in domain order.
+    each domain in ``table`` (see :func:`spatiome.domains.markers`), in domain order. Each
+    domain's label sits on its colour in :func:`spatiome.pl.spatial`.
 
     Parameters
     ----------
@@ -100,7 +106,12 @@ def markers(
         fig.colorbar(points, ax=ax, label="scaled mean", shrink=0.8)
         for fraction in (0.25, 0.5, 1.0):
             ax.scatter([], [], s=20 + 280 * fraction, c="0.6", label=f"{fraction:.0%}")
-        ax.legend(title="expressing", loc="upper left", bbox_to_anchor=(1.25, 1.0), frameon=False)
+        ax.legend(
+            title=f"{observation_noun(adata)} expressing",
+            loc="upper left",
+            bbox_to_anchor=(1.25, 1.0),
+            frameon=False,
+        )
         ax.set_xlim(-0.6, len(genes) - 0.4)
         ax.set_ylim(len(domains) - 0.5, -0.5)
     else:
@@ -110,6 +121,7 @@ def markers(
         fig.colorbar(image, ax=ax, label="z-score of domain mean", shrink=0.8)
     ax.set_xticks(range(len(genes)), genes, rotation=90)
     ax.set_yticks(range(len(domains)), domains)
+    _color_labels(ax.get_yticklabels(), _domain_colors(adata, groupby))
     ax.set_xlabel("marker gene")
     ax.set_ylabel(groupby)
     fig.tight_layout()
@@ -133,8 +145,9 @@ def module_scores(
         Normalized data with coordinates.
     modules
         Module name -> genes, or a column of ``adata.var`` holding each gene's module
-        (for example ``"stihc_module"`` or ``"aeh_pattern"``; missing values and ``-1``
-        mean no module).
+        (for example ``"stihc_module"`` or ``"aeh_pattern"``): modules of two or more
+        genes are drawn; missing values, ``-1``, ``"unassigned"`` and modules of one gene
+        are not modules (see :func:`module_labels`).
     layer
         Layer to score instead of ``adata.X``.
     max_modules
@@ -176,12 +189,34 @@ def module_scores(
     nrows = int(np.ceil(n / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 3.1 * nrows), squeeze=False)
     for ax, column, (name, genes) in zip(axes.ravel(), columns, groups.items(), strict=False):
+        size = f"{len(genes)} gene{'s' if len(genes) != 1 else ''}"
         spatial(adata, column, ax=ax, spot_size=spot_size, cmap="magma",
-                title=f"module {name} ({len(genes)} genes)")  # fmt: skip
+                title=f"module {name} ({size})")  # fmt: skip
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
     fig.tight_layout()
     return fig
+
+
+def _domain_colors(adata: AnnData, groupby: str) -> dict[str, str]:
+    """Each label of ``adata.obs[groupby]`` -> its colour in :func:`spatiome.pl.spatial`."""
+    categories = pd.Categorical(adata.obs[groupby].astype("category")).categories
+    colors = _category_colors(adata, groupby, categories)
+    return {str(c): color for c, color in zip(categories, colors, strict=True)}
+
+
+def _color_labels(labels, colors: Mapping[str, str]) -> None:
+    """Put each tick label on its colour, in black or white, whichever reads better."""
+    from matplotlib.colors import to_rgb
+
+    for label in labels:
+        color = colors.get(label.get_text())
+        if color is None:
+            continue
+        red, green, blue = to_rgb(color)
+        luminance = 0.299 * red + 0.587 * green + 0.114 * blue
+        label.set_color("black" if luminance > 0.55 else "white")
+        label.set_bbox({"boxstyle": "round,pad=0.2", "facecolor": color, "edgecolor": "none"})
 
 
 def _domain_summaries(matrix, labels: pd.Categorical, adata: AnnData, genes: list[str]):
@@ -199,20 +234,75 @@ def _domain_summaries(matrix, labels: pd.Categorical, adata: AnnData, genes: lis
     return means / sizes, fractions / sizes
 
 
-def module_labels(column: pd.Series) -> pd.Series:
-    """Module of each grouped gene as text ("3", not "3.0"); ungrouped genes dropped.
+def module_labels(
+    column: pd.Series, genes: Sequence[str] | None = None, *, min_genes: int = 2
+) -> pd.Series:
+    """Module of each gene a module method grouped, as text ("3", not "3.0").
+
+    Genes the method left in no module (``-1``, ``"unassigned"``) and genes alone in a
+    module of fewer than ``min_genes`` genes are labelled ``"unassigned"``: a module of
+    one gene is no co-expression module. Genes the method did not analyse (missing
+    values) are dropped, unless they are in ``genes``, the genes it analysed, in which
+    case they are unassigned too.
+
+    Parameters
+    ----------
+    column
+        Module of each gene, for example ``adata.var["stihc_module"]``.
+    genes
+        The genes the method analysed (for example the index of its result table);
+        ``None``: those with a value in ``column``.
+    min_genes
+        Fewest genes of a module.
+
+    Returns
+    -------
+    pandas.Series
+        Text labels indexed by gene, in the order of ``column``.
 
     Examples
     --------
     >>> import numpy as np, pandas as pd
-    >>> module_labels(pd.Series([1.0, np.nan, -1.0, 3.0], index=list("abcd"))).to_dict()
-    {'a': '1', 'd': '3'}
+    >>> column = pd.Series([1.0, np.nan, -1.0, 3.0, 1.0], index=list("abcde"))
+    >>> module_labels(column).to_dict()
+    {'a': '1', 'c': 'unassigned', 'd': 'unassigned', 'e': '1'}
+    >>> module_labels(column, genes=["a", "b", "e"]).to_dict()
+    {'a': '1', 'b': 'unassigned', 'e': '1'}
     """
-    values = column.dropna()
+    values = column
+    if genes is not None:
+        values = column[column.index.isin(list(genes))]
+    else:
+        values = column.dropna()
     if pd.api.types.is_numeric_dtype(values):
-        values = values[values >= 0].astype(np.int64)
-    labels = values.astype(str)
-    return labels[labels != "-1"]
+        numbers = pd.to_numeric(values, errors="coerce")
+        labels = pd.Series(
+            [str(int(v)) if pd.notna(v) and float(v) == int(v) else str(v) for v in numbers],
+            index=values.index,
+            dtype=object,
+        )
+    else:
+        labels = values.astype(object).map(lambda v: "nan" if pd.isna(v) else str(v))
+    labels = labels.where(~labels.str.casefold().isin(_NO_MODULE), UNASSIGNED)
+    sizes = labels.map(labels.value_counts())
+    labels = labels.where((sizes >= min_genes) | (labels == UNASSIGNED), UNASSIGNED)
+    return labels.astype(str)
+
+
+def module_sizes(labels: pd.Series) -> pd.Series:
+    """Genes per module of :func:`module_labels`, modules in numeric order and
+    ``"unassigned"`` last.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> labels = pd.Series(["10", "2", "unassigned", "2", "10", "10"])
+    >>> module_sizes(labels).to_dict()
+    {'2': 2, '10': 3, 'unassigned': 1}
+    """
+    sizes = labels.value_counts()
+    order = sorted(sizes.index, key=lambda m: (m == UNASSIGNED, natural_key(m)))
+    return sizes.reindex(order).rename("genes")
 
 
 def _module_groups(adata: AnnData, modules) -> dict[str, list[str]]:
@@ -224,7 +314,8 @@ def _module_groups(adata: AnnData, modules) -> dict[str, list[str]]:
             )
         groups: dict[str, list[str]] = {}
         for gene, module in module_labels(adata.var[modules]).items():
-            groups.setdefault(module, []).append(str(gene))
+            if module != UNASSIGNED:
+                groups.setdefault(module, []).append(str(gene))
         return groups
     known = set(adata.var_names)
     return {

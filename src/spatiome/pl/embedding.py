@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from .._core.validate import SpatiomeInputError, check_adata
 from .spatial import (
+    RASTERIZE_ABOVE,
     TITLE_SIZE,
     _add_colorbar,
     _add_legend,
@@ -39,7 +40,7 @@ def embedding(
     title: str | None = None,
     vmin: float | None = None,
     vmax: float | None = None,
-    palette: Sequence[str] | None = None,
+    palette: Sequence[str] | Mapping[str, str] | None = None,
     ncols: int = 3,
 ) -> Axes | Figure:
     """Scatter plot of ``adata.obsm[f"X_{basis}"]`` coloured by a gene or an obs column.
@@ -141,7 +142,7 @@ def _embedding_panel(
             c=faces,
             s=size,
             linewidths=0,
-            rasterized=adata.n_obs > 5000,
+            rasterized=adata.n_obs > RASTERIZE_ABOVE,
         )
         _add_legend(ax, values.categories, colors, color)
     else:
@@ -157,7 +158,7 @@ def _embedding_panel(
             vmax=high,
             linewidths=0,
             plotnonfinite=True,
-            rasterized=adata.n_obs > 5000,
+            rasterized=adata.n_obs > RASTERIZE_ABOVE,
         )
         _add_colorbar(ax, scatter, label)
     ax.set_xlabel(f"{axis_name}1", fontsize=10)

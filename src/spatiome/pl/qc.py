@@ -20,6 +20,7 @@ from .spatial import (
     _grid,
     _panel_size,
     _pretty,
+    observation_noun,
     spatial,
 )
 
@@ -43,14 +44,17 @@ def qc_violin(
     """Violin plots of per-spot QC metrics, one panel per metric.
 
     Each violin shows the density of the metric with the interquartile range (thick line)
-    and the median (white dot); with ``groupby`` there is one violin per category.
+    and the median (white dot); with ``groupby`` there is one violin per category. A
+    metric that is zero or missing in every spot (the mitochondrial share of a panel
+    without mitochondrial genes) gets no panel.
 
     Parameters
     ----------
     adata
         Data with the metrics in ``adata.obs`` (see :func:`spatiome.pp.qc_metrics`).
     keys
-        Numeric columns of ``adata.obs`` to draw.
+        Numeric columns of ``adata.obs`` to draw. Of the default keys, those missing from
+        ``adata.obs`` are left out; a key passed explicitly must exist.
     groupby
         Optional categorical column of ``adata.obs``: one violin per category.
     color
@@ -70,15 +74,12 @@ def qc_violin(
     >>> fig = qc_violin(adata, keys=("total_counts", "n_genes_by_counts"))
     >>> len(fig.axes)
     2
+    >>> adata.obs["pct_counts_mt"] = 0.0  # no mitochondrial genes: no panel
+    >>> [ax.get_title() for ax in qc_violin(adata).axes]
+    ['Total counts', 'Detected genes']
     """
     check_adata(adata)
-    keys = [keys] if isinstance(keys, str) else list(keys)
-    missing = [k for k in keys if k not in adata.obs.columns]
-    if not keys or missing:
-        raise SpatiomeInputError(
-            f"QC columns {missing or keys} are not in adata.obs: run "
-            "spatiome.pp.qc_metrics(adata) first or pass keys= existing numeric columns"
-        )
+    keys = informative_metrics(adata, keys, default=keys == QC_KEYS, argument="keys")
     groups, labels, colors = _groups(adata, groupby, color)
     width = 2.6 if groupby is None else max(2.6, 0.55 * len(labels) + 1.0)
     fig, axes = plt.subplots(
@@ -116,7 +117,9 @@ def qc_spatial(
 
     One row of panels per flag, one panel per metric: each panel colours the spots by the
     metric (see :func:`spatiome.pl.spatial`) and outlines the spots where the flag is
-    True; the title gives the number of flagged spots.
+    True; the title gives the number of flagged spots (cells when
+    ``adata.uns["spatiome"]["observation"]`` is ``"cell"``). A metric that is zero or
+    missing everywhere gets no panel.
 
     Parameters
     ----------
@@ -124,7 +127,8 @@ def qc_spatial(
         Data with coordinates in ``adata.obsm["spatial"]`` and the metrics in
         ``adata.obs`` (see :func:`spatiome.pp.qc_metrics`).
     metrics
-        Numeric columns of ``adata.obs`` to draw.
+        Numeric columns of ``adata.obs`` to draw. Of the default metrics, those missing
+        from ``adata.obs`` are left out; a metric passed explicitly must exist.
     flags
         Boolean columns of ``adata.obs`` whose True spots are outlined, one row each.
         ``None``: those of ``("local_outlier", "artifact")`` that are present
@@ -154,13 +158,9 @@ def qc_spatial(
     """
     check_adata(adata)
     coords = get_spatial(adata)[:, :2]
-    metric_list = [metrics] if isinstance(metrics, str) else list(metrics)
-    missing = [m for m in metric_list if m not in adata.obs.columns]
-    if not metric_list or missing:
-        raise SpatiomeInputError(
-            f"QC columns {missing or metric_list} are not in adata.obs: run "
-            "spatiome.pp.qc_metrics(adata) first or pass metrics= existing numeric columns"
-        )
+    metric_list = informative_metrics(
+        adata, metrics, default=metrics == QC_KEYS, argument="metrics"
+    )
     flag_list = _flag_columns(adata, flags)
     colors = list(FLAG_COLORS if flag_colors is None else flag_colors)
     if len(colors) < len(flag_list):
@@ -176,7 +176,7 @@ def qc_spatial(
             title = _pretty(metric).capitalize()
             if flag is not None:
                 count = int(adata.obs[flag].sum())
-                title = f"{title}\n{flag}: {count} spot{'s' if count != 1 else ''}"
+                title = f"{title}\n{flag}: {count:,} {observation_noun(adata, count)}"
             spatial(
                 adata,
                 metric,
@@ -188,6 +188,71 @@ def qc_spatial(
                 outline_color=colors[row] if flag is not None else FLAG_COLORS[0],
             )
     return fig
+
+
+def informative_metrics(
+    adata: AnnData,
+    metrics: str | Sequence[str] = QC_KEYS,
+    *,
+    default: bool = False,
+    argument: str = "metrics",
+) -> list[str]:
+    """The QC metrics worth a panel: columns of ``adata.obs`` with a non-zero finite value.
+
+    A metric that is zero or missing in every observation (the mitochondrial share when
+    no gene is mitochondrial) says nothing and is left out.
+
+    Parameters
+    ----------
+    adata
+        Data with the metrics in ``adata.obs``.
+    metrics
+        Candidate columns.
+    default
+        The candidates are defaults: those missing from ``adata.obs`` are skipped instead
+        of raising.
+    argument
+        Name of the argument, for the error message.
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    SpatiomeInputError
+        A metric passed explicitly is missing, or none is left to draw.
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np
+    >>> adata = ad.AnnData(np.zeros((3, 1)))
+    >>> adata.obs["total_counts"] = [5.0, 7.0, 9.0]
+    >>> adata.obs["pct_counts_mt"] = 0.0
+    >>> informative_metrics(adata, default=True)
+    ['total_counts']
+    """
+    candidates = [metrics] if isinstance(metrics, str) else list(metrics)
+    missing = [m for m in candidates if m not in adata.obs.columns]
+    if not candidates or (missing and not default):
+        raise SpatiomeInputError(
+            f"QC columns {missing or candidates} are not in adata.obs: run "
+            f"spatiome.pp.qc_metrics(adata) first or pass {argument}= existing numeric columns"
+        )
+    kept = []
+    for metric in candidates:
+        if metric in missing:
+            continue
+        values = pd.to_numeric(adata.obs[metric], errors="coerce").to_numpy(dtype=np.float64)
+        if np.any(np.isfinite(values) & (values != 0)):
+            kept.append(metric)
+    if not kept:
+        raise SpatiomeInputError(
+            f"QC columns {[m for m in candidates if m not in missing] or candidates} are zero "
+            f"or missing in every observation: nothing to draw; run "
+            f"spatiome.pp.qc_metrics(adata) or pass {argument}= other columns"
+        )
+    return kept
 
 
 def _flag_columns(adata: AnnData, flags: str | Sequence[str] | None) -> list[str]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -23,6 +24,8 @@ MISSING_COLOR = "#d3d3d3"
 TITLE_SIZE = 12
 LABEL_SIZE = 10
 PANEL_INCHES = 4.0
+#: Collections of more points than this are drawn as a bitmap inside vector output.
+RASTERIZE_ABOVE = 1000
 
 
 def spatial(
@@ -39,7 +42,7 @@ def spatial(
     show_image: bool = False,
     vmin: float | None = None,
     vmax: float | None = None,
-    palette: Sequence[str] | None = None,
+    palette: Sequence[str] | Mapping[str, str] | None = None,
     scalebar: bool = True,
     ncols: int = 3,
 ) -> Axes | Figure:
@@ -82,8 +85,9 @@ def spatial(
     vmin, vmax
         Colour range for numeric values; data minimum / maximum by default.
     palette
-        Colours for the categories; otherwise ``adata.uns[f"{color}_colors"]`` when it fits,
-        else ``tab10`` / ``tab20`` / an evenly spaced ``turbo`` palette.
+        Colours for the categories, in their order or as a mapping name -> colour;
+        otherwise ``adata.uns[f"{color}_colors"]`` when it fits, else
+        :func:`category_palette` (a colour fixed by each name).
     scalebar
         Draw a scale bar when coordinates are in micrometres.
     ncols
@@ -184,8 +188,8 @@ def _spatial_panel(
         linewidths=0,
         zorder=1,
     )
-    # Large tissues as a bitmap inside vector output (PDF/SVG) keep files small.
-    spots.set_rasterized(adata.n_obs > 5000)
+    # Many spots as a bitmap inside vector output (PDF/SVG) keep files small.
+    spots.set_rasterized(adata.n_obs > RASTERIZE_ABOVE)
     if kind == "categorical":
         colors = _category_colors(adata, color, values.categories, palette)
         spots.set_facecolor(_face_colors(values, colors))
@@ -254,11 +258,74 @@ def _color_values(
     )
 
 
+def category_palette(names: Sequence) -> dict[str, str]:
+    """One colour per name, fixed by the names alone, so that a label keeps its colour in
+    every figure.
+
+    The names are put in natural order (``"2"`` before ``"10"``, case ignored) and coloured
+    from ``tab10`` (up to 10 names), ``tab20`` (up to 20: its ten strong colours, then
+    their light partners) or evenly spaced ``turbo``. Two
+    figures that draw the same names, or any subset drawn with the full set's palette, give
+    each name the same colour.
+
+    Parameters
+    ----------
+    names
+        Category names (cell types, domains, clusters); duplicates and missing values are
+        ignored.
+
+    Returns
+    -------
+    dict
+        Name (as text) -> hex colour.
+
+    Examples
+    --------
+    >>> palette = category_palette(["Oligo", "Astro", "Neuron"])
+    >>> palette == category_palette(["Neuron", "Oligo", "Astro"])
+    True
+    >>> list(category_palette(["10", "2", "1"]))
+    ['1', '2', '10']
+    """
+    labels = sorted({str(n) for n in names if not pd.isna(n)}, key=natural_key)
+    n = len(labels)
+    if n <= 10:
+        base = colormaps["tab10"].colors
+    elif n <= 20:
+        # The ten strong colours first, then their light partners: neighbours differ.
+        pairs = colormaps["tab20"].colors
+        base = [*pairs[0::2], *pairs[1::2]]
+    else:
+        base = colormaps["turbo"](np.linspace(0.05, 0.95, n))
+    return {label: _hex(base[i]) for i, label in enumerate(labels)}
+
+
+def natural_key(name: object) -> tuple:
+    """Sort key that orders numbers inside names numerically.
+
+    Examples
+    --------
+    >>> sorted(["module 10", "module 9", "Module 1"], key=natural_key)
+    ['Module 1', 'module 9', 'module 10']
+    """
+    parts = re.split(r"(\d+)", str(name).casefold())
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts if p)
+
+
 def _category_colors(
-    adata: AnnData, key: str, categories: pd.Index, palette: Sequence[str] | None = None
+    adata: AnnData,
+    key: str,
+    categories: pd.Index,
+    palette: Sequence[str] | Mapping[str, str] | None = None,
 ) -> list[str]:
-    """Colours for ``categories``: ``palette``, ``adata.uns[f"{key}_colors"]`` or a default."""
+    """Colours for ``categories``: ``palette``, ``adata.uns[f"{key}_colors"]`` or
+    :func:`category_palette` of the categories."""
     n = len(categories)
+    if isinstance(palette, Mapping):
+        missing = [c for c in categories if str(c) not in palette]
+        if missing:
+            raise SpatiomeInputError(f"palette has no colour for {missing[:5]}")
+        return [str(palette[str(c)]) for c in categories]
     if palette is not None:
         if len(palette) < n:
             raise SpatiomeInputError(f"palette has {len(palette)} colours for {n} categories")
@@ -266,13 +333,8 @@ def _category_colors(
     stored = adata.uns.get(f"{key}_colors")
     if stored is not None and len(stored) >= n:
         return [str(c) for c in stored][:n]
-    if n <= 10:
-        base = colormaps["tab10"].colors
-    elif n <= 20:
-        base = colormaps["tab20"].colors
-    else:
-        base = colormaps["turbo"](np.linspace(0.05, 0.95, n))
-    return [_hex(base[i]) for i in range(n)]
+    colors = category_palette(categories)
+    return [colors[str(c)] for c in categories]
 
 
 def _add_legend(ax: Axes, categories: pd.Index, colors: Sequence[str], title: str) -> None:
@@ -464,6 +526,26 @@ def _pretty(name: str) -> str:
         "pct_counts_hb": "hemoglobin counts (%)",
     }
     return known.get(name, name.replace("_", " "))
+
+
+def observation_noun(adata: AnnData, count: int = 2) -> str:
+    """``"spot"``/``"spots"`` or ``"cell"``/``"cells"`` for the observations of ``adata``,
+    as recorded in ``adata.uns["spatiome"]["observation"]`` (spots when not recorded).
+
+    Examples
+    --------
+    >>> import anndata as ad, numpy as np
+    >>> adata = ad.AnnData(np.zeros((2, 1)))
+    >>> observation_noun(adata), observation_noun(adata, 1)
+    ('spots', 'spot')
+    >>> adata.uns["spatiome"] = {"observation": "cell"}
+    >>> observation_noun(adata)
+    'cells'
+    """
+    info = adata.uns.get("spatiome", {})
+    kind = info.get("observation") if isinstance(info, Mapping) else None
+    noun = "cell" if kind == "cell" else "spot"
+    return noun if count == 1 else f"{noun}s"
 
 
 def _expression_label(adata: AnnData, layer: str | None) -> str:

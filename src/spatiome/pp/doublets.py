@@ -26,6 +26,7 @@ from threadpoolctl import threadpool_limits
 
 from .._core.neighbourhood import neighbourhood_median_mad, spatial_knn
 from .._core.parallel import map_gene_chunks, resolve_n_jobs
+from .._core.progress import Progress
 from .._core.random import check_random_state
 from .._core.validate import (
     SpatiomeInputError,
@@ -68,6 +69,17 @@ GRAM_MAX_GENES = 2000
 KNN_LIST_SIZE = 128
 KNN_MIN_CANDIDATES = 2048
 THRESHOLD_METHODS = ("auto", "otsu", "expected")
+#: The phases :func:`doublets` reports as progress, in order; the classifier's two rounds
+#: come between the spatial features and the threshold.
+PHASES = (
+    "simulated doublets",
+    "embedding",
+    "kNN score",
+    "cell-type fits",
+    "spatial features",
+    "threshold",
+)
+CLASSIFIER_PHASES = ("classifier round 1", "classifier round 2")
 
 
 def doublets(
@@ -127,6 +139,9 @@ def doublets(
        doublets' score histogram; when the histogram has no two clear modes, or the minimum
        would call more than three times or less than a third of the expected rate, the
        ``expected_rate * n_obs`` highest-scoring cells are called instead.
+
+    The end of each phase (:data:`PHASES`, and the classifier's two rounds) is reported as
+    progress, to the ``"spatiome"`` logger at INFO level.
 
     Parameters
     ----------
@@ -425,8 +440,14 @@ def _score(counts: sp.csr_matrix, coords: np.ndarray, **options) -> _Result:
     (the gradient boosting) are held to one thread each: an OpenMP team on a machine whose
     cores are busy spins and runs many times slower than one thread.
     """
-    with threadpool_limits(limits=1):
-        return _pipeline(counts, coords, **options)
+    n_phases = len(PHASES) + (len(CLASSIFIER_PHASES) if options["classifier"] else 0)
+    with threadpool_limits(limits=1), Progress("pp.doublets", n_phases, "phase") as progress:
+        return _pipeline(counts, coords, progress=progress, **options)
+
+
+def _phase_done(progress: Progress | None, name: str) -> None:
+    if progress is not None:
+        progress.advance(1, f"{name} done")
 
 
 def _pipeline(
@@ -446,11 +467,14 @@ def _pipeline(
     spatial_features: bool,
     rng: np.random.Generator,
     workers: int,
+    progress: Progress | None = None,
 ) -> _Result:
     """Steps 1-7 of :func:`doublets`.
 
     ``spatial_features=False`` leaves the spatial-plausibility features out of the
-    classifier (an expression-only reference for benchmarks).
+    classifier (an expression-only reference for benchmarks). ``progress`` is advanced by
+    one at the end of each of :data:`PHASES` (and :data:`CLASSIFIER_PHASES`, in their
+    place, with the classifier).
     """
     n_obs = counts.shape[0]
     library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
@@ -475,10 +499,12 @@ def _pipeline(
     totals = np.concatenate([library, library[parents].sum(axis=1)])
     target = float(np.median(library[library > 0])) if (library > 0).any() else 1.0
     row_scale = np.divide(target, totals, out=np.zeros_like(totals), where=totals > 0)
+    _phase_done(progress, PHASES[0])
 
     embedding, detected, n_pcs_used = _embed(
         selected, first, second, row_scale, n_pcs, rng, workers
     )
+    _phase_done(progress, PHASES[1])
 
     ratio = n_sim / n_obs
     n_total = n_obs + n_sim
@@ -495,6 +521,7 @@ def _pipeline(
     )
     first_cut, _ = _threshold(knn_all[:n_obs], knn_all[n_obs:], "auto", expected_rate)
     first_calls = knn_all[:n_obs] > first_cut
+    _phase_done(progress, PHASES[2])
 
     # cell types: the given labels, or clusters without those made of doublets
     if labels is None:
@@ -504,6 +531,7 @@ def _pipeline(
         type_names = [type_names[t] for t in kept]
     else:
         type_names = [f"cluster{t + 1}" for t in range(len(kept))]
+    _phase_done(progress, PHASES[3])
 
     metrics = [np.log1p(totals), np.log1p(detected)]
     if area is not None:
@@ -514,6 +542,7 @@ def _pipeline(
     partner_nearby = _type_nearby(
         partner_type, mixture.best_single[:n_obs], spatial_neighbours, parents, spatial_k
     )
+    _phase_done(progress, PHASES[4])
 
     features = {
         **{
@@ -536,7 +565,13 @@ def _pipeline(
             features["log_area"] = metrics[2]
     if classifier:
         probability = _classify(
-            np.column_stack(list(features.values())), is_sim, expected_rate, ratio, rng, workers
+            np.column_stack(list(features.values())),
+            is_sim,
+            expected_rate,
+            ratio,
+            rng,
+            workers,
+            progress,
         )
         score_all = _scrublet_posterior(probability, ratio, expected_rate)
     else:
@@ -544,6 +579,7 @@ def _pipeline(
     score_obs, score_sim = score_all[:n_obs], score_all[n_obs:]
     threshold_value, method = _threshold(score_obs, score_sim, threshold, expected_rate)
     calls = score_obs > threshold_value
+    _phase_done(progress, PHASES[5])
     return _Result(
         score=score_obs,
         calls=calls,
@@ -1183,6 +1219,7 @@ def _classify(
     ratio: float,
     rng: np.random.Generator,
     workers: int,
+    progress: Progress | None = None,
 ) -> np.ndarray:
     """Out-of-fold P(simulated) in two rounds; round 2 drops round-1 calls from training.
 
@@ -1205,6 +1242,7 @@ def _classify(
         predictions = _fit_folds(features, target, fold, plans, workers)
         for f, part in enumerate(predictions):
             score[fold == f] = part
+        _phase_done(progress, CLASSIFIER_PHASES[round_])
         if round_ == 0:
             observed = ~is_sim
             posterior = _scrublet_posterior(score, ratio, expected_rate)

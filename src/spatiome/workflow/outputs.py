@@ -11,7 +11,6 @@ restores steps from the cache keeps the record of the run that computed them.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import platform
@@ -22,8 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .._core.validate import SpatiomeInputError
-
 logger = logging.getLogger("spatiome")
 
 LOG_NAME = "spatiome.log"
@@ -32,11 +29,11 @@ _STAGING_PREFIX = ".staging-"
 _TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp(\.[A-Za-z0-9]+)?$")
 
 
-def prepare_output_folder(out_dir: str | os.PathLike[str]) -> Path:
+def prepare_output_folder(out_dir: str | os.PathLike[str], option: str = "out_dir") -> Path:
     """Create ``out_dir`` if needed, check that it is writable, remove stale temporaries.
 
     Raises one :class:`SpatiomeInputError` naming the path when the folder cannot be used
-    (a file in its place, no permission, read-only file system).
+    (see :func:`spatiome.workflow.inputs.check_output_dir`).
 
     Examples
     --------
@@ -46,21 +43,9 @@ def prepare_output_folder(out_dir: str | os.PathLike[str]) -> Path:
     >>> prepare_output_folder(folder) == folder, sorted(p.name for p in folder.iterdir())
     (True, [])
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise SpatiomeInputError(
-            f"output folder {out} is a file: pass a folder (it is created if missing) with --out"
-        )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".spatiome-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise SpatiomeInputError(
-            f"cannot write to the output folder {out}: {err.strerror or err}; "
-            "choose a folder you can write to with --out"
-        ) from None
+    from .inputs import check_output_dir
+
+    out = check_output_dir(out_dir, option=option)
     remove_stale_temporaries(out)
     return out
 
@@ -212,20 +197,3 @@ class StepLog(logging.Handler):
             yield self.lines
         finally:
             logging.getLogger("spatiome").removeHandler(self)
-
-
-def describe_os_error(err: OSError, path: str | os.PathLike[str] | None = None) -> str:
-    """One line for an operating-system error while writing outputs.
-
-    Examples
-    --------
-    >>> import errno
-    >>> describe_os_error(OSError(errno.ENOSPC, "No space left on device"), "/data/out")
-    'no space left on device writing /data/out: free some space or choose another --out'
-    """
-    target = path or err.filename or "the output folder"
-    if err.errno == errno.ENOSPC:
-        return f"no space left on device writing {target}: free some space or choose another --out"
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"cannot write {target}: {err.strerror}; choose a folder you can write to with --out"
-    return f"cannot write {target}: {err.strerror or err}"

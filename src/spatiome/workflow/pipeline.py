@@ -33,6 +33,7 @@ from .cache import (
     step_dependencies,
     step_parameters,
 )
+from .inputs import check_writable, load_reference, output_errors, reference_files
 from .integration import (
     BATCH_METHODS,
     MODALITY_TITLES,
@@ -59,7 +60,6 @@ from .outputs import (
     LOG_NAME,
     StepLog,
     attach_log,
-    describe_os_error,
     prepare_output_folder,
     previous_outputs,
     publish,
@@ -537,26 +537,6 @@ def run_markers(data: AnnData, config: PipelineConfig) -> pd.DataFrame:
     return domains.markers(data, f"domain_{method}", bison_key=bison_key)
 
 
-def load_reference(config: PipelineConfig) -> AnnData | None:
-    """Read the single-cell reference named in ``config`` and check its label column."""
-    if config.reference is None:
-        return None
-    from ..io import read_h5ad
-
-    path = Path(config.reference)
-    if not path.is_file():
-        raise SpatiomeInputError(
-            f"reference {path} does not exist: pass the path of a labelled single-cell .h5ad"
-        )
-    reference = read_h5ad(path)
-    if config.reference_labels not in reference.obs:
-        raise SpatiomeInputError(
-            f"reference {path} has no obs column {config.reference_labels!r} "
-            f"(columns: {list(reference.obs.columns)[:10]}): set reference_labels"
-        )
-    return reference
-
-
 def run_deconvolution(data: AnnData, reference: AnnData, config: PipelineConfig) -> list[str]:
     """Cell-type fractions of every spot into ``obsm['cell_type_fractions']``; notes."""
     from .. import deconv
@@ -778,7 +758,7 @@ class _Progress:
 
     def inner(self, task: str, done: int, total: int, unit: str, details: str) -> None:
         """Show a long step's own progress (a :mod:`spatiome._core.progress` listener)."""
-        text = f"{self.current}: {unit} {done:,}/{total:,}" + (f", {details}" if details else "")
+        text = f"{task}: {unit} {done:,}/{total:,}" + (f", {details}" if details else "")
         self.bar.set_postfix_str(text)
 
     def done(self, name: str, seconds: float) -> None:
@@ -875,9 +855,9 @@ def run_pipeline(
         record.parameters["config_file"] = str(Path(config_file).resolve())
     reference = load_reference(config)
     side_inputs = []
-    if config.reference is not None:
-        record.add_input(config.reference)
-        side_inputs.append(str(Path(config.reference).resolve()))
+    for path in reference_files(reference) if reference is not None else []:
+        record.add_input(path)
+        side_inputs.append(str(Path(path).resolve()))
     other = load_modality(adata, config)
     if config.modality_input is not None:
         record.add_input(config.modality_input)
@@ -885,6 +865,9 @@ def run_pipeline(
 
     data = adata.copy()
     input_notes = make_names_unique(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # each change is also returned, for the report
+        input_notes += check_writable(data)
     if "counts" not in data.layers:
         data.layers["counts"] = data.X.copy()
     data.uns.setdefault("spatiome", {})["observation"] = observation_kind(data)
@@ -1024,15 +1007,13 @@ def run_pipeline(
         }
         summary = _summary(data, tables, config, truth)
         bar.start("report")
-        with record.step("report") as entry, staged_outputs(out) as staging:
+        with record.step("report") as entry, output_errors(out), staged_outputs(out) as staging:
             names = _write_outputs(
                 data, tables, notes, summary, record, staging, title, config, extra
             )
             published = publish(staging, out, previous)
             files = {key: published[name] for key, name in names.items()}
         bar.done("report", entry["seconds"])
-    except OSError as err:
-        raise SpatiomeInputError(describe_os_error(err)) from err
     finally:
         bar.close()
         logging.getLogger("spatiome").removeHandler(log_handler)

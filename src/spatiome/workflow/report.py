@@ -1,12 +1,20 @@
-"""A self-contained HTML report: figures embedded as base64 PNG, no external assets."""
+"""A self-contained HTML report: figures embedded as base64 PNG, no external assets.
+
+Every number of every table goes through :func:`format_value`, so that the whole report
+prints counts, statistics and p-values the same way.
+"""
 
 from __future__ import annotations
 
 import html
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .._core.files import write_text_atomic
@@ -86,6 +94,11 @@ th{background:#f0f3f6;cursor:pointer;position:sticky;top:0} th:first-child,td:fi
 {text-align:left}
 .scroll{max-height:480px;overflow:auto;display:inline-block}
 .metrics td:first-child{font-weight:600}
+td.text{text-align:left}
+.summary td{text-align:left} .summary td:first-child{font-weight:600;padding-right:24px}
+.explained td,.explained th{text-align:left;vertical-align:top}
+.explained td:last-child{max-width:560px}
+p.note{color:#555;font-size:14px}
 pre{background:#f5f5f5;padding:10px;overflow:auto;font-size:12px;max-height:360px}
 """
 
@@ -97,11 +110,17 @@ document.querySelectorAll('table.sortable').forEach(function(table){
       var rows = Array.from(body.rows);
       var asc = th.dataset.order !== 'asc';
       rows.sort(function(a, b){
-        var x = a.cells[col].dataset.value || a.cells[col].textContent;
-        var y = b.cells[col].dataset.value || b.cells[col].textContent;
+        var x = a.cells[col].dataset.value, y = b.cells[col].dataset.value;
+        if (x === undefined || y === undefined) {
+          if (x !== undefined) return -1;
+          if (y !== undefined) return 1;
+          var cmp = a.cells[col].textContent.localeCompare(b.cells[col].textContent,
+                                                           undefined, {numeric: true});
+          return asc ? cmp : -cmp;
+        }
         var nx = parseFloat(x), ny = parseFloat(y);
-        var cmp = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
-        return asc ? cmp : -cmp;
+        var diff = nx === ny ? 0 : (nx < ny ? -1 : 1);
+        return asc ? diff : -diff;
       });
       rows.forEach(function(r){ body.appendChild(r); });
       th.dataset.order = asc ? 'asc' : 'desc';
@@ -109,6 +128,116 @@ document.querySelectorAll('table.sortable').forEach(function(table){
   });
 });
 """
+
+
+#: p-values below this are printed as "< 1e-300": beyond it digits only reflect rounding.
+PVALUE_FLOOR = 1e-300
+#: What a table shows for a value that does not exist (NaN, infinite, missing).
+MISSING = "\u2014"
+#: Column names whose values are p-values (or q-values), and log10 p-values.
+PVALUE_COLUMNS = frozenset(
+    {"pval", "qval", "p-value", "q-value", "pvals", "pvals_adj", "pval_rand", "qval_by"}
+)
+LOG10_PVALUE_COLUMNS = frozenset({"log10_pval", "log10 p", "log10_p"})
+_KINDS = ("auto", "pvalue", "log10_pvalue")
+_BELOW_FLOOR = "< 1e-300"
+
+
+def format_value(value: Any, kind: str = "auto", *, digits: int = 3) -> str:
+    """The text of one value as every table of the report prints it.
+
+    Integers (and floats holding a whole number below a million) print as integers with
+    thousands separators; other floats with ``digits`` significant digits, in scientific
+    notation below 0.001 and from a million on. NaN, infinite and missing values print as
+    a dash: the section says why in a note. Numbers (p-values above all) print down to
+    1e-300 and as ``"< 1e-300"`` beyond, where the digits of a double only reflect
+    rounding (the smallest double, 2.2e-308, is what an underflowed p-value becomes).
+
+    Parameters
+    ----------
+    value
+        A number, or anything else (printed with ``str``).
+    kind
+        ``"auto"``; ``"pvalue"`` for p- and q-values; ``"log10_pvalue"`` for the log10 of
+        a p-value, printed as the p-value itself.
+    digits
+        Significant digits of floats.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> [format_value(v) for v in (1660, 1660.0, 16218, 0.55123, 9.58e13, 2.5e-5)]
+    ['1,660', '1,660', '16,218', '0.551', '9.58e13', '2.5e-5']
+    >>> [format_value(v) for v in (float("inf"), float("nan"), None, True)]
+    ['\u2014', '\u2014', '\u2014', 'yes']
+    >>> [format_value(p, "pvalue") for p in (0.0123, 1.05e-62, 2.2250738585072014e-308, 0.0)]
+    ['0.0123', '1.05e-62', '< 1e-300', '< 1e-300']
+    >>> format_value(-62.0, "log10_pvalue"), format_value(-1551.3, "log10_pvalue")
+    ('1e-62', '< 1e-300')
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
+    if value is None or value is pd.NA or value is pd.NaT:
+        return MISSING
+    if isinstance(value, bool | np.bool_):
+        return "yes" if value else "no"
+    if isinstance(value, Integral):
+        return f"{int(value):,}"
+    if not isinstance(value, Real):
+        return str(value)
+    number = float(value)
+    if kind == "log10_pvalue":
+        if math.isnan(number) or number == math.inf:
+            return MISSING
+        if number < math.log10(PVALUE_FLOOR):
+            return _BELOW_FLOOR
+        return _significant(10.0**number, digits)
+    if not math.isfinite(number):
+        return MISSING
+    if kind == "pvalue":
+        if number < PVALUE_FLOOR:
+            return _BELOW_FLOOR
+        return _significant(number, digits)
+    if number == round(number) and abs(number) < 1e6:
+        return f"{int(round(number)):,}"
+    if abs(number) < PVALUE_FLOOR:
+        # Below 1e-300 a double holds an underflow, not a measurement.
+        return _BELOW_FLOOR if number > 0 else "> -1e-300"
+    return _significant(number, digits)
+
+
+def _significant(number: float, digits: int) -> str:
+    size = abs(number)
+    if size == 0:
+        return "0"
+    if size >= 1e6 or size < 1e-3:
+        mantissa, exponent = f"{number:.{digits - 1}e}".split("e")
+        if "." in mantissa:
+            mantissa = mantissa.rstrip("0").rstrip(".")
+        return f"{mantissa}e{int(exponent)}"
+    if size >= 1000:
+        return f"{number:,.0f}"
+    text = f"{number:.{digits}g}"
+    return f"{number:,.0f}" if "e" in text else text
+
+
+def column_kind(name: Any) -> str:
+    """How :func:`format_value` prints a column, from its name.
+
+    Examples
+    --------
+    >>> column_kind("qval"), column_kind("log10_pval"), column_kind("statistic")
+    ('pvalue', 'log10_pvalue', 'auto')
+    """
+    text = str(name).lower()
+    if text in PVALUE_COLUMNS:
+        return "pvalue"
+    if text in LOG10_PVALUE_COLUMNS:
+        return "log10_pvalue"
+    return "auto"
 
 
 @dataclass
@@ -131,40 +260,112 @@ class Section:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
 
-    def add_table(self, table: pd.DataFrame, *, sortable: bool = True, css_class: str = "") -> None:
-        """Append a table; numbers keep full precision for sorting but print rounded."""
-        self.blocks.append(table_html(table, sortable=sortable, css_class=css_class))
+    def add_table(
+        self,
+        table: pd.DataFrame,
+        *,
+        sortable: bool = True,
+        css_class: str = "",
+        kinds: Mapping[str, str] | None = None,
+        header: bool = True,
+    ) -> None:
+        """Append a table; numbers keep full precision for sorting but print as
+        :func:`format_value` writes them (see :func:`table_html`)."""
+        self.blocks.append(
+            table_html(table, sortable=sortable, css_class=css_class, kinds=kinds, header=header)
+        )
 
     def add_html(self, fragment: str) -> None:
         """Append a trusted HTML fragment."""
         self.blocks.append(fragment)
 
 
-def table_html(table: pd.DataFrame, *, sortable: bool = True, css_class: str = "") -> str:
-    """Render a DataFrame (index as first column) as an HTML table."""
+def table_html(
+    table: pd.DataFrame,
+    *,
+    sortable: bool = True,
+    css_class: str = "",
+    kinds: Mapping[str, str] | None = None,
+    header: bool = True,
+) -> str:
+    """Render a DataFrame (index as first column) as an HTML table.
+
+    Every value is printed by :func:`format_value`; ``kinds`` maps a column to its kind
+    (``"pvalue"``, ``"log10_pvalue"``), otherwise :func:`column_kind` decides from the
+    column's name. Numeric cells carry their exact value (log10 for p-values) in
+    ``data-value`` so that sorting by a column orders by number, missing values last; a
+    log10 p-value below 1e-300 shows its exponent when the pointer rests on it.
+
+    Examples
+    --------
+    >>> table = pd.DataFrame({"called": [1660, 12], "pval": [2.2e-308, 0.01]},
+    ...                      index=pd.Index(["a", "b"], name="method"))
+    >>> text = table_html(table)
+    >>> ">1,660<" in text and ">&lt; 1e-300<" in text and "e-308" not in text
+    True
+    """
     classes = " ".join(c for c in ("sortable" if sortable else "", css_class) if c)
-    header = "".join(f"<th>{html.escape(str(c))}</th>" for c in [table.index.name or "", *table])
+    kinds = dict(kinds or {})
+    columns = list(table.columns)
+    column_kinds = [kinds.get(c, column_kind(c)) for c in columns]
+    head = ""
+    if header:
+        names = [table.index.name or "", *columns]
+        head = "<thead><tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in names)
+        head += "</tr></thead>"
     rows = []
-    for label, row in table.iterrows():
-        cells = [f"<td>{html.escape(str(label))}</td>"]
-        for value in row:
-            cells.append(_cell(value))
+    for label, row in zip(table.index, table.itertuples(index=False), strict=True):
+        cells = [f"<td>{html.escape(format_value(label))}</td>"]
+        cells += [_cell(value, kind) for value, kind in zip(row, column_kinds, strict=True)]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return (
-        f'<div class="scroll"><table class="{classes}"><thead><tr>{header}</tr></thead>'
+        f'<div class="scroll"><table class="{classes}">{head}'
         f"<tbody>{''.join(rows)}</tbody></table></div>"
     )
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        shown = f"{value:.3g}" if value == value else "NaN"
-        return f'<td data-value="{value!r}">{shown}</td>'
-    return f"<td>{html.escape(str(value))}</td>"
+def _cell(value: Any, kind: str) -> str:
+    shown = html.escape(format_value(value, kind))
+    if isinstance(value, bool | np.bool_) or not isinstance(value, Real):
+        return f'<td class="text">{shown}</td>' if isinstance(value, str) else f"<td>{shown}</td>"
+    number = float(value)
+    if math.isnan(number):
+        return f"<td>{shown}</td>"
+    title = ""
+    if kind == "pvalue" and number >= 0:
+        # Sorting by log10 keeps the order of p-values that print alike as "< 1e-300".
+        number = math.log10(number) if number > 0 else -math.inf
+    elif kind == "log10_pvalue" and number < math.log10(PVALUE_FLOOR):
+        title = f' title="log10 p = {number:.1f}"'
+    key = "1e999" if number == math.inf else "-1e999" if number == -math.inf else repr(number)
+    return f'<td data-value="{key}"{title}>{shown}</td>'
 
 
-def methods_paragraph(provenance: dict[str, Any], used: list[str]) -> str:
+def methods_paragraph(
+    provenance: dict[str, Any],
+    used: list[str],
+    *,
+    observation: str = "spot",
+    n_removed: int | None = None,
+) -> str:
     """A methods paragraph generated from the provenance record, with numbered citations.
+
+    Parameters
+    ----------
+    provenance
+        The run's provenance record (versions, parameters, seed).
+    used
+        The steps that ran.
+    observation
+        What the observations are: ``"spot"`` or ``"cell"``.
+    n_removed
+        Observations removed by quality control before the statistics; ``None`` when the
+        run removed none.
+
+    Returns
+    -------
+    str
+        HTML: the paragraph and its numbered references.
 
     Examples
     --------
@@ -176,6 +377,14 @@ def methods_paragraph(provenance: dict[str, Any], used: list[str]) -> str:
     versions = provenance.get("versions", {})
     params = provenance.get("parameters", {})
     cited: list[str] = []
+    unit = "cell" if observation == "cell" else "spot"
+    units = f"{unit}s"
+    kept = (
+        f"no {unit} was removed"
+        if not n_removed
+        else f"{n_removed:,} {unit if n_removed == 1 else units} removed by quality control "
+        "were left out of the statistics"
+    )
 
     def cite(*keys: str) -> str:
         numbers = []
@@ -191,12 +400,12 @@ def methods_paragraph(provenance: dict[str, Any], used: list[str]) -> str:
         f"scanpy {versions.get('scanpy', '?')}) with random seed {provenance.get('seed')}."
     ]
     if "qc" in used:
-        parts.append(f"Per-spot quality metrics were computed with scanpy {cite('qc')}.")
+        parts.append(f"Per-{unit} quality metrics were computed with scanpy {cite('qc')}.")
     if "spatial_qc" in used and params.get("spatial_qc", True):
         parts.append(
-            "Spots with extreme library size, detected genes or mitochondrial share relative "
-            f"to their 36 nearest spatial neighbours were flagged as in SpotSweeper "
-            f"{cite('spotsweeper')} (robust z-score beyond 3); no spot was removed."
+            f"{units.capitalize()} with extreme library size, detected genes or mitochondrial "
+            "share relative to their 36 nearest spatial neighbours were flagged as in "
+            f"SpotSweeper {cite('spotsweeper')} (robust z-score beyond 3); {kept}."
         )
     if "doublets" in used and params.get("doublets") is not False:
         parts.append(
@@ -214,10 +423,14 @@ def methods_paragraph(provenance: dict[str, Any], used: list[str]) -> str:
             "computed on highly variable genes."
         )
     if "leiden" in used:
+        size = (
+            f"{params['n_domains']} clusters"
+            if params.get("n_domains")
+            else f"resolution {params.get('resolution', 1.0)}"
+        )
         parts.append(
-            f"Spots were clustered with the Leiden algorithm {cite('leiden')} "
-            f"({params.get('n_domains') or 'resolution ' + str(params.get('resolution', 1.0))} "
-            "clusters)."
+            f"{units.capitalize()} were clustered with the Leiden algorithm {cite('leiden')} "
+            f"({size})."
         )
     if "domains_cluster" in used:
         parts.append(
@@ -226,14 +439,14 @@ def methods_paragraph(provenance: dict[str, Any], used: list[str]) -> str:
         )
     if "domains_bison" in used:
         parts.append(
-            f"BISON {cite('bison')} biclustered spots and genes (Poisson-Gamma block model "
+            f"BISON {cite('bison')} biclustered {units} and genes (Poisson-Gamma block model "
             "with a Potts prior over the spatial graph, collapsed Gibbs sampling, "
             f"{params.get('n_gene_groups', '?')} discriminating gene groups)."
         )
     if "domains_gnn" in used:
         parts.append(
             "A graph attention autoencoder over the spatial graph (STAGATE-style) "
-            f"{cite('stagate')} embedded the spots, clustered by a Gaussian mixture."
+            f"{cite('stagate')} embedded the {units}, clustered by a Gaussian mixture."
         )
     if "integration" in used:
         method = params.get("batch_correction", "harmony")
@@ -255,7 +468,7 @@ def methods_paragraph(provenance: dict[str, Any], used: list[str]) -> str:
     if "markers" in used:
         parts.append(
             "Marker genes of each domain were ranked by Wilcoxon rank-sum tests of the domain "
-            f"against all other spots {cite('wilcoxon')} (Benjamini-Hochberg {cite('bh')})."
+            f"against all other {units} {cite('wilcoxon')} (Benjamini-Hochberg {cite('bh')})."
         )
     graph = params.get("graph_method", "kNN")
     for key, name in (("moran", "Moran's I"), ("geary", "Geary's C")):
@@ -286,7 +499,7 @@ def methods_paragraph(provenance: dict[str, Any], used: list[str]) -> str:
             f"{cite('bh')})."
         )
     if "deconvolution" in used:
-        parts.append(_deconvolution_sentence(params, cite))
+        parts.append(_deconvolution_sentence(params, cite, unit))
     n_genes = params.get("max_module_genes", "?")
     if "modules_stihc" in used:
         parts.append(
@@ -303,13 +516,13 @@ def methods_paragraph(provenance: dict[str, Any], used: list[str]) -> str:
     return f"<p>{html.escape(' '.join(parts))}</p><ol>{refs}</ol>"
 
 
-def _deconvolution_sentence(params: dict[str, Any], cite) -> str:
+def _deconvolution_sentence(params: dict[str, Any], cite, unit: str) -> str:
     method = params.get("deconv_method", "rctd")
     reference = f"cell-type signatures of the single-cell reference {params.get('reference')}"
     if method == "nnls":
         text = (
             f"Cell-type fractions were estimated by non-negative least squares "
-            f"{cite('nnls')} of each spot's counts on the {reference}."
+            f"{cite('nnls')} of each {unit}'s counts on the {reference}."
         )
     elif method == "nb_vi":
         text = (
