@@ -417,6 +417,12 @@ def test_visium_hd_bins_link_to_the_bins_sharing_an_edge(tmp_path):
     assert all(found <= rook for found in array_offsets(adata, graph))
     assert connected_components(graph, directed=False)[0] == 1
     np.testing.assert_allclose(adata.obsp["spatial_distances"].data, 8.0 / 0.2738, rtol=1e-9)
+    # Statistics that build their own graph get the same square grid.
+    fresh = read_hd_bins(tmp_path)
+    with pytest.warns(UserWarning, match="building the default spatial graph"):
+        sm.svg.moran(fresh, check_depth=False)
+    assert fresh.uns["spatial_neighbors"]["params"]["lattice"] == "square"
+    assert (fresh.obsp["spatial_connectivities"] != graph).nnz == 0
 
 
 @pytest.mark.parametrize(
@@ -598,16 +604,34 @@ def test_graphs_do_not_depend_on_spot_order(options):
         assert edge_set(shuffled, labels[order]) == edge_set(reference, labels)
 
 
-def test_knn_ties_follow_coordinates_like_brute_force():
-    xy = square_grid(7)
+def brute_force_knn(xy: np.ndarray, k: int) -> list[set[int]]:
+    """Nearest first; among equal distances the smaller x, then y (then z)."""
     dense = np.sqrt(((xy[:, None] - xy[None]) ** 2).sum(-1))
     np.fill_diagonal(dense, np.inf)
+    keys = tuple(xy[:, d] for d in reversed(range(xy.shape[1])))
+    return [set(np.lexsort((*keys, dense[i]))[:k].tolist()) for i in range(len(xy))]
+
+
+def test_knn_ties_follow_coordinates_like_brute_force():
+    xy = square_grid(7)
     for k in range(1, 13):
         graph, _, _ = build_graph(make_adata(xy), n_neighbors=k, symmetric=False)
-        for i, found in enumerate(neighbour_sets(graph)):
-            # nearest first; among equal distances the smaller x, then the smaller y
-            order = np.lexsort((xy[:, 1], xy[:, 0], dense[i]))
-            assert found == set(order[:k].tolist()), (k, i)
+        assert neighbour_sets(graph) == brute_force_knn(xy, k), k
+
+
+def test_knn_ties_in_mostly_irregular_data_and_in_3d():
+    # Few ties: the first query holds one candidate past the k-th, tied spots are asked again.
+    rng = np.random.default_rng(11)
+    patch = np.column_stack([square_grid(5), np.zeros(25)]) + 100.0
+    xy = np.vstack([np.column_stack([rng.random((600, 2)) * 40, np.zeros(600)]), patch])
+    cube = np.stack(np.meshgrid(*[np.arange(5.0)] * 3), axis=-1).reshape(-1, 3)
+    for coords, k in ((xy[:, :2], 6), (xy, 3), (cube, 8)):
+        graph, _, _ = build_graph(make_adata(coords), n_neighbors=k, symmetric=False)
+        assert neighbour_sets(graph) == brute_force_knn(coords, k)
+        order = np.random.default_rng(0).permutation(len(coords))
+        shuffled, _, _ = build_graph(make_adata(coords[order]), n_neighbors=k, symmetric=False)
+        labels = np.arange(len(coords))
+        assert edge_set(shuffled, labels[order]) == edge_set(graph, labels)
 
 
 def test_moran_does_not_depend_on_spot_order():

@@ -474,12 +474,11 @@ def _knn_edges(
         if closed.any():
             if not closed.all():
                 cand_distances, cand_index = cand_distances[closed], cand_index[closed]
-            kept_distances, kept_index, rank = _nearest(
-                coords, cand_distances, cand_index, n_neighbors, rank
-            )
+            kept_index, rank = _nearest(coords, cand_distances, cand_index, n_neighbors, rank)
             all_rows.append(np.repeat(pending[closed], n_neighbors))
             all_cols.append(kept_index.ravel())
-            all_distances.append(kept_distances.ravel())
+            if radius is not None:
+                all_distances.append(cand_distances[:, :n_neighbors].ravel())
         pending = pending[~closed]
         if not pending.size:
             break
@@ -542,30 +541,33 @@ def _nearest(
     cand_index: np.ndarray,
     k: int,
     rank: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """The k nearest candidates; among those tied with the k-th, the smallest coordinates."""
-    kept_distances, kept_index = cand_distances[:, :k], cand_index[:, :k]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The k nearest candidates; among those tied with the k-th, the smallest coordinates.
+
+    The distances of the chosen neighbours are ``cand_distances[:, :k]`` either way: the
+    tie-break only swaps neighbours at the same distance.
+    """
+    kept_index = cand_index[:, :k]
     if cand_index.shape[1] == k:
-        return kept_distances, kept_index, rank
-    kth = cand_distances[:, k - 1 : k]
-    tied = np.flatnonzero(cand_distances[:, k] == kth[:, 0])
+        return kept_index, rank
+    tied = np.flatnonzero(cand_distances[:, k] == cand_distances[:, k - 1])
     if not tied.size:
-        return kept_distances, kept_index, rank
+        return kept_index, rank
+    n_obs = coords.shape[0]
     if rank is None:
         # Position of every spot in (x, y[, z]) order; the row index only separates
         # spots at the same position.
-        order = np.lexsort(coords.T[::-1])
-        rank = np.empty(coords.shape[0], dtype=np.int64)
-        rank[order] = np.arange(coords.shape[0])
-    distances_t, index_t, kth_t = cand_distances[tied], cand_index[tied], kth[tied]
-    key = np.where(
-        distances_t < kth_t, -1, np.where(distances_t == kth_t, rank[index_t], coords.shape[0])
-    )
+        rank = np.empty(n_obs, dtype=np.int32 if n_obs < 2**31 else np.int64)
+        rank[np.lexsort(coords.T[::-1])] = np.arange(n_obs)
+    index_tied, distances_tied = cand_index[tied], cand_distances[tied]
+    kth = distances_tied[:, k - 1 : k]
+    key = rank[index_tied]
+    key[distances_tied < kth] = -1
+    key[distances_tied > kth] = n_obs
     chosen = np.argsort(key, axis=1, kind="stable")[:, :k]
-    kept_distances, kept_index = kept_distances.copy(), kept_index.copy()
-    kept_distances[tied] = np.take_along_axis(distances_t, chosen, axis=1)
-    kept_index[tied] = np.take_along_axis(index_t, chosen, axis=1)
-    return kept_distances, kept_index, rank
+    kept_index = kept_index.copy()
+    kept_index[tied] = np.take_along_axis(index_tied, chosen, axis=1)
+    return kept_index, rank
 
 
 def _radius_edges(coords: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:

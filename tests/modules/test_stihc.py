@@ -1,4 +1,5 @@
-"""stIHC: module recovery on the paper's three simulation designs, FEM smoother, contract."""
+"""stIHC: module recovery on the paper's three simulation designs and on many random
+patterns with uneven expression levels, FEM smoother, contract."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import pytest
 import scipy.sparse as sp
 from sklearn.metrics import adjusted_rand_score
 
+import spatiome as sm
+from spatiome._core.progress import listen
 from spatiome._core.validate import SpatiomeInputError
-from spatiome.modules._simulate import coexpression_modules
+from spatiome.modules._simulate import coexpression_modules, pattern_modules
 from spatiome.modules.stihc import _ihc, _penalty_matrix, _standard_ranks, stihc
 
 
@@ -29,8 +32,10 @@ def test_recovers_simulated_modules(designs, design, shape):
     ari = adjusted_rand_score(adata.var["module"], table["module"])
     assert ari >= 0.9, f"{design}: ARI {ari:.3f}"
     assert adata.var["stihc_module"].notna().all()
-    assert adata.obsm["stihc_profiles"].shape == (adata.n_obs, table["module"].nunique())
+    n_modules = table["module"][table["module"] > 0].nunique()
+    assert adata.obsm["stihc_profiles"].shape == (adata.n_obs, n_modules)
     params = adata.uns["spatiome"]["stihc"]
+    assert params["n_modules"] == n_modules
     assert 0 < params["alpha"] < 1 and params["penalty"] > 0
     assert len(params["alpha_grid"]) == 20
 
@@ -39,6 +44,87 @@ def test_second_seed_sparse_design():
     adata = coexpression_modules("sparse", random_state=1)
     table = stihc(adata, copy=True)
     assert adjusted_rand_score(adata.var["module"], table["module"]) >= 0.9
+
+
+def _ari_with_loners(truth, labels):
+    """ARI where every gene without a module (-1) is a cluster of its own."""
+    truth, labels = np.asarray(truth), np.asarray(labels)
+    own = -1000 - np.arange(truth.size)
+    return adjusted_rand_score(np.where(truth >= 0, truth, own), np.where(labels > 0, labels, own))
+
+
+def test_many_patterns_with_uneven_levels():
+    # Levels differing by orders of magnitude made the original's Euclidean silhouette
+    # prefer leaving almost every gene alone or lumping unrelated ones (ARI 0.17 here).
+    adata = pattern_modules(random_state=1)
+    table = stihc(adata, copy=True)
+    assert _ari_with_loners(adata.var["module"], table["module"]) >= 0.6
+    assert table["module"][table["module"] > 0].nunique() >= 6
+
+
+def test_demo_tissue_modules_follow_shared_patterns():
+    # The pipeline's recipe on a simulated tissue: normalize, Moran's I on the grid graph,
+    # the significant genes, most significant first. Each spatial gene there has its own
+    # random pattern, so genes belong together when their true patterns correlate.
+    from spatiome.datasets.simulate import _pattern_values
+
+    adata = sm.datasets.simulate_tissue(n_spots=1500, n_genes=200, random_state=0)
+    sm.pp.normalize(adata)
+    sm.graph.spatial_neighbors(adata, method="grid")
+    moran = sm.svg.moran(adata, copy=True).sort_values(["qval", "log10_pval"], kind="stable")
+    genes = list(moran.index[moran["qval"] < 0.05])
+    table = stihc(adata, genes=genes, copy=True)
+    labels = table["module"].to_numpy()
+    truth = _standard_ranks(np.column_stack([_pattern_values(adata, g) for g in genes]))
+    rho = truth.T @ truth / truth.shape[0]
+    together = (labels[:, None] == labels[None, :]) & (labels[:, None] > 0)
+    pairs = np.triu(together, k=1)
+    # Before: 72 clusters of 77 genes on the 3,000-spot demo, or a few giant modules of
+    # unrelated genes (here: 40% of the pairs put together had correlated patterns).
+    assert (labels > 0).mean() >= 0.5
+    assert len(set(labels[labels > 0])) >= 5
+    assert (rho[pairs] > 0.5).mean() >= 0.75
+
+
+def test_genes_alone_are_unassigned_and_dropped_by_module_labels():
+    from spatiome.pl.domains import module_labels
+
+    adata = _grid_adata(n_genes_per=4)
+    xy = adata.obsm["spatial"]
+    # Two genes with patterns of their own: a corner hot spot and a fine diagonal wave.
+    own = [np.exp(-((xy - [3, 16]) ** 2).sum(1) / 8), np.sin((xy[:, 0] + xy[:, 1]) / 1.5)]
+    rng = np.random.default_rng(5)
+    extra = np.column_stack([f + rng.normal(0, 0.3, 400) for f in own])
+    lone = anndata.AnnData(np.column_stack([adata.X, extra]), obsm=dict(adata.obsm))
+    lone.var_names = [*adata.var_names, "own0", "own1"]
+    table = stihc(lone)
+    assert table.loc[["own0", "own1"], "module"].tolist() == [-1, -1]
+    assert table.loc[["own0", "own1"], "module_size"].tolist() == [0, 0]
+    assert table.loc[["own0", "own1"], "module_correlation"].isna().all()
+    assert sorted(set(table["module"])) == [-1, 1, 2, 3]
+    assert list(lone.obsm["stihc_profiles"].columns) == ["1", "2", "3"]
+    assert lone.uns["spatiome"]["stihc"]["n_unassigned"] == 2
+    labels = module_labels(lone.var["stihc_module"])
+    assert set(labels.drop(["own0", "own1"], errors="ignore")) == {"1", "2", "3"}
+    assert {labels.get("own0"), labels.get("own1")}.isdisjoint({"1", "2", "3"})
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"alpha": 0.5, "penalty": 5.0}])
+def test_progress_reaches_the_total(kwargs):
+    seen = []
+    with listen(lambda task, done, total, unit, details: seen.append((task, done, total))):
+        stihc(_grid_adata(), copy=True, **kwargs)
+    steps = [done for task, done, _ in seen if task == "modules.stihc"]
+    assert len(steps) >= 3
+    assert all(b > a for a, b in zip(steps, steps[1:], strict=False))
+    assert steps[-1] == seen[-1][2]
+
+
+def test_original_silhouette_and_mode_remain_available():
+    adata = _grid_adata()
+    table = stihc(adata, silhouette_metric="euclidean", alpha_selection="mode")
+    assert table["module"].nunique() == 3
+    assert adata.uns["spatiome"]["stihc"]["silhouette_metric"] == "euclidean"
 
 
 def test_penalty_matrix_is_a_laplacian_squared():
@@ -118,6 +204,7 @@ def test_options_and_subsets():
         ({"penalties": []}, "penalties"),
         ({"penalty_mean": "median"}, "penalty_mean"),
         ({"alpha_selection": "best"}, "alpha_selection"),
+        ({"silhouette_metric": "cosine"}, "silhouette_metric"),
         ({"n_probes": 0}, "n_probes"),
         ({"max_edge": 0.5}, "max_edge"),
         ({"min_dof": 0}, "min_dof"),

@@ -71,7 +71,7 @@ def _legend_colors(ax) -> dict[str, tuple]:
 def test_a_cell_type_has_one_colour_in_every_figure(fractions_data):
     # "Neuron" dominates nowhere: the dominant map must not shift the others' colours.
     values = fractions_data.obsm["cell_type_fractions"].to_numpy().copy()
-    values[:, 1] = 0.0
+    values[1:, 1] = 0.0
     fractions_data.obsm["cell_type_fractions"].iloc[:, :] = values
     dominant = _legend_colors(sm.pl.dominant_cell_type(fractions_data))
     pies = _legend_colors(sm.pl.scatter_pies(fractions_data))

@@ -1,4 +1,6 @@
-"""The HTML report in headless Chromium: it loads without errors and every section shows.
+"""The HTML report in headless Chromium: it loads without errors, every section shows, and
+what a reader sees is plain: no internal keys, no "inf", no p-value at the float minimum,
+no module of one gene, a page light enough to mail.
 
 CI installs Debian's `chromium` (see .ci/run). The screenshot of the page is kept in
 `.test-artifacts/report.png` beside the tests' checkout for a person to look at.
@@ -24,23 +26,48 @@ EXPECTED_SECTIONS = (
     "tissue", "qc", "clusters", "domains", "deconvolution", "integration", "svg", "svg-sparkx",
     "modules", "methods",
 )  # fmt: skip
+#: Figures each section shows, at least.
+EXPECTED_FIGURES = {
+    "qc": 2, "clusters": 2, "domains": 2, "deconvolution": 3, "integration": 2, "svg": 1,
+    "modules": 1,
+}  # fmt: skip
+#: The largest report: 2 MB, and a bound in the number of spots that keeps the demo's
+#: 3,000 spots under it (0.7 MB + 400 bytes a spot).
+MAX_REPORT_BYTES = 2_000_000
+BASE_BYTES, BYTES_PER_SPOT = 700_000, 400
+#: Summary keys of the run that must not reach the page as they are.
+INTERNAL_KEYS = ("svg_fdr", "domain_ari", "n_svg", "svg_power", "n_spots", "n_clusters",
+                 "deconv_rmse", "n_domains")  # fmt: skip
 
 # Run inside a copy of the report: record script errors from the first moment, and after
 # load write each section's geometry into the page, where --dump-dom can read it.
 _PROBE_HEAD = """<script>window.__errors = [];
 window.addEventListener("error", e => window.__errors.push(String(e.message)));
 </script>"""
-_PROBE_TAIL = """<script>window.addEventListener("load", () => {
+_PROBE_TAIL = """<script>
+function visibleText(section) {
+  const copy = section.cloneNode(true);  // the provenance record is data, not prose
+  copy.querySelectorAll("pre").forEach(p => p.remove());
+  document.body.appendChild(copy);
+  const text = copy.innerText;
+  copy.remove();
+  return text;
+}
+window.addEventListener("load", () => {
   const sections = [...document.querySelectorAll("section")].map(s => {
     const box = s.getBoundingClientRect(), style = getComputedStyle(s);
     const images = [...s.querySelectorAll("img")];
     return {id: s.id, height: box.height, width: box.width, display: style.display,
             visibility: style.visibility, images: images.length,
-            broken: images.filter(i => !(i.complete && i.naturalWidth > 0)).length};
+            broken: images.filter(i => !(i.complete && i.naturalWidth > 0)).length,
+            text: visibleText(s)};
   });
+  const moduleRows = [...document.querySelectorAll("#modules tbody tr")].map(
+    r => [...r.cells].slice(0, 2).map(c => c.innerText.trim()));
   const out = document.createElement("pre");
   out.id = "probe";
-  out.textContent = JSON.stringify({sections, errors: window.__errors});
+  out.textContent = JSON.stringify({sections, moduleRows, errors: window.__errors,
+                                   subtitle: document.querySelector("header p").innerText});
   document.body.appendChild(out);
 });</script>"""
 
@@ -104,7 +131,9 @@ def test_report_loads_without_errors_and_shows_every_section(full_report, tmp_pa
         assert section["display"] != "none" and section["visibility"] == "visible", name
         assert section["height"] > 50 and section["width"] > 300, (name, section)
         assert section["broken"] == 0, (name, section)  # every embedded figure decodes
-    assert sum(s["images"] for s in sections.values()) >= 15
+    for name, n_figures in EXPECTED_FIGURES.items():
+        assert sections[name]["images"] >= n_figures, (name, sections[name]["images"])
+    _check_what_a_reader_sees(probe, sections, full_report)
 
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "report.png"
@@ -116,3 +145,34 @@ def test_report_loads_without_errors_and_shows_every_section(full_report, tmp_pa
     )  # fmt: skip
     assert shot.returncode == 0, shot.stderr[-2000:]
     assert screenshot.stat().st_size > 100_000  # a page of figures, not a blank one
+
+
+def _check_what_a_reader_sees(probe: dict, sections: dict, report: Path) -> None:
+    text = "\n".join(s["text"] for s in sections.values()) + "\n" + probe["subtitle"]
+    # Numbers: no infinity, no p-value at (or printed as) the float minimum, no "1.66e+03".
+    assert not re.search(r"\binf(inity)?\b", text, re.I), re.findall(r".{40}\binf.{20}", text)
+    assert "e-308" not in text and "e+" not in text
+    assert "< 1e-300" in sections["svg"]["text"] or "e-" in sections["svg"]["text"]
+    # The summary in plain words, truth metrics only in their own section.
+    for key in INTERNAL_KEYS:
+        assert key not in text, key
+    summary = sections["tissue"]["text"]
+    for phrase in ("Spots analysed", "Genes", "Spatially variable genes (Moran's I)",
+                   "Spatially variable genes (SPARK-X)", "at FDR 0.05", "Gene modules (stIHC)",
+                   "modules of two or more genes", "Cell types"):  # fmt: skip
+        assert phrase in summary, phrase
+    before_truth = text.split("Recovery of the simulated truth")[0]
+    assert "ARI" not in before_truth and "Rand index" not in before_truth
+    # Modules: one row for the unassigned genes, every module of two or more genes, in
+    # numeric order.
+    rows = probe["moduleRows"]
+    assert rows, "the module table is empty"
+    modules = [(m, int(n.replace(",", ""))) for m, n in rows if m != "unassigned"]
+    assert all(n >= 2 for _, n in modules), rows
+    assert [m for m, _ in modules] == sorted((m for m, _ in modules), key=int), rows
+    assert sum(m == "unassigned" for m, _ in rows) <= 1
+    # Light enough to mail: <= 2 MB, and a bound per spot that implies it for the demo.
+    size = report.stat().st_size
+    assert size <= MAX_REPORT_BYTES, size
+    n_spots = int(re.search(r"([\d,]+) spots", probe["subtitle"]).group(1).replace(",", ""))
+    assert size <= BASE_BYTES + BYTES_PER_SPOT * n_spots, (size, n_spots)

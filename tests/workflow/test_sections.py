@@ -153,7 +153,9 @@ def run():
 def _page(run, **summary_keys) -> str:
     data, tables, summary, provenance, config, extra = run
     summary = {**summary, **summary_keys}
-    notes = {"qc": [], "domains": [], "modules": [], "moran": [], "sparkx": []}
+    notes = {"qc": [], "domains": [], "moran": [], "sparkx": []}
+    # A step's own module count is replaced by the section's; other notes stay.
+    notes["modules"] = ["stIHC: 15 modules of two or more genes from 77 genes", "kept note"]
     sections = report_sections(data.copy(), tables, notes, summary, provenance, config, extra)
     return render_report("report", subtitle(summary, data), sections)
 
@@ -203,10 +205,11 @@ def test_svg_table_prints_pvalues_from_log10_and_explains_dashes(run, page):
 
 def test_module_section_calls_single_genes_unassigned_and_sorts_numerically(page):
     text = _visible_text(page)
-    modules = text.split("Gene modules stIHC", 1)[1]
+    modules = text.split("module genes examples", 1)[1]
     rows = re.findall(r"(\d+|unassigned) (\d+) Gene\d{4}", modules)
     assert rows == [("1", "3"), ("2", "4"), ("10", "2"), ("unassigned", "3")]
     assert "(1 gene)" not in modules and "1 genes" not in modules
+    assert "15 modules" not in text and "kept note" in text
 
 
 def test_qc_section_leaves_out_metrics_that_are_zero_everywhere(page):

@@ -573,8 +573,6 @@ def cluster(
     >>> adata.obs["spatial_domain"].nunique(), adata.obsm["X_spatial_domain"].shape[0]
     (3, 600)
     """
-    from ..pp.reduce import _looks_like_counts, _neighbourhood_pca, _select_genes
-
     check_adata(adata)
     if method not in _CLUSTER_METHODS:
         raise SpatiomeInputError(f"method must be one of {_CLUSTER_METHODS}, got {method!r}")
@@ -588,39 +586,19 @@ def cluster(
     adata = adata.copy() if copy else adata
     record: dict = {"method": method, "n_domains": int(n_domains)}
     if use_rep is None:
-        coords = get_spatial(adata, spatial_key)
-        matrix = get_matrix(adata)
-        normalized = adata.uns.get("spatiome", {}).get("normalize")
-        if normalized is None and _looks_like_counts(matrix):
-            raise SpatiomeInputError(
-                "adata.X holds raw counts: run spatiome.pp.normalize(adata) before domains.cluster"
-            )
-        view = AnnData(X=matrix, obs=pd.DataFrame(index=adata.obs_names.copy()))
-        view.var_names = adata.var_names.copy()
-        if normalized is not None:
-            view.uns["spatiome"] = {"normalize": normalized}
-        layer = (normalized or {}).get("layer", "counts")
-        if layer != "X" and layer in adata.layers:
-            view.layers[layer] = adata.layers[layer]
-        _select_genes(view, n_top_genes, normalized)
-        n_genes = int(view.var["highly_variable"].sum())
         use_rep = f"X_{key_added}"
-        n_pcs = int(min(n_comps, adata.n_obs - 1, 2 * n_genes - 1))
-        neighbourhood = _neighbourhood_pca(
-            view,
-            coords,
-            float(neighbourhood_lambda),
-            n_spatial_neighbors=int(n_spatial_neighbors),
-            kernel="gaussian",
-            agf=False,
-            n_pcs=n_pcs,
+        features, details = _domain_features(
+            adata,
+            neighbourhood_lambda=float(neighbourhood_lambda),
+            n_comps=n_comps,
+            n_top_genes=n_top_genes,
+            n_spatial_neighbors=n_spatial_neighbors,
+            spatial_key=spatial_key,
             random_state=random_state,
-            key_added=use_rep,
+            caller="domains.cluster",
         )
-        adata.obsm[use_rep] = view.obsm[use_rep]
-        record.update(
-            neighbourhood=neighbourhood, n_comps=n_pcs, n_top_genes=n_genes, use_rep=use_rep
-        )
+        adata.obsm[use_rep] = features
+        record.update(details, use_rep=use_rep)
     else:
         _representation(adata, use_rep)
         record["use_rep"] = use_rep
@@ -894,6 +872,52 @@ def _nearest_centroid(features: np.ndarray, labels: np.ndarray, known: np.ndarra
 def _check_min_size(value: int, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise SpatiomeInputError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _domain_features(
+    adata: AnnData,
+    *,
+    neighbourhood_lambda: float,
+    n_comps: int,
+    n_top_genes: int | None,
+    n_spatial_neighbors: int,
+    spatial_key: str,
+    random_state: int,
+    caller: str,
+) -> tuple[np.ndarray, dict]:
+    """The neighbourhood-augmented principal components :func:`cluster` clusters."""
+    from ..pp.reduce import _looks_like_counts, _neighbourhood_pca, _select_genes
+
+    coords = get_spatial(adata, spatial_key)
+    matrix = get_matrix(adata)
+    normalized = adata.uns.get("spatiome", {}).get("normalize")
+    if normalized is None and _looks_like_counts(matrix):
+        raise SpatiomeInputError(
+            f"adata.X holds raw counts: run spatiome.pp.normalize(adata) before {caller}"
+        )
+    view = AnnData(X=matrix, obs=pd.DataFrame(index=adata.obs_names.copy()))
+    view.var_names = adata.var_names.copy()
+    if normalized is not None:
+        view.uns["spatiome"] = {"normalize": normalized}
+    layer = (normalized or {}).get("layer", "counts")
+    if layer != "X" and layer in adata.layers:
+        view.layers[layer] = adata.layers[layer]
+    _select_genes(view, n_top_genes, normalized)
+    n_genes = int(view.var["highly_variable"].sum())
+    n_pcs = int(min(n_comps, adata.n_obs - 1, 2 * n_genes - 1))
+    neighbourhood = _neighbourhood_pca(
+        view,
+        coords,
+        float(neighbourhood_lambda),
+        n_spatial_neighbors=int(n_spatial_neighbors),
+        kernel="gaussian",
+        agf=False,
+        n_pcs=n_pcs,
+        random_state=random_state,
+        key_added="features",
+    )
+    details = {"neighbourhood": neighbourhood, "n_comps": n_pcs, "n_top_genes": n_genes}
+    return view.obsm["features"], details
 
 
 def _require_representation(adata: AnnData, use_rep: str) -> None:

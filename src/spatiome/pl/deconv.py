@@ -127,7 +127,7 @@ def dominant_cell_type(
     labels = np.asarray(fractions.columns, dtype=object)[
         np.argmax(np.nan_to_num(values, nan=-1), axis=1)
     ]
-    labels = np.where((best >= min_fraction) & (best >= 0), labels, None)
+    labels = np.where((best >= min_fraction) & (best > 0), labels, None)
     view = _panel_data(adata, pd.DataFrame(index=fractions.index))
     column = "dominant cell type"
     view.obs[column] = pd.Categorical(labels, categories=list(fractions.columns))

@@ -3,6 +3,11 @@
 Every method returns a table indexed by gene and stores it as ``adata.var[f"{method}_{col}"]``
 plus its parameters in ``adata.uns["spatiome"][method]``; this module does the storing, so
 all methods write their results the same way.
+
+P-values are computed as logarithms, which stay finite far below the smallest double: every
+table has ``log10_pval`` (exact, never -inf) beside ``pval`` (floored at the smallest
+positive normal double, ``PVAL_FLOOR``, never 0). No table holds an infinite value: a
+statistic too large for a double is shown as the largest double, with a ``note``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,12 @@ import pandas as pd
 from anndata import AnnData
 
 from .._core.stats import bh_adjust
+
+#: The smallest positive normal double: p-values are floored here, never at exactly 0;
+#: ``log10_pval`` keeps their exact value.
+PVAL_FLOOR = float(np.finfo(np.float64).tiny)
+#: The largest finite double: a statistic beyond it is shown as this value, with a note.
+STATISTIC_CEILING = float(np.finfo(np.float64).max)
 
 
 def write_result(
@@ -90,6 +101,66 @@ def add_qvalues(table: pd.DataFrame, pval_column: str = "pval") -> pd.DataFrame:
     """
     table["qval"] = bh_adjust(table[pval_column].to_numpy())
     return table
+
+
+def pvalue_columns(log_pvalues: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``pval`` and ``log10_pval`` from natural-log p-values, without underflow.
+
+    ``pval`` is ``exp(log p)`` floored at ``PVAL_FLOOR`` (so never 0), ``log10_pval`` is
+    ``log p / log 10``, finite whenever ``log p`` is; NaN stays NaN.
+
+    Examples
+    --------
+    >>> pval, log10_pval = pvalue_columns(np.array([np.log(0.01), -2000.0, np.nan]))
+    >>> pval.tolist()[0], bool(pval[1] == PVAL_FLOOR), log10_pval.round(1).tolist()
+    (0.01, True, [-2.0, -868.6, nan])
+    """
+    log_p = np.minimum(np.asarray(log_pvalues, dtype=np.float64), 0.0)
+    pval = np.where(np.isnan(log_p), np.nan, np.maximum(np.exp(log_p), PVAL_FLOOR))
+    return pval, log_p / np.log(10.0)
+
+
+def finite_statistic(
+    values: np.ndarray, log10_values: np.ndarray | None = None, *, name: str = "statistic"
+) -> tuple[np.ndarray, np.ndarray]:
+    """A statistic with its infinite entries replaced by the largest double, and notes.
+
+    Parameters
+    ----------
+    values
+        The statistic; +-inf where it does not fit in a double.
+    log10_values
+        Optional log10 of ``|values|``, finite where ``values`` overflowed, quoted in the
+        note so that the size of the statistic is not lost.
+    name
+        The statistic's name in the notes.
+
+    Returns
+    -------
+    statistic, note
+        ``values`` with +-inf replaced by +-``STATISTIC_CEILING`` (NaN stays NaN), and a
+        string per entry: empty, or why the value was replaced.
+
+    Examples
+    --------
+    >>> stat, note = finite_statistic(np.array([2.0, np.inf]), np.array([0.3, 333.4]))
+    >>> bool(np.isfinite(stat).all()), note[0], note[1]
+    (True, '', 'statistic = 10^333.4, beyond the largest double: shown as 1.798e+308; \
+log10_pval is exact')
+    """
+    values = np.asarray(values, dtype=np.float64)
+    infinite = np.isinf(values)
+    statistic = np.where(infinite, np.sign(values) * STATISTIC_CEILING, values)
+    note = np.full(values.shape, "", dtype=object)
+    for index in np.flatnonzero(infinite):
+        size = ""
+        if log10_values is not None and np.isfinite(log10_values[index]):
+            size = f" = {'-' if values[index] < 0 else ''}10^{log10_values[index]:.1f}"
+        note[index] = (
+            f"{name}{size}, beyond the largest double: shown as {statistic[index]:.4g}; "
+            "log10_pval is exact"
+        )
+    return statistic, note
 
 
 def _plain(value: Any) -> Any:

@@ -55,7 +55,7 @@ from .._core.validate import (
     resolve_genes,
 )
 from ._depth import DEPTH_WARNING_PVALUE
-from ._result import write_result
+from ._result import finite_statistic, pvalue_columns, write_result
 
 #: Kernel names in the original's order.
 MIXTURE_KERNELS = (
@@ -68,8 +68,6 @@ TRANSFORM_QUANTILES = (0.2, 0.4, 0.6, 0.8, 1.0)
 #: Spots per block of the pass over the counts; fixed so that the partial sums, and hence
 #: the results, are the same for any number of workers.
 SPOT_BLOCK = 65_536
-#: The smallest positive normal double: p-values are floored here, never at exactly 0.
-PVAL_FLOOR = np.finfo(np.float64).tiny
 
 
 def sparkx(
@@ -113,7 +111,8 @@ def sparkx(
         ``"exact"``: the closed-form chi-square p-value of the mixture (its weights are
         equal, see the module notes); ``"davies"``: the original's numerical route
         (Davies' method at accuracy 1e-4, Liu's approximation where Davies fails), whose
-        p-values are off by up to ~1e-4 in absolute terms; use it only to reproduce
+        p-values are off by up to ~1e-4 in absolute terms, and which underflow to 0
+        for strong genes, where the closed form is used; use it only to reproduce
         published SPARK-X output.
     spatial_key
         Key of the coordinates in ``adata.obsm``.
@@ -142,13 +141,18 @@ def sparkx(
     pandas.DataFrame
         Indexed by gene:
 
-        - ``statistic``: the Cauchy combination statistic of the kernels' p-values
-          (+inf when it overflows; ``log10_pval`` stays finite);
+        - ``statistic``: the Cauchy combination statistic ``C = mean_k tan((0.5 - p_k)
+          pi)`` of the kernels' p-values; about ``1 / (pi p)`` for a small combined
+          ``p``, so beyond the largest double (``1.8e308``) when ``p`` is below about
+          ``1.8e-309``: it is then shown as the largest double and ``note`` gives its
+          size (its log10, from the log p-values);
         - ``pval``: combined p-value (Cauchy combination of the kernels), floored at the
-          smallest positive double; ``log10_pval``: its log10, never -inf;
+          smallest positive double; ``log10_pval``: its log10, exact and never -inf;
+        - ``note``: empty, or why ``statistic`` was replaced;
         - ``qval``: Benjamini-Hochberg adjusted ``pval``; ``qval_by``: Benjamini-Yekutieli
           (the original's ``adjustedPval``);
-        - ``stat_<kernel>``, ``pval_<kernel>`` for kernels projection, gaus1-5, cos1-5;
+        - ``stat_<kernel>``, ``pval_<kernel>`` for kernels projection, gaus1-5, cos1-5
+          (p-values floored at the smallest positive double like ``pval``);
         - ``variance_fraction``: lambda_y, the share of y'y not explained by the mean
           (and covariates);
         - ``n_spots_expressed``: spots with a non-zero count.
@@ -409,21 +413,42 @@ def _table(
         cross, squares, design, pvalue_method, workers
     )
     statistic, log_combined = cauchy_combination(log_pvalues)
-    pval = np.where(np.isnan(log_combined), np.nan, np.maximum(np.exp(log_combined), PVAL_FLOOR))
+    statistic, note = finite_statistic(
+        statistic, _log10_cauchy_statistic(log_pvalues, statistic), name="Cauchy statistic"
+    )
+    pval, log10_pval = pvalue_columns(log_combined)
     columns: dict[str, np.ndarray] = {
         "statistic": statistic,
         "pval": pval,
-        "log10_pval": log_combined / np.log(10.0),
+        "log10_pval": log10_pval,
         "qval": bh_adjust(pval),
         "qval_by": by_adjust(pval),
+        "note": note,
     }
     for k, name in enumerate(names):
         columns[f"stat_{name}"] = statistics[:, k]
     for k, name in enumerate(names):
-        columns[f"pval_{name}"] = np.exp(log_pvalues[:, k])
+        columns[f"pval_{name}"] = pvalue_columns(log_pvalues[:, k])[0]
     columns["variance_fraction"] = variance_fraction
     columns["n_spots_expressed"] = nonzero
     return pd.DataFrame(columns)
+
+
+def _log10_cauchy_statistic(log_pvalues: np.ndarray, statistic: np.ndarray) -> np.ndarray:
+    """log10 of the Cauchy statistic where it overflowed (NaN elsewhere).
+
+    It overflows only when some kernel's p-value is below about 1e-308, where its term
+    ``w tan((0.5 - p) pi)`` is ``w / (p pi)``; the bounded terms of the other kernels
+    (below 1e16 in size) are then negligible, and the sum is taken in log space.
+    """
+    out = np.full(statistic.shape, np.nan)
+    rows = np.flatnonzero(np.isinf(statistic))
+    if rows.size:
+        weight = 1.0 / log_pvalues.shape[1]
+        terms = np.log(weight) - log_pvalues[rows] - np.log(np.pi)
+        peak = terms.max(axis=1)
+        out[rows] = (peak + np.log(np.exp(terms - peak[:, None]).sum(axis=1))) / np.log(10.0)
+    return out
 
 
 def _kernel_tests(
@@ -473,6 +498,11 @@ def _log_pvalues(
     pvalues = mixture_pvalue(statistic[ok], weights, method="davies", n_jobs=workers)
     with np.errstate(divide="ignore"):
         out[ok] = np.log(np.clip(pvalues, 0.0, 1.0))
+    # Where Davies and Liu underflow to 0, the closed form (the same mixture) still has
+    # the logarithm.
+    underflow = np.isneginf(out)
+    if underflow.any():
+        out[underflow] = chi2_logsf(statistic[underflow] / variance_fraction[underflow], dof)
     return out
 
 

@@ -22,6 +22,7 @@ What a section reads besides the AnnData, and uses only when present:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,8 @@ _SVG_COLUMNS = {
     "length_scale": "length scale",
 }
 _STATISTIC_NAMES = {"moran": "Moran's I", "geary": "Geary's C"}
+#: A module step's note that only counts its modules ("stIHC: 7 modules from 300 genes").
+_MODULE_COUNT_NOTE = re.compile(r": \d+ modules? (of two or more genes )?from \d+ genes")
 
 Figure = Callable[[Any], str]
 
@@ -710,7 +713,10 @@ def _module_section(
 
     section = Section("Gene modules", "modules")
     for note in notes:
-        section.add_text(note)
+        # The section counts the modules itself (of two or more genes, among the genes the
+        # method analysed); a step's own count would only repeat or contradict it.
+        if not _MODULE_COUNT_NOTE.search(note):
+            section.add_text(note)
     for method, table in tables.items():
         if table is None:
             continue
