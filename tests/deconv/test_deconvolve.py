@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 
 from spatiome._core.validate import SpatiomeInputError
-from spatiome.deconv import compare_fractions, deconvolve, pseudo_spots, reference_signatures
+from spatiome.deconv import _pln, compare_fractions, deconvolve, pseudo_spots, reference_signatures
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +138,67 @@ def test_bad_inputs(synth, reference, signatures):
         deconvolve(spots, signatures.to_numpy())
     with pytest.raises(SpatiomeInputError, match="coordinates"):
         deconvolve(spots, signatures, smoothing=1.0)
+
+
+def _overdispersed_spots(synth, profiles):
+    """Spots whose counts carry a log-normal per-entry effect (sd 0.6): RCTD's sigma > 0."""
+    spots = synth.make_spots(profiles, n_spots=40, seed=6)
+    rng = np.random.default_rng(6)
+    mean = 6.0 * spots.obsm["truth"].to_numpy() @ profiles
+    spots.X = rng.poisson(mean * rng.lognormal(0.0, 0.6, mean.shape)).astype(np.float32)
+    return spots
+
+
+# Fractions of RCTD as computed when the likelihood table was built whole for every sigma
+# (before tables were filled on demand and cached); identical bit for bit on the machine
+# that recorded them, 1e-12 leaves room for another BLAS.
+RCTD_RECORDED = {
+    "poisson": (
+        0.052,
+        {
+            0: [0.26262958872825826, 0.36528172102887024, 0.002565067909003985,
+                0.35542581026597636, 0.014097812067891322],
+            59: [0.3648348180668098, 0.022596088723510942, 0.5924463892527776,
+                 0.0023538365746583333, 0.01776886738224332],
+        },
+    ),
+    "overdispersed": (
+        0.578,
+        {
+            0: [0.0, 0.009140506474391165, 0.44105752958644406, 0.01277586616286846,
+                0.5370260977762962],
+            13: [0.055301339692309576, 0.8774391529413805, 0.0, 0.05123105323134888,
+                 0.016028454134960866],
+            39: [0.0, 0.01758520127166661, 0.22851695927920607, 0.6657481168566861,
+                 0.08814972259244121],
+        },
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(RCTD_RECORDED))
+def test_rctd_fractions_match_recorded_values(synth, reference, signatures, case):
+    if case == "poisson":
+        spots = synth.make_spots(reference[1], n_spots=60, gene_effect_sd=0.5, seed=2)
+    else:
+        spots = _overdispersed_spots(synth, reference[1])
+    sigma, rows = RCTD_RECORDED[case]
+    fractions = deconvolve(spots, signatures, method="rctd").to_numpy()
+    assert spots.uns["spatiome"]["cell_type_fractions"]["sigma"] == sigma
+    for row, expected in rows.items():
+        np.testing.assert_allclose(fractions[row], expected, rtol=0, atol=1e-12)
+
+
+def test_rctd_second_call_reuses_the_cached_tables(synth, reference, signatures):
+    _pln.clear_table_cache()
+    spots = _overdispersed_spots(synth, reference[1])
+    first = deconvolve(spots, signatures, method="rctd").to_numpy()
+    after_first = _pln.table_cache_info()
+    second = deconvolve(spots, signatures, method="rctd").to_numpy()
+    after_second = _pln.table_cache_info()
+    # sigma 0 (platform effect), the values tried while choosing sigma, and the chosen one
+    assert 3 <= after_first.misses <= after_first.maxsize
+    assert after_second.misses == after_first.misses
+    assert after_second.hits >= after_first.hits + after_first.misses
+    assert after_second.columns_computed == after_first.columns_computed > 0
+    np.testing.assert_array_equal(first, second)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import math
+
 import numpy as np
 import pytest
 from scipy import integrate, optimize, stats
 
+from spatiome.deconv import _pln
 from spatiome.deconv._pln import _LOG_W, _T, PLNTable, log_probability, pln_point
 from spatiome.deconv._solvers import nnls_gram_batch, nnls_shared
 
@@ -57,6 +61,79 @@ def test_fisher_information_is_expected_squared_score(lam):
     expected = float(np.sum(np.exp(log_p) * score**2))
     info = table.evaluate(np.zeros(1), np.array([lam]))[2, 0]
     assert info == pytest.approx(expected, rel=2e-3)
+
+
+@functools.cache
+def _reference_column(j: int, sigma: float):
+    """One column of the table built the plain way: every count, then the Fisher sum."""
+    lam = math.exp(_pln.LOG_LAM_MIN + j * _pln.LOG_LAM_STEP)
+    log_p, d1 = np.empty(_pln.X_CAP + 1), np.empty(_pln.X_CAP + 1)
+    mass = info = 0.0
+    for x in range(_pln.X_CAP + 1):
+        log_p[x], d1[x], _ = pln_point(float(x), lam, sigma, _T, _LOG_W)
+        p = math.exp(log_p[x])
+        mass += p
+        info += p * d1[x] * d1[x]
+    fisher = info if mass > 1.0 - 1e-6 else _pln.fisher_approx(lam, sigma)
+    return log_p, d1, fisher
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.45, 1.2])
+def test_table_filled_on_demand_equals_a_plain_construction(sigma):
+    rng = np.random.default_rng(1)
+    counts = np.concatenate([rng.poisson(2.0, 300), [0.0, 200.0, 201.0, 350.0]])
+    rates = np.exp(rng.uniform(-15.0, 4.0, counts.size))
+    rates[-4:] = [1e-9, 150.0, 3.0, 1e3]
+    table = PLNTable(sigma)
+    looked_up = table.evaluate(counts, rates)
+    assert 0 < table.n_columns_built < table.built.size  # only the columns reached
+    for x, lam, value in zip(counts, rates, looked_up.T, strict=True):
+        lam = max(lam, _pln.MIN_RATE)
+        pos = (math.log(lam) - _pln.LOG_LAM_MIN) / _pln.LOG_LAM_STEP
+        if x > _pln.X_CAP or pos >= table.built.size - 1:
+            expected = pln_point(x, lam, sigma, _T, _LOG_W)[:2]
+            assert value[:2].tolist() == list(expected)
+            continue
+        j, f = int(pos), pos - int(pos)
+        (p0, s0, i0), (p1, s1, i1) = _reference_column(j, sigma), _reference_column(j + 1, sigma)
+        xi = int(x)
+        assert value[0] == (1.0 - f) * p0[xi] + f * p1[xi]
+        assert value[1] == (1.0 - f) * s0[xi] + f * s1[xi]
+        assert value[2] == (1.0 - f) * i0 + f * i1
+    built = np.flatnonzero(table.built)
+    for j in built[:: max(1, built.size // 5)]:
+        log_p, d1, fisher = _reference_column(int(j), sigma)
+        np.testing.assert_array_equal(table.log_p[:, j], log_p)
+        np.testing.assert_array_equal(table.d1[:, j], d1)
+        assert table.fisher[j] == fisher
+
+
+def test_direct_log_probability_is_pln_point_in_parallel_too():
+    rng = np.random.default_rng(2)
+    counts = rng.poisson(1.5, 6000).astype(float)  # above the size that uses threads
+    rates = np.exp(rng.uniform(-12.0, 5.0, counts.size))
+    expected = [pln_point(x, r, 0.7, _T, _LOG_W)[0] for x, r in zip(counts, rates, strict=True)]
+    np.testing.assert_array_equal(log_probability(counts, rates, 0.7), expected)
+
+
+def test_table_cache_keeps_the_most_recent_tables(monkeypatch):
+    monkeypatch.setattr(_pln, "TABLE_CACHE_SIZE", 2)
+    _pln.clear_table_cache()
+    first = _pln.pln_table(0.1)
+    assert _pln.pln_table(0.1) is first
+    _pln.pln_table(0.2)
+    _pln.pln_table(0.1)
+    _pln.pln_table(0.3)  # evicts 0.2, the least recently used
+    assert _pln.pln_table(0.1) is first
+    info = _pln.table_cache_info()
+    assert (info.hits, info.misses, info.currsize) == (3, 3, 2)
+    _pln.pln_table(0.2)
+    assert _pln.table_cache_info().misses == 4
+    # a table of other dimensions is another table
+    monkeypatch.setattr(_pln, "X_CAP", 20)
+    small = _pln.pln_table(0.1)
+    assert small is not first and small.log_p.shape[0] == 21
+    _pln.clear_table_cache()
 
 
 def test_batched_nnls_matches_scipy():

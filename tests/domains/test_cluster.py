@@ -279,3 +279,156 @@ def test_cluster_on_real_layers(shared_data, name, label, min_ari):
     if name == "dlpfc_151673":
         plain_ari = adjusted_rand_score(truth[keep], plain.obs["spatial_domain"][keep])
         assert spatial_ari > plain_ari + 0.1
+
+
+# --- small domains: refits in cluster, merge_small_domains for any labels ---------------
+
+
+def _blobs_with_outliers(seed: int = 0) -> ad.AnnData:
+    """Four groups of 50 points and two far, lone points (a clusterer's one-spot domains)."""
+    rng = np.random.default_rng(seed)
+    centers = np.repeat(np.eye(4) * 8, 50, axis=0)
+    lone = [[30.0, 30.0, 30.0, 30.0], [-30.0, 30.0, -30.0, 30.0]]
+    adata = ad.AnnData(np.zeros((202, 1)))
+    adata.obsm["X_feat"] = np.vstack([centers + rng.normal(size=(200, 4)), lone])
+    adata.obs["group"] = pd.Categorical(np.repeat(["a", "b", "c", "d", "lone"], [50] * 4 + [2]))
+    return adata
+
+
+@pytest.mark.parametrize("method", ["gmm", "kmeans", "hierarchical"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cluster_refits_without_lone_spots(method, seed):
+    from spatiome.domains import cluster
+
+    adata = _blobs_with_outliers(seed)
+    raw = cluster(adata, 6, method=method, use_rep="X_feat", min_domain_size=1, copy=True)
+    # Without the refit the clusterer spends two of six domains on the two lone points.
+    assert sorted(raw.obs["spatial_domain"].value_counts())[:2] == [1, 1]
+    result = cluster(adata, 6, method=method, use_rep="X_feat", copy=True)
+    sizes = result.obs["spatial_domain"].value_counts()
+    assert len(sizes) == 6 and sizes.min() >= 5
+    record = result.uns["spatiome"]["spatial_domain"]
+    assert record["refits"] >= 1 and record["set_aside_spots"] == 2
+    assert record["merged_domains"] == 0 and record["min_domain_size"] == 5
+    # The four groups stay whole: each lies in domains that hold nothing of the others.
+    core = result.obs.iloc[:200]
+    crossed = pd.crosstab(core["spatial_domain"], core["group"].astype(str))
+    assert ((crossed > 0).sum(axis=1) == 1).all()
+    if method == "gmm":
+        assert result.obs["spatial_domain_probability"].between(0, 1).all()
+
+
+def test_cluster_merges_what_refits_cannot_fix():
+    from spatiome.domains import cluster
+
+    rng = np.random.default_rng(0)
+    adata = ad.AnnData(np.zeros((40, 1)))
+    adata.obsm["X_feat"] = np.vstack([
+        np.repeat([[0.0, 0.0], [10.0, 0.0]], 18, axis=0) + rng.normal(size=(36, 2)),
+        [[50.0, 50.0], [51.0, 50.0], [50.0, 51.0], [51.0, 51.0]],
+    ])  # fmt: skip
+    # Three domains of at least 15 spots cannot come out of 36 spots: the four far
+    # points are merged into the nearest domain, with a warning.
+    with pytest.warns(UserWarning, match="merged into the nearest domain; 2 domains remain"):
+        result = cluster(adata, 3, use_rep="X_feat", min_domain_size=15, copy=True)
+    assert result.obs["spatial_domain"].value_counts().tolist() == [22, 18]
+    assert result.uns["spatiome"]["spatial_domain"]["merged_domains"] == 1
+    assert result.obs["spatial_domain_probability"].iloc[36:].isna().all()
+
+
+def test_cluster_min_domain_size_is_checked(tissue):
+    from spatiome.domains import cluster
+
+    for bad in (0, 2.5, True):
+        with pytest.raises(SpatiomeInputError, match="min_domain_size"):
+            cluster(tissue, 4, use_rep="X_pca", min_domain_size=bad)
+
+
+@pytest.mark.parametrize(
+    ("name", "n_domains"),
+    # Measured: with min_domain_size=1 the mixture returns a one-spot domain at these
+    # numbers (a spot with 20% of the median library size on the breast cancer section;
+    # one to three cells with 10-15% of the median count on the seqFISH field).
+    [("breast_cancer_layer2", 5), ("breast_cancer_layer2", 6), ("seqfish_field43", 7)],
+)
+def test_cluster_returns_no_tiny_domain_on_real_sections(shared_data, name, n_domains):
+    import spatiome as sm
+    from spatiome.domains import cluster
+
+    adata = sm.datasets.load(name, data_dir=shared_data, download=False)
+    normalize(adata)
+    raw = cluster(adata, n_domains, min_domain_size=1, copy=True)
+    assert raw.obs["spatial_domain"].value_counts().min() <= 2
+    cluster(adata, n_domains)
+    sizes = adata.obs["spatial_domain"].value_counts()
+    assert len(sizes) == n_domains and sizes.min() >= 5
+    assert adata.uns["spatiome"]["spatial_domain"]["refits"] >= 1
+
+
+def _line_of_domains() -> ad.AnnData:
+    """Forty spots in a row: a (0-19) and b (20-39), with spot 5 relabelled 'c'."""
+    adata = ad.AnnData(np.zeros((40, 1)))
+    adata.obs_names = [f"s{i}" for i in range(40)]
+    adata.obsm["spatial"] = np.column_stack([np.arange(40.0), np.zeros(40)])
+    labels = np.repeat(["a", "b"], 20).astype(object)
+    labels[5] = "c"
+    labels[30] = np.nan
+    adata.obs["domain"] = pd.Categorical(labels, categories=["a", "b", "c"])
+    # Expression puts spot 5 next to b's centroid, far from a's.
+    adata.obsm["X_feat"] = np.where(np.arange(40) < 20, 0.0, 10.0)[:, None]
+    adata.obsm["X_feat"][5] = 9.0
+    return adata
+
+
+def test_merge_small_domains_by_space_and_by_expression():
+    from spatiome.domains import merge_small_domains
+
+    adata = _line_of_domains()
+    merge_small_domains(adata, "domain", key_added="by_space")
+    merge_small_domains(adata, "domain", by="expression", use_rep="X_feat", key_added="by_expr")
+    assert adata.obs["by_space"].iloc[5] == "a" and adata.obs["by_expr"].iloc[5] == "b"
+    for key in ("by_space", "by_expr"):
+        assert list(adata.obs[key].cat.categories) == ["a", "b"]
+        assert pd.isna(adata.obs[key].iloc[30])
+        assert adata.uns["spatiome"][key]["merged_small_domains"] == {"c": 1}
+    # Everything else is unchanged, the input column included.
+    same = np.delete(np.arange(40), [5, 30])
+    merged = adata.obs["by_space"].astype(str).iloc[same]
+    assert (merged == adata.obs["domain"].astype(str).iloc[same]).all()
+    assert adata.obs["domain"].iloc[5] == "c"
+
+
+def test_merge_small_domains_votes_and_keeps_the_method_record():
+    from spatiome.domains import merge_small_domains
+
+    adata = _line_of_domains()
+    adata.uns["spatiome"] = {"domain": {"method": "bison"}}
+    # Spot 19, moved to x = 19.6 and relabelled: its 6 nearest larger-domain spots are
+    # 20, 21, 18, 22, 17, 16 (3 of b, 3 of a), and the tie goes to the nearest, 20 in b.
+    adata.obs["domain"] = adata.obs["domain"].cat.add_categories("d")
+    adata.obs.loc["s19", "domain"] = "d"
+    adata.obsm["spatial"][19, 0] = 19.6
+    result = merge_small_domains(adata, "domain", copy=True)
+    assert result.obs["domain"].iloc[19] == "b" and result.obs["domain"].iloc[5] == "a"
+    record = result.uns["spatiome"]["domain"]
+    assert record["method"] == "bison" and record["merged_small_domains"] == {"c": 1, "d": 1}
+    assert "merged_small_domains" not in adata.uns["spatiome"]["domain"]
+    untouched = merge_small_domains(adata, "domain", min_size=1, copy=True)
+    assert untouched.obs["domain"].equals(adata.obs["domain"])
+
+
+def test_merge_small_domains_errors_and_all_small():
+    from spatiome.domains import merge_small_domains
+
+    adata = _line_of_domains()
+    with pytest.raises(SpatiomeInputError, match="is missing"):
+        merge_small_domains(adata, "nope")
+    with pytest.raises(SpatiomeInputError, match="by must be one of"):
+        merge_small_domains(adata, "domain", by="graph")
+    with pytest.raises(SpatiomeInputError, match="min_size"):
+        merge_small_domains(adata, "domain", min_size=0)
+    with pytest.raises(SpatiomeInputError, match="n_neighbors"):
+        merge_small_domains(adata, "domain", n_neighbors=0)
+    with pytest.warns(UserWarning, match="nothing was merged"):
+        merge_small_domains(adata, "domain", min_size=100)
+    assert adata.obs["domain"].iloc[5] == "c"

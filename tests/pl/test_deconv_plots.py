@@ -88,3 +88,9 @@ def test_stored_cell_type_colours_win(fractions_data):
     assert pies["Neuron"] == to_rgba("#ff0000")
     assert all(dominant[name] == pies[name] for name in dominant)
     plt.close("all")
+
+
+def test_cell_types_absent_everywhere_get_no_map(fractions_data):
+    fractions_data.obsm["cell_type_fractions"]["Oligo"] = 0.0
+    fig = sm.pl.cell_type_maps(fractions_data)
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["Astro", "Neuron"]

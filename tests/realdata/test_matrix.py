@@ -59,7 +59,11 @@ def _visible(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-@pytest.mark.parametrize(("name", "options"), MATRIX, ids=[f"{n}{'+ref' if o and 'reference' in o[0] else ''}" for n, o in MATRIX])
+@pytest.mark.parametrize(
+    ("name", "options"),
+    MATRIX,
+    ids=[f"{n}{'+ref' if o and 'reference' in o[0] else ''}" for n, o in MATRIX],
+)
 def test_default_run_on_every_real_dataset(shared_data, tmp_path, capsys, name, options):
     folder = shared_data / name
     if not folder.is_dir():

@@ -144,8 +144,10 @@ def test_spots_without_counts_are_left_out_and_empty_genes_are_nan():
     trimmed = padded[10:].copy()
     expected = sparkx(trimmed, copy=True, check_depth=False)
     pd.testing.assert_frame_equal(table.iloc[:4], expected.iloc[:4], rtol=1e-10)
-    assert table.loc["g4"].drop("n_spots_expressed").isna().all()
+    assert table.loc["g4"].drop(["n_spots_expressed", "note"]).isna().all()
     assert table.loc["g4", "n_spots_expressed"] == 0
+    assert table.loc["g4", "note"] == "not tested: no counts"
+    assert (table["note"].iloc[:4] == "").all()
 
 
 def test_single_kernel_option_and_written_results():

@@ -130,3 +130,24 @@ def test_console_summary_states_the_configured_fdr(capsys):
     printed = capsys.readouterr().out
     assert "257 cells; 40 spatially variable genes (SPARK-X, q < 0.1); 4 domains" in printed
     assert "0.05" not in printed
+
+
+def test_a_step_that_fails_on_the_data_is_skipped_with_its_reason(tissue, tmp_path, monkeypatch):
+    original = pipeline_module.run_svg_method
+
+    def geary_fails(data, method, config):
+        if method == "geary":
+            raise ValueError("no variance left in any gene")
+        return original(data, method, config)
+
+    monkeypatch.setattr(pipeline_module, "run_svg_method", geary_fails)
+    config = PipelineConfig(**{**BASE, "svg_methods": ("geary", "moran")})
+    result = run_pipeline(tissue, tmp_path / "out", config, progress=False, cache=False)
+    steps = {s["name"]: s for s in _steps(tmp_path / "out")}
+    assert "no variance left in any gene" in steps["geary"]["skipped"]
+    assert not steps["moran"].get("skipped") and not steps["markers"].get("skipped")
+    assert list(result.svg_tables) == ["moran"]
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "Steps that did not run" in report and "no variance left in any gene" in report
+    assert "ValueError" in (tmp_path / "out" / "spatiome.log").read_text()
+    assert not (tmp_path / "out" / "svg_geary.csv").exists()

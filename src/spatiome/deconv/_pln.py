@@ -7,9 +7,11 @@ and scaled by its curvature), which stays accurate for large counts where a fixe
 misses the narrow peak. Model fits need the log probability and its first two
 derivative in ``lam`` for every spot x gene entry at every iteration, plus the Fisher
 information ``E[(d log P / d lam)^2]`` (a function of ``lam`` alone) as the weight of
-Fisher scoring. :class:`PLNTable` tabulates them once per ``sigma`` on a grid of
-``log(lam)`` for counts up to ``X_CAP`` and interpolates; rarer entries (larger counts)
-are integrated directly.
+Fisher scoring. :class:`PLNTable` tabulates them for one ``sigma`` on a grid of
+``log(lam)`` for counts up to ``X_CAP``, each column of the grid when a lookup first
+reaches it, and interpolates; rarer entries (larger counts) are integrated directly.
+:func:`pln_table` keeps the recently used tables, so that later fits in the process
+reuse them.
 """
 
 from __future__ import annotations
@@ -40,16 +42,16 @@ _T, _LOG_W = _nodes()
 def pln_point(x, lam, sigma, nodes, log_weights):
     """(log P, d log P / d lam, d2 log P / d lam2) for one count and rate."""
     n = nodes.shape[0]
-    return _pln_point(
-        x, lam, sigma, nodes, log_weights, math.lgamma(x + 1.0), np.empty(n), np.empty(n)
-    )
+    lgx = math.lgamma(x + 1.0)
+    return _pln_point(x, lam, sigma, nodes, log_weights, lgx, np.empty(n), np.empty(n), True)
 
 
 @numba.njit(cache=True)
-def _pln_point(x, lam, sigma, nodes, log_weights, lgx, terms, factors):
+def _pln_point(x, lam, sigma, nodes, log_weights, lgx, terms, factors, derivatives):
     """:func:`pln_point` given ``lgx = log(x!)`` and two scratch arrays of ``len(nodes)``.
 
-    Callers that evaluate many points hoist the log factorial and the allocations.
+    Callers that evaluate many points hoist the log factorial and the allocations; without
+    ``derivatives`` both derivatives are returned as 0.
     """
     lam = max(lam, MIN_RATE)
     log_lam = math.log(lam)
@@ -89,6 +91,8 @@ def _pln_point(x, lam, sigma, nodes, log_weights, lgx, terms, factors):
         terms[k] = math.exp(terms[k] - top)
         total += terms[k]
     log_p = top + math.log(total) + math.log(scale) - lgx
+    if not derivatives:
+        return log_p, 0.0, 0.0
     d1 = 0.0
     s2 = 0.0
     for k in range(n):
@@ -128,7 +132,7 @@ def _fill_columns(columns, sigma, nodes, log_weights, log_p, d1, fisher):
         info = 0.0
         for x in range(x_cap + 1):
             a, b, _ = _pln_point(
-                float(x), lam, sigma, nodes, log_weights, log_factorial[x], terms, factors
+                float(x), lam, sigma, nodes, log_weights, log_factorial[x], terms, factors, True
             )
             log_p[x, j] = a
             d1[x, j] = b
@@ -195,9 +199,7 @@ class PLNTable:
         with self._lock:
             columns = columns[~self.built[columns]]
             if columns.size:
-                _fill_columns(
-                    columns, self.sigma, _T, _LOG_W, self.log_p, self.d1, self.fisher
-                )
+                _fill_columns(columns, self.sigma, _T, _LOG_W, self.log_p, self.d1, self.fisher)
                 self.built[columns] = True
                 self.n_columns_built += int(columns.size)
 
@@ -234,9 +236,19 @@ _BLOCK = 1024  # entries per parallel task, which shares the quadrature's scratc
 
 
 def _lookup_body(
-    counts, rates, t_log_p, t_d1, t_fisher, built, sigma, nodes, log_weights, derivatives, out,
+    counts,
+    rates,
+    t_log_p,
+    t_d1,
+    t_fisher,
+    built,
+    sigma,
+    nodes,
+    log_weights,
+    derivatives,
+    out,
     pending,
-):  # fmt: skip
+):
     n_grid = t_log_p.shape[1]
     x_cap = t_log_p.shape[0] - 1
     n = counts.shape[0]
@@ -259,8 +271,9 @@ def _lookup_body(
                 if derivatives:
                     out[1, i] = (1.0 - f) * t_d1[xi, j] + f * t_d1[xi, j + 1]
             else:
+                lgx = math.lgamma(x + 1.0)
                 a, b, _ = _pln_point(
-                    x, lam, sigma, nodes, log_weights, math.lgamma(x + 1.0), terms, factors
+                    x, lam, sigma, nodes, log_weights, lgx, terms, factors, derivatives
                 )
                 out[0, i] = a
                 if derivatives:
@@ -283,10 +296,9 @@ def _direct_body(counts, rates, sigma, nodes, log_weights, out):
         factors = np.empty(nodes.shape[0])
         for i in range(block * _BLOCK, min(n, (block + 1) * _BLOCK)):
             x = counts[i]
-            out[i] = _pln_point(
-                x, max(rates[i], MIN_RATE), sigma, nodes, log_weights, math.lgamma(x + 1.0),
-                terms, factors,
-            )[0]  # fmt: skip
+            lam = max(rates[i], MIN_RATE)
+            lgx = math.lgamma(x + 1.0)
+            out[i] = _pln_point(x, lam, sigma, nodes, log_weights, lgx, terms, factors, False)[0]
 
 
 _direct_serial = numba.njit(cache=True)(_direct_body)
@@ -305,7 +317,7 @@ def log_probability(counts: np.ndarray, rates: np.ndarray, sigma: float) -> np.n
 
 # ------------------------------------------------------------------ tables shared by calls
 
-TABLE_CACHE_SIZE = 8  # tables of 2 x 201 x 2601 doubles (8 MB) at most, when fully computed
+TABLE_CACHE_SIZE = 8  # one RCTD call uses up to 6 tables of 2 x 201 x 2601 doubles (8.4 MB)
 
 
 class CacheInfo(NamedTuple):
@@ -313,6 +325,7 @@ class CacheInfo(NamedTuple):
     misses: int
     maxsize: int
     currsize: int
+    columns_computed: int  # by the tables in the cache, since they were created
 
 
 _tables: OrderedDict[tuple, PLNTable] = OrderedDict()
@@ -342,10 +355,14 @@ def pln_table(sigma: float) -> PLNTable:
 
 
 def table_cache_info() -> CacheInfo:
-    """Hits, misses, capacity and current size of the cache of :func:`pln_table`."""
+    """Hits, misses, capacity, size and computed grid columns of the cache of :func:`pln_table`."""
     with _tables_lock:
         return CacheInfo(
-            _cache_counts["hits"], _cache_counts["misses"], TABLE_CACHE_SIZE, len(_tables)
+            _cache_counts["hits"],
+            _cache_counts["misses"],
+            TABLE_CACHE_SIZE,
+            len(_tables),
+            sum(table.n_columns_built for table in _tables.values()),
         )
 
 

@@ -14,7 +14,7 @@ from .._core.progress import Progress
 from .._core.random import check_random_state
 from .._core.validate import SpatiomeInputError, check_adata, check_counts, get_matrix
 from ._irls import Penalty, fit_weights
-from ._pln import PLNTable, log_probability
+from ._pln import log_probability, pln_table
 from ._solvers import nnls_shared
 from .reference import reference_signatures
 
@@ -321,7 +321,7 @@ def _rctd(inputs: _Inputs, neighbours, smoothing, mode, rng, info):
     sigma = _choose_sigma(inputs.counts, profiles, start, rng)
     info["sigma"] = sigma
     with Progress("deconv.rctd", inputs.counts.shape[0], "spot") as progress:
-        table = PLNTable(sigma)
+        table = pln_table(sigma)
         weights, _ = fit_weights(inputs.counts, profiles, table, start, progress=progress)
     if neighbours is not None:
         strength = np.full(weights.shape[0], float(smoothing))
@@ -340,7 +340,7 @@ def _rctd(inputs: _Inputs, neighbours, smoothing, mode, rng, info):
 def _platform_adjusted(inputs: _Inputs, info: dict) -> np.ndarray:
     """Signatures times the per-gene platform effect (observed / predicted pseudo-bulk)."""
     bulk = np.asarray(inputs.counts.sum(axis=0)).ravel()
-    table = PLNTable(0.0)
+    table = pln_table(0.0)
     start = np.full((1, inputs.profiles.shape[1]), bulk.sum() / inputs.profiles.sum())
     bulk_weights, _ = fit_weights(
         sp.csr_matrix(bulk[None, :]), inputs.profiles, table, start, max_iter=200, tol=1e-7
@@ -363,7 +363,7 @@ def _choose_sigma(counts, profiles, start, rng) -> float:
     # On small data choosing sigma takes longer than fitting every spot: it has its own task.
     with Progress("deconv.rctd sigma", _SIGMA_ROUNDS, "round") as progress:
         for round_ in range(_SIGMA_ROUNDS):
-            weights, _ = fit_weights(x, profiles, PLNTable(sigma), weights, max_iter=10)
+            weights, _ = fit_weights(x, profiles, pln_table(sigma), weights, max_iter=10)
             new = _golden_max(_sigma_objective(x.toarray(), weights @ profiles.T), *_SIGMA_BOUNDS)
             converged = abs(new - sigma) < 0.01
             sigma = new

@@ -11,9 +11,11 @@ from .cluster import (
 )
 from .gnn import gnn
 from .markers import markers, top_markers
+from .n_domains import choose_n_domains
 
 __all__ = [
     "bison",
+    "choose_n_domains",
     "cluster",
     "gaussian_mixture",
     "gnn",

@@ -154,7 +154,7 @@ def bison(
         Strength ``f`` of the Potts prior (0 turns the spatial prior off).
     graph_key
         Spatial graph in ``adata.obsp``; when absent, one is built with
-        :func:`spatiome.graph.build_graph` (the Visium hex grid when ``obs`` has
+        :func:`spatiome.graph.build_graph` (the 10x array grid, hex or square, when ``obs`` has
         ``array_row``/``array_col``, else ``n_neighbors`` nearest neighbours) without
         storing it. The graph is made symmetric and binary (every edge counts 1).
     n_neighbors

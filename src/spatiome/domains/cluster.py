@@ -784,6 +784,8 @@ def _drop_small_domains(
     features = _representation(adata, use_rep)
     keep = np.ones(labels.size, dtype=bool)
     probability = None
+    if method == "gmm":
+        probability = adata.obs[f"{key_added}_probability"].to_numpy(dtype=np.float64, copy=True)
     while outcome["refits"] < _MAX_REFITS:
         small = _small_domains(labels, min_size)
         if small.size == 0:

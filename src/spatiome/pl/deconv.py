@@ -50,7 +50,8 @@ def cell_type_maps(
     key
         The fractions' key in ``obsm``.
     cell_types
-        Types to draw (default: all, in column order).
+        Types to draw (default: every type with a non-zero fraction somewhere, in column
+        order).
     ncols
         Panels per row.
     spot_size
@@ -73,7 +74,11 @@ def cell_type_maps(
     ['A', 'B', 'C']
     """
     fractions = _fractions(adata, key)
-    names = list(fractions.columns) if cell_types is None else list(cell_types)
+    if cell_types is None:
+        present = (fractions.fillna(0.0) != 0).any(axis=0)
+        names = [name for name in fractions.columns if present[name]] or list(fractions.columns)
+    else:
+        names = list(cell_types)
     unknown = [n for n in names if n not in fractions.columns]
     if unknown:
         raise SpatiomeInputError(f"cell types {unknown} are not in adata.obsm[{key!r}]")

@@ -47,15 +47,13 @@ from .._core.validate import (
     resolve_genes,
 )
 from ._depth import DEPTH_WARNING_PVALUE, has_negative_values, spot_depth
-from ._result import add_qvalues, write_result
+from ._result import add_qvalues, pvalue_columns, write_result
 
 DEFAULT_CONNECTIVITY_KEY = "spatial_connectivities"
 TRANSFORMATIONS = ("row", "none")
 #: Permutations generated per random block; blocks have their own seeds, so results do
 #: not depend on how genes are chunked or on the number of workers.
 PERMUTATION_BLOCK = 64
-#: The smallest positive normal double: p-values are floored here, never at exactly 0.
-PVAL_FLOOR = np.finfo(np.float64).tiny
 
 # Per-gene sums returned by the kernels, one row per gene.
 _MEAN, _M2, _M4, _ZWZ, _GEARY, _RANGE = range(6)
@@ -688,7 +686,7 @@ def _table(
 
 def _pvalue(log_p: np.ndarray) -> np.ndarray:
     """exp(log p), floored at PVAL_FLOOR (NaN stays NaN)."""
-    return np.where(np.isnan(log_p), np.nan, np.maximum(np.exp(log_p), PVAL_FLOOR))
+    return pvalue_columns(log_p)[0]
 
 
 def _log_pvalue(signed_z: np.ndarray, two_tailed: bool) -> np.ndarray:

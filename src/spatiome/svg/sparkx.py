@@ -148,7 +148,7 @@ def sparkx(
           size (its log10, from the log p-values);
         - ``pval``: combined p-value (Cauchy combination of the kernels), floored at the
           smallest positive double; ``log10_pval``: its log10, exact and never -inf;
-        - ``note``: empty, or why ``statistic`` was replaced;
+        - ``note``: empty, or why ``statistic`` was replaced or the gene not tested;
         - ``qval``: Benjamini-Hochberg adjusted ``pval``; ``qval_by``: Benjamini-Yekutieli
           (the original's ``adjustedPval``);
         - ``stat_<kernel>``, ``pval_<kernel>`` for kernels projection, gaus1-5, cos1-5
@@ -416,6 +416,9 @@ def _table(
     statistic, note = finite_statistic(
         statistic, _log10_cauchy_statistic(log_pvalues, statistic), name="Cauchy statistic"
     )
+    untested = np.isnan(variance_fraction)
+    note[untested & (squares == 0)] = "not tested: no counts"
+    note[untested & (squares > 0)] = "not tested: no variance beyond the mean and covariates"
     pval, log10_pval = pvalue_columns(log_combined)
     columns: dict[str, np.ndarray] = {
         "statistic": statistic,

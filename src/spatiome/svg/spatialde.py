@@ -38,6 +38,9 @@ How it is computed here:
   length scale, ``K ~ C W^+ C^T`` with ``C = K(spots, Z)``, built by streaming over spot
   chunks (no spots x spots or dense spots x genes matrix). The inducing points ``Z`` are
   the pivots of a pivoted Cholesky factorization over farthest-point samples of the spots.
+- **One length scale at a time.** Each kernel is decomposed, every gene is fitted to it,
+  and its eigenvectors are released before the next, so at most one ``n x rank`` basis is
+  held; progress is reported per length scale.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,12 +58,14 @@ import pandas as pd
 import scipy.linalg as sla
 import scipy.sparse as sp
 from anndata import AnnData
-from scipy import interpolate, stats
+from scipy import interpolate
 from scipy.spatial import ConvexHull, QhullError, cKDTree
 from scipy.spatial.distance import cdist
 
 from .._core.parallel import default_chunk_size, map_gene_chunks, resolve_n_jobs
+from .._core.progress import Progress
 from .._core.random import check_random_state
+from .._core.stats import chi2_logsf
 from .._core.validate import (
     SpatiomeInputError,
     check_adata,
@@ -71,7 +76,7 @@ from .._core.validate import (
     resolve_genes,
 )
 from ..pp.vst import covariate_matrix, fit_overdispersion
-from ._result import add_qvalues, write_result
+from ._result import add_qvalues, pvalue_columns, write_result
 
 #: Eigenvalues of the kernels are floored here (the original's ``np.clip(S, 1e-8, None)``).
 EIGEN_FLOOR = 1e-8
@@ -267,8 +272,10 @@ def spatialde(
         Indexed by gene, for the best length scale of each gene:
 
         - ``statistic``, ``llr``: LLR = ``ll - ll_null``;
-        - ``pval``: ``chi2.sf(llr, df=1)``; ``qval``: Benjamini-Hochberg;
-          ``qval_storey``: Storey's q-value as SpatialDE computes it;
+        - ``pval``: ``chi2.sf(llr, df=1)``, floored at the smallest positive double;
+          ``log10_pval``: its log10, exact and never -inf (computed as a logarithm, so
+          an LLR of 2,000 gives ``-437.2``, not ``log10(0)``); ``qval``:
+          Benjamini-Hochberg; ``qval_storey``: Storey's q-value as SpatialDE computes it;
         - ``ll``, ``ll_null``: log-likelihoods of the spatial and the constant model
           (the latter with the ``ddof=1`` variance, as in the original);
         - ``length_scale``, ``delta``, ``log_delta``, ``mu_hat``, ``s2_t_hat``: the fit;
@@ -282,6 +289,11 @@ def spatialde(
         columns are also written to ``adata.var[f"spatialde_{column}"]`` and the
         parameters (with the decomposition and rank used for each length scale) to
         ``adata.uns["spatiome"]["spatialde"]``.
+
+    Notes
+    -----
+    Progress (one unit per length scale: its decomposition and the fit of every gene) is
+    reported through :mod:`spatiome._core.progress` as task ``"svg.spatialde"``.
 
     References
     ----------
@@ -323,8 +335,18 @@ def spatialde(
     )
     size = chunk_size or default_chunk_size(adata.n_obs, expression.n_genes, workers)
 
-    spectra = _se_spectra(coordinates, scales, mode, n_inducing, random_state, expression)
-    fits = _fit_kernels(spectra, expression, size, workers, client)
+    by_scale: dict[int, tuple[_Spectrum, np.ndarray]] = {}
+    with Progress("svg.spatialde", scales.size, "length scale") as bar:
+        pairs = _iter_se_spectra(coordinates, scales, mode, n_inducing, random_state, expression)
+        for done, (k, spectrum) in enumerate(pairs, start=1):
+            fit = _fit_kernels([spectrum], expression, size, workers, client)[0]
+            # The table needs only the spectrum's summaries: release the basis now.
+            spectrum.vectors = None
+            spectrum.projections = None
+            by_scale[k] = (spectrum, fit)
+            bar.update(done, f"l = {scales[k]:.4g} ({spectrum.decomposition})")
+    spectra = [by_scale[k][0] for k in range(scales.size)]
+    fits = [by_scale[k][1] for k in range(scales.size)]
     table = _se_table(fits, spectra, scales, expression, adata.n_obs, fidelity)
     table.index = adata.var_names[positions]
 
@@ -402,7 +424,8 @@ def spatialde_model_search(
         ``length_scale`` (the period for PER, NaN for linear), ``delta``, ``fsv`` of the
         chosen model; ``bic_se``, ``bic_per``, ``bic_linear`` and ``prob_se``,
         ``prob_per``, ``prob_linear``; and the spatial test ``statistic`` (LLR of the
-        best SE model), ``pval``, ``qval`` (BH over the genes searched). Written to
+        best SE model), ``pval``, ``log10_pval`` (as for :func:`spatialde`), ``qval``
+        (BH over the genes searched). Written to
         ``adata.var[f"spatialde_model_search_{column}"]`` and ``adata.uns["spatiome"]
         ["spatialde_model_search"]`` unless ``copy=True``.
 
@@ -518,8 +541,9 @@ def spatialde_model_search(
     table = pd.DataFrame(columns)
     table.insert(0, "statistic", se["statistic"].to_numpy())
     table.insert(1, "pval", se["pval"].to_numpy())
+    table.insert(2, "log10_pval", se["log10_pval"].to_numpy())
     add_qvalues(table)
-    table.insert(2, "qval", table.pop("qval"))
+    table.insert(3, "qval", table.pop("qval"))
     table.index = adata.var_names[positions]
 
     if not copy:
@@ -803,13 +827,28 @@ def _se_spectra(
     random_state: Any,
     expression: _Expression | None = None,
 ) -> list[_Spectrum]:
-    """One spectrum per length scale (largest first, since those have the lowest rank).
+    """One spectrum per length scale, in the order of ``scales``."""
+    spectra = dict(
+        _iter_se_spectra(coordinates, scales, mode, n_inducing, random_state, expression)
+    )
+    return [spectra[k] for k in range(scales.size)]
+
+
+def _iter_se_spectra(
+    coordinates: np.ndarray,
+    scales: np.ndarray,
+    mode: str,
+    n_inducing: int,
+    random_state: Any,
+    expression: _Expression | None = None,
+) -> Iterator[tuple[int, _Spectrum]]:
+    """``(k, spectrum of scales[k])`` for every length scale, largest first (those have the
+    lowest rank, which predicts when the next needs a full eigendecomposition).
 
     In approximate mode the genes' projections are computed in the same pass over the
     spots, so ``expression`` is needed there.
     """
     order = np.argsort(scales)[::-1]
-    spectra: list[_Spectrum | None] = [None] * scales.size
     if mode == "lowrank":
         assert expression is not None
         m = min(n_inducing, coordinates.shape[0])
@@ -817,10 +856,11 @@ def _se_spectra(
         matrix = expression.matrix
         by_rows = sp.csr_matrix(matrix) if sp.issparse(matrix) else matrix
         for k in order:
-            spectra[k] = _nystrom_spectrum(
-                coordinates, candidates, float(scales[k]), expression, by_rows
+            yield (
+                int(k),
+                _nystrom_spectrum(coordinates, candidates, float(scales[k]), expression, by_rows),
             )
-        return [s for s in spectra if s is not None]
+        return
     n, dim = coordinates.shape
     limit = max(1, int(PIVOTED_MAX_FRACTION * n))
     squared = None
@@ -843,8 +883,7 @@ def _se_spectra(
                 squared = _squared_distances(coordinates)
             kernel = np.exp(squared * (-0.5 / (scale * scale)))
             spectrum = _eigen_spectrum(kernel, "eigh")
-        spectra[k] = spectrum
-    return [s for s in spectra if s is not None]
+        yield int(k), spectrum
 
 
 def _eigen_spectrum(kernel: np.ndarray, name: str) -> _Spectrum:
@@ -1376,11 +1415,13 @@ def _se_table(
             variance = np.where((curvature > 0) & inside, 1.0 / curvature, np.nan)
             log_delta_se = np.sqrt(variance)
             fsv_se = gower * delta / (gower + delta) ** 2 * log_delta_se
-    pval = stats.chi2.sf(llr, df=1)
+    # A slightly negative LLR (the null's variance uses n - 1) has p = 1, as chi2.sf gives.
+    pval, log10_pval = pvalue_columns(chi2_logsf(np.maximum(llr, 0.0), 1))
     table = pd.DataFrame(
         {
             "statistic": llr,
             "pval": pval,
+            "log10_pval": log10_pval,
             "qval": np.nan,
             "qval_storey": _storey_qvalues(pval),
             "llr": llr,

@@ -28,11 +28,18 @@ statistic, the observed and permuted curves are centred by their pointwise mean 
 default, scaled by their pointwise standard deviation. The test statistic is the maximum
 absolute deviation over r, and p = (1 + #permutations with a maximum at least as large) /
 (S + 1) (a global maximum-deviation envelope test).
+
+Progress is counted in genes: a gene is done when early stopping drops it or its last
+permutation stage ends. Chunks run on worker threads, which do not see the caller's context
+(where a progress listener is installed), so each update runs in a copy of that context,
+one at a time.
 """
 
 from __future__ import annotations
 
+import contextvars
 import numbers
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +51,7 @@ from anndata import AnnData
 from scipy.spatial import cKDTree
 
 from .._core.parallel import map_gene_chunks, resolve_n_jobs
+from .._core.progress import Progress
 from .._core.random import check_random_state
 from .._core.stats import bh_adjust
 from .._core.validate import (
@@ -54,7 +62,7 @@ from .._core.validate import (
     get_spatial,
     resolve_genes,
 )
-from ._result import add_qvalues, write_result
+from ._result import add_qvalues, pvalue_columns, write_result
 
 #: The four statistics, in the order of the per-statistic columns.
 STATISTICS = ("emark", "vmark", "markcorr", "markvario")
@@ -171,6 +179,8 @@ def trendseek(
           standard deviations when ``studentize``);
         - ``pval``: the Bonferroni combination of the four, min(1, 4 x min_stat pval_stat).
           The original reports only per-statistic results, so this is a choice made here;
+          ``log10_pval``: its log10 (a permutation p-value is at least 1 / (S + 1), so
+          it never underflows);
         - ``qval``: Benjamini-Hochberg adjusted ``pval``;
         - ``statistic``: ``deviation_<stat>`` of the statistic with the smallest p-value
           (the first in the order above when several tie);
@@ -180,6 +190,10 @@ def trendseek(
         Constant genes get NaN. Unless ``copy=True`` the columns are also written to
         ``adata.var[f"trendseek_{column}"]`` and the parameters (radii, bandwidth, r_max)
         to ``adata.uns["spatiome"]["trendseek"]``.
+
+        Progress, in genes (a gene counts when its permutations end), is reported through
+        :mod:`spatiome._core.progress` as task ``"svg.trendseek"``; on a Dask ``client``
+        only at the end.
 
     Notes
     -----
@@ -236,15 +250,19 @@ def trendseek(
         0, np.iinfo(np.int64).max, size=n_permutations
     )
     size = chunk_size or _default_chunk_size(n_genes, n_permutations, geometry.radii.size, workers)
-    results = map_gene_chunks(
-        lambda start, stop: _test_chunk(
-            matrix, start, stop, log_transform, geometry, seeds, stages, alpha_stop, studentize
-        ),
-        n_genes,
-        chunk_size=size,
-        n_jobs=workers,
-        client=client,
-    )
+    with Progress("svg.trendseek", n_genes, "gene") as bar:
+        # The tally holds a lock and a context: it cannot travel to Dask workers.
+        tally = _GeneTally(bar) if client is None else None
+        results = map_gene_chunks(
+            lambda start, stop: _test_chunk(
+                matrix, start, stop, log_transform, geometry, seeds, stages, alpha_stop,
+                studentize, tally,
+            ),
+            n_genes,
+            chunk_size=size,
+            n_jobs=workers,
+            client=client,
+        )  # fmt: skip
     table = _table(results)
     table.index = adata.var_names[positions]
 
@@ -393,6 +411,28 @@ def _epanechnikov(t: np.ndarray, half_width: float) -> np.ndarray:
     return np.where(np.abs(u) < 1.0, 0.75 / half_width * (1.0 - u * u), 0.0)
 
 
+class _GeneTally:
+    """Genes done so far, added from any worker thread and passed on to a Progress.
+
+    Worker threads start without the caller's context variables, where the progress
+    listener lives: each update runs in a copy of the context the tally was made in, under
+    a lock, so the listener sees one increasing count.
+    """
+
+    def __init__(self, bar: Progress) -> None:
+        self._bar = bar
+        self._context = contextvars.copy_context()
+        self._lock = threading.Lock()
+        self._done = 0
+
+    def add(self, n_genes: int, details: str = "") -> None:
+        if n_genes <= 0:
+            return
+        with self._lock:
+            self._done += n_genes
+            self._context.run(self._bar.update, self._done, details)
+
+
 def _stages(n_permutations: int, early_stopping: bool) -> list[int]:
     """Cumulative permutation counts after each stage: 10, 100, ... and n_permutations."""
     if not early_stopping:
@@ -441,8 +481,12 @@ def _test_chunk(
     stages: list[int],
     alpha_stop: float,
     studentize: bool,
+    tally: _GeneTally | None = None,
 ) -> dict[str, np.ndarray]:
-    """p-values, deviations and permutations used for the genes of one chunk."""
+    """p-values, deviations and permutations used for the genes of one chunk.
+
+    ``tally``, when given, counts the genes as they are done (after each stage).
+    """
     marks = _chunk_marks(matrix, start, stop, log_transform)
     n_obs, n_genes = marks.shape
     pvals = np.full((n_genes, len(STATISTICS)), np.nan)
@@ -450,6 +494,8 @@ def _test_chunk(
     used = np.zeros(n_genes, dtype=np.int64)
 
     active = np.flatnonzero(np.ptp(marks, axis=0) > 0)
+    if tally is not None:
+        tally.add(n_genes - active.size, "constant genes skipped")
     # curves[s, stat, r, gene]; s = 0 is the observed arrangement.
     curves = _curves(marks[:, active], np.arange(n_obs)[None, :], geometry)
     done = 0
@@ -467,6 +513,10 @@ def _test_chunk(
         pvals[active], deviations[active], used[active] = p, dev, total
         threshold = FIRST_STAGE_ALPHA if stage == 0 else alpha_stop
         going_on = p.min(axis=1) <= threshold
+        if stage == len(stages) - 1:
+            going_on[:] = False
+        if tally is not None:
+            tally.add(int((~going_on).sum()), f"{total} permutations")
         active, curves = active[going_on], curves[..., going_on]
     return {"pvals": pvals, "deviations": deviations, "used": used}
 
@@ -567,10 +617,12 @@ def _table(results: list[dict[str, np.ndarray]]) -> pd.DataFrame:
     tested = np.isfinite(pvals).all(axis=1)
     best = np.argmin(np.where(tested[:, None], pvals, np.inf), axis=1)
     rows = np.arange(pvals.shape[0])
+    pval, log10_pval = pvalue_columns(np.log(np.minimum(1.0, len(STATISTICS) * pvals.min(axis=1))))
     table = pd.DataFrame(
         {
             "statistic": np.where(tested, deviations[rows, best], np.nan),
-            "pval": np.minimum(1.0, len(STATISTICS) * pvals.min(axis=1)),
+            "pval": pval,
+            "log10_pval": log10_pval,
         }
     )
     add_qvalues(table)

@@ -86,7 +86,8 @@ class PipelineConfig:
     n_comps, n_top_genes, umap
         PCA components, highly variable genes (None: all genes), whether to run UMAP.
     graph_method
-        Spatial graph: "auto" (Visium hex grid when array_row/array_col exist, else kNN),
+        Spatial graph: "auto" (the 10x array grid when array_row/array_col exist: hex for
+        Visium, square for Visium HD bins; else kNN),
         "grid", "knn", "radius" or "delaunay".
     n_spatial_neighbors
         k of the kNN spatial graph.
@@ -594,33 +595,31 @@ def run_module_method(
         )  # fmt: skip
     else:
         raise SpatiomeInputError(f"unknown module method {method!r}; choose from {MODULE_METHODS}")
-    n_modules, n_unassigned = count_modules(data, key)
+    n_modules, n_unassigned = count_modules(data, key, genes)
     note = f"{MODULE_TITLES[method]}: {n_modules} modules of two or more genes from {len(genes)}"
     note += " genes" + (f" ({n_unassigned} genes in no module)" if n_unassigned else "")
     return table, [note]
 
 
-#: Module labels that mean "in no module".
-UNASSIGNED_MODULES = ("-1", "unassigned", "nan", "None", "<NA>")
-
-
-def count_modules(data: AnnData, key: str) -> tuple[int, int]:
+def count_modules(data: AnnData, key: str, genes: Sequence[str] | None = None) -> tuple[int, int]:
     """Modules of two or more genes in ``var[f"{key}_module"]`` (or ``_pattern``), and the
-    number of genes left in no module (unassigned, or alone in a module of one).
+    number of analysed genes left in no module (unassigned, or alone in a module of one).
+
+    ``genes`` are the genes the method analysed (default: those with a module value).
 
     Examples
     --------
     >>> import anndata, numpy as np, pandas as pd
-    >>> a = anndata.AnnData(np.zeros((2, 5)))
-    >>> a.var["module_stihc_module"] = pd.array([1, 1, 2, -1, 3], dtype="Int64")
+    >>> a = anndata.AnnData(np.zeros((2, 6)))
+    >>> a.var["module_stihc_module"] = [1.0, 1.0, 2.0, -1.0, 3.0, np.nan]
     >>> count_modules(a, "module_stihc")
     (1, 3)
     """
-    labels = data.var[module_column(data, key)].astype(str)
-    scored = labels[~labels.isin(UNASSIGNED_MODULES)]
-    sizes = scored.value_counts()
-    n_modules = int((sizes >= 2).sum())
-    return n_modules, int(labels.size - sizes[sizes >= 2].sum())
+    from ..pl.domains import module_labels
+
+    labels = module_labels(data.var[module_column(data, key)], genes)
+    unassigned = int((labels == "unassigned").sum())
+    return int(labels[labels != "unassigned"].nunique()), unassigned
 
 
 def aeh_length_scale(data: AnnData, genes: list[str]) -> float:

@@ -64,7 +64,8 @@ _STATISTIC_NAMES = {"moran": "Moran's I", "geary": "Geary's C"}
 #: A module step's note that only counts its modules ("stIHC: 7 modules from 300 genes").
 _MODULE_COUNT_NOTE = re.compile(r": \d+ modules? (of two or more genes )?from \d+ genes")
 
-Figure = Callable[[Any], str]
+#: Encodes a matplotlib figure for the page (and closes it).
+FigureEncoder = Callable[[Any], str]
 
 
 def module_column(data: AnnData, key: str) -> str:
@@ -188,6 +189,19 @@ def report_sections(
         css_class="summary",
         header=False,
     )
+    for note in notes.get("input", []):
+        overview.add_text(f"Input: {note}.")
+    skipped = extra.get("skipped") or {}
+    if skipped:
+        overview.add_html("<h3>Steps that did not run</h3>")
+        overview.add_text(
+            "Each step below could not run on these data; the reason says what would make it "
+            "run. Everything else in this report was computed."
+        )
+        overview.add_table(
+            pd.DataFrame({"why it did not run": pd.Series(skipped)}).rename_axis("step"),
+            sortable=False,
+        )
     sections = [
         overview,
         _qc_section(data, notes.get("qc", []), summary, kind, figure),
@@ -197,7 +211,7 @@ def report_sections(
         sections.append(
             _domain_section(
                 data, extra.get("markers"), notes.get("domains", []), config, kind, figure
-            )  # fmt: skip
+            )
         )
     if "cell_type_fractions" in data.obsm:
         sections.append(_deconvolution_section(data, notes.get("deconvolution", []), kind, figure))
@@ -220,7 +234,7 @@ def report_sections(
                 figure,
                 anchor_first=rank,
                 mapped=mapped,
-            )  # fmt: skip
+            )
         )
     if len(tables) > 1:
         sections[first_svg].add_html("<h3>Agreement between the methods</h3>")
@@ -414,7 +428,7 @@ def _module_counts(
 
 
 def _qc_section(
-    data: AnnData, notes: list[str], summary: Mapping[str, Any], kind: str, figure: Figure
+    data: AnnData, notes: list[str], summary: Mapping[str, Any], kind: str, figure: FigureEncoder
 ) -> Section:
     from .. import pl
     from ..pl.qc import QC_KEYS, informative_metrics
@@ -469,10 +483,13 @@ def _qc_section(
     return section
 
 
-def _cluster_section(data: AnnData, kind: str, figure: Figure) -> Section:
+def _cluster_section(data: AnnData, kind: str, figure: FigureEncoder) -> Section:
     from .. import pl
 
     section = Section("Embedding and clusters", "clusters")
+    if "leiden" not in data.obs:
+        section.add_text("No clusters: the clustering step did not run (see the summary).")
+        return section
     section.add_figure(
         figure(pl.spatial(data, "leiden").figure),
         f"Leiden clusters of the {_noun(kind)} (expression only) on the tissue.",
@@ -493,7 +510,7 @@ def _domain_section(
     notes: list[str],
     config: PipelineConfig,
     kind: str,
-    figure: Figure,
+    figure: FigureEncoder,
 ) -> Section:
     from .. import domains, pl
 
@@ -531,7 +548,9 @@ def _domain_section(
     return section
 
 
-def _deconvolution_section(data: AnnData, notes: list[str], kind: str, figure: Figure) -> Section:
+def _deconvolution_section(
+    data: AnnData, notes: list[str], kind: str, figure: FigureEncoder
+) -> Section:
     from .. import pl
 
     units = _noun(kind)
@@ -620,7 +639,7 @@ def _svg_section(
     config: PipelineConfig,
     fdr: float,
     kind: str,
-    figure: Figure,
+    figure: FigureEncoder,
     *,
     anchor_first: int,
     mapped: dict[str, str],
@@ -706,7 +725,7 @@ def _module_section(
     data: AnnData,
     tables: Mapping[str, pd.DataFrame | None],
     notes: list[str],
-    figure: Figure,
+    figure: FigureEncoder,
 ) -> Section:
     from .. import pl
     from ..pl.domains import UNASSIGNED, module_labels, module_sizes
