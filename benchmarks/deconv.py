@@ -18,6 +18,11 @@ Designs (every method sees the same spots; fractions are of cells):
   with a per-gene platform factor (sd 0.5).
 - ``cerebellum``: the Slide-seq beads and their snRNA-seq reference (19 types): RCTD
   doublet-mode classes as a real-data check (there is no truth).
+- ``--rctd-speed``: the default method's time on small data, where the likelihood tables
+  dominate: the 100 Slide-seq beads (19 types), the 750 MERFISH cells (14 types) and 2,300
+  random pseudo-spots of ``simulate_tissue`` cells (6 types); the first call of the process
+  (no table computed yet) and a second call on the same data (tables cached), wall and
+  CPU time (all threads).
 
 Metrics as in published benchmarks: RMSE over all spots and types, mean per-spot
 Jensen-Shannon divergence, mean per-type Pearson correlation. ``nb_vi`` runs with one
@@ -29,9 +34,10 @@ Run with a Python that has spatiome (and torch for ``nb_vi``)::
 
     python benchmarks/deconv.py [--data-dir ../shared/data] [--seeds 3] [--scale-spots 100000]
     python benchmarks/deconv.py --scale-only
+    python benchmarks/deconv.py --rctd-speed
 
 Prints the tables and writes ``benchmarks/results/deconv.csv`` (``deconv_scale.csv`` with
-``--scale-only``).
+``--scale-only``, ``deconv_rctd_speed.csv`` with ``--rctd-speed``).
 """
 
 from __future__ import annotations
@@ -254,6 +260,65 @@ def scale(n_spots: int, n_types: int = 20, n_genes: int = 2000) -> pd.DataFrame:
     )
 
 
+def _speed_cases(data_dir: Path):
+    beads = sm.datasets.load("rctd_cerebellum_slideseq", data_dir=data_dir, download=False)
+    cerebellum_ref = sm.datasets.load(
+        "rctd_cerebellum_slideseq", data_dir=data_dir, download=False, reference=True
+    )
+    yield "slideseq_cerebellum", beads, deconv.reference_signatures(cerebellum_ref)
+    cells = sm.datasets.load("rctd_merfish_hypothalamus", data_dir=data_dir, download=False)
+    merfish_ref = sm.datasets.load(
+        "rctd_merfish_hypothalamus", data_dir=data_dir, download=False, reference=True
+    )
+    yield "merfish_hypothalamus", cells, deconv.reference_signatures(merfish_ref)
+    tissue = sm.datasets.simulate_tissue(
+        n_spots=20000,
+        n_genes=300,
+        layout="random",
+        single_cells=True,
+        n_cell_types=6,
+        n_domains=5,
+        mean_depth=300,
+        random_state=0,
+    )
+    reference, spatial = deconv.split_reference(tissue, fraction=0.3, random_state=0)
+    spots = deconv.pseudo_spots(spatial, n_spots=2300, random_state=0)
+    yield "simulated_2300", spots, deconv.reference_signatures(reference)
+
+
+def rctd_speed(data_dir: Path) -> pd.DataFrame:
+    """Default-method time on small data: first call of the process, then a second call."""
+    from spatiome.deconv import _pln
+
+    rows = []
+    for design, spots, signatures in _speed_cases(data_dir):
+        _pln.clear_table_cache()
+        for call in ("first", "second"):
+            adata = spots.copy()
+            wall, cpu = time.perf_counter(), time.process_time()
+            deconv.deconvolve(adata, signatures, method="rctd")
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            info = adata.uns["spatiome"]["cell_type_fractions"]
+            rows.append(
+                {
+                    "design": design,
+                    "method": "rctd",
+                    "call": call,
+                    "n_spots": adata.n_obs,
+                    "n_genes": info["n_genes"],
+                    "n_types": signatures.shape[1],
+                    "sigma": info["sigma"],
+                    "seconds": wall,
+                    "cpu_seconds": cpu,
+                    "table_columns": _pln.table_cache_info().columns_computed,
+                    "load": os.getloadavg()[0],
+                }
+            )
+    table = pd.DataFrame(rows)
+    print(table.round(3).to_string(index=False))
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -262,8 +327,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--scale-spots", type=int, default=100_000)
     parser.add_argument("--scale-only", action="store_true", help="only the timing at scale")
+    parser.add_argument(
+        "--rctd-speed", action="store_true", help="only the default method's time on small data"
+    )
     args = parser.parse_args()
     print(environment_line())
+    if args.rctd_speed:
+        write_csv(
+            with_environment(rctd_speed(args.data_dir)), RESULTS_DIR / "deconv_rctd_speed.csv"
+        )
+        return
     if args.scale_only:
         write_csv(with_environment(scale(args.scale_spots)), RESULTS_DIR / "deconv_scale.csv")
         return

@@ -72,7 +72,9 @@ def deconvolve(
       from the pooled spots (observed over predicted pseudo-bulk), ``sigma`` is chosen by
       maximum likelihood on up to 300 spots (at most
       200,000 spot x gene entries, at least 30 spots), and each spot's weights are fitted by
-      iteratively reweighted non-negative quadratic programs. ``mode="doublet"`` (for
+      iteratively reweighted non-negative quadratic programs. The likelihood is tabulated
+      per ``sigma`` where the fit needs it; the 8 most recently used tables (8 MB each at
+      most) are kept for later calls in the process. ``mode="doublet"`` (for
       single-cell-resolution beads or cells) fits every singlet and pair of candidate
       types and classifies each spot as ``singlet``, ``doublet_certain``,
       ``doublet_uncertain`` or ``reject`` by RCTD's rules.

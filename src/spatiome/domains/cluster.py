@@ -509,9 +509,9 @@ def cluster(
     Nothing in ``adata`` other than the outputs changes: genes are selected on a lightweight
     view, and the expression graph of :func:`spatiome.pp.reduce` is not replaced.
 
-    A clusterer can spend a domain on a few outlying spots: on the breast cancer and
-    seqFISH sections, every Gaussian-mixture component of one to three spots held
-    low-count spots (10-33% of the median library size) lying 2-8 times farther from
+    A clusterer can spend a domain on a few outlying spots: on the breast cancer, seqFISH
+    and olfactory bulb sections, every Gaussian-mixture component of one to three spots
+    held spots with at most a third of the median library size, 2-8 times farther from
     their nearest neighbour in feature space than the median spot. Such spots are not a
     domain, so the spots of any domain smaller than ``min_domain_size`` are set aside, the
     clusterer is fitted again on the other spots (up to three times), and the set-aside
