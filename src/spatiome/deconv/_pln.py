@@ -199,7 +199,10 @@ class PLNTable:
         with self._lock:
             columns = columns[~self.built[columns]]
             if columns.size:
-                _fill_columns(columns, self.sigma, _T, _LOG_W, self.log_p, self.d1, self.fisher)
+                # small rates cost several times more per column (slow Newton for large
+                # counts): threads take small chunks in turn rather than one block each
+                with numba.parallel_chunksize(_COLUMN_CHUNK):
+                    _fill_columns(columns, self.sigma, _T, _LOG_W, self.log_p, self.d1, self.fisher)
                 self.built[columns] = True
                 self.n_columns_built += int(columns.size)
 
@@ -230,6 +233,7 @@ def grid_size() -> int:
 
 
 _PARALLEL_SIZE = 200_000
+_COLUMN_CHUNK = 8
 # entries integrated directly cost microseconds each: worth threads from a few thousand
 _PARALLEL_DIRECT_SIZE = 4096
 _BLOCK = 1024  # entries per parallel task, which shares the quadrature's scratch arrays

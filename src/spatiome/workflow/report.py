@@ -148,7 +148,8 @@ def format_value(value: Any, kind: str = "auto", *, digits: int = 3) -> str:
 
     Integers (and floats holding a whole number below a million) print as integers with
     thousands separators; other floats with ``digits`` significant digits, in scientific
-    notation below 0.001 and from a million on. NaN, infinite and missing values print as
+    notation below 0.001 and from a million on, as ``"> 1e300"`` beyond 1e300 (an overflow
+kept finite). NaN, infinite and missing values print as
     a dash: the section says why in a note. Numbers (p-values above all) print down to
     1e-300 and as ``"< 1e-300"`` beyond, where the digits of a double only reflect
     rounding (the smallest double, 2.2e-308, is what an underflowed p-value becomes).
@@ -177,6 +178,8 @@ def format_value(value: Any, kind: str = "auto", *, digits: int = 3) -> str:
     ['0.0123', '1.05e-62', '< 1e-300', '< 1e-300']
     >>> format_value(-62.0, "log10_pvalue"), format_value(-1551.3, "log10_pvalue")
     ('1e-62', '< 1e-300')
+    >>> format_value(1.7976931348623157e308)
+    '> 1e300'
     """
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
@@ -206,6 +209,9 @@ def format_value(value: Any, kind: str = "auto", *, digits: int = 3) -> str:
     if abs(number) < PVALUE_FLOOR:
         # Below 1e-300 a double holds an underflow, not a measurement.
         return _BELOW_FLOOR if number > 0 else "> -1e-300"
+    if abs(number) >= 1 / PVALUE_FLOOR:
+        # Beyond 1e300 a double holds an overflow kept finite (the CSV's note says the size).
+        return "> 1e300" if number > 0 else "< -1e300"
     return _significant(number, digits)
 
 
