@@ -393,10 +393,25 @@ def _datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_on_signal(signum: int, frame: object) -> None:
+    """SIGTERM (a scheduler's walltime) ends the run like Ctrl-C: cleanup blocks run, so no
+    half-written output or staging folder stays behind."""
+    import logging
+
+    logging.getLogger("spatiome").warning("stopped by signal %d before the end", signum)
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``spatiome`` command."""
+    import signal
+    import threading
+
     args = build_parser().parse_args(argv)
     handlers = {"demo": _demo, "run": _run, "config": _config_command, "datasets": _datasets}
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _stop_on_signal)
     try:
         return handlers[args.command](args)
     except (SpatiomeInputError, FileNotFoundError) as err:
@@ -410,6 +425,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -151,3 +151,32 @@ def test_a_step_that_fails_on_the_data_is_skipped_with_its_reason(tissue, tmp_pa
     assert "Steps that did not run" in report and "no variance left in any gene" in report
     assert "ValueError" in (tmp_path / "out" / "spatiome.log").read_text()
     assert not (tmp_path / "out" / "svg_geary.csv").exists()
+
+
+def test_sigterm_leaves_no_temporaries_and_the_next_run_finishes(tissue, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    source = tmp_path / "tissue.h5ad"
+    sm.io.write_h5ad(tissue, source)
+    out = tmp_path / "out"
+    args = ["run", "--input", str(source), "--out", str(out), "--n-domains", "3", "--svg",
+            "moran", "--modules", "none", "--no-progress"]  # fmt: skip
+    process = subprocess.Popen([sys.executable, "-m", "spatiome", *args],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if len(list((out / ".spatiome_cache").glob("*.pkl"))) >= 4:
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the run ended before it could be stopped"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM
+    left = [p.name for p in out.rglob("*") if ".tmp" in p.name or ".staging" in p.name]
+    assert left == [] and not (out / "report.html").exists()
+    assert "stopped by signal" in (out / "spatiome.log").read_text()
+    from spatiome.cli import main
+
+    assert main(args) == 0 and (out / "report.html").is_file()
