@@ -249,7 +249,7 @@ def test_reference_options_are_validated(tmp_path, spots_and_reference, capsys):
             str(tmp_path / "missing.h5ad"),
         ]
     )
-    assert code == 2 and "missing.h5ad does not exist" in capsys.readouterr().err
+    assert code == 2 and "missing.h5ad: no such file or folder" in capsys.readouterr().err
     code = main(
         [
             "run",

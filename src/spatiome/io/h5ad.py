@@ -33,7 +33,7 @@ def read_h5ad(path: str | os.PathLike[str]) -> AnnData:
     >>> import numpy as np, scipy.sparse as sp
     >>> from spatiome.io._build import build_anndata
     >>> adata = build_anndata(sp.csr_matrix(np.eye(3, dtype=int)), obs_names=["a", "b", "c"],
-    ...     var_names=["G1", "G2", "G3"], coordinates=np.zeros((3, 2)))
+    ...     var_names=["G1", "G2", "G3"], coordinates=np.eye(3)[:, :2])
     >>> target = pathlib.Path(tempfile.mkdtemp()) / "tissue.h5ad"
     >>> _ = write_h5ad(adata, target)
     >>> back = read_h5ad(target)
