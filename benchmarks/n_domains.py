@@ -17,8 +17,8 @@ PCA, lambda = 0.8, 2,000 highly variable genes, 20 components):
 ARI: ``domains.cluster(adata, k, random_state=0)`` against the manual layers (DLPFC
 151673-151675: 7 classes, unlabelled spots left out; mouse olfactory bulb: 5 MERINGUE
 layers) or the simulated domains. Leave one out: for each labelled tissue, the parameter of
-each family (the graph's neighbours c * sqrt(n) for the eigengap, the BIC fraction for the
-elbow and for ``auto``) and then the family are chosen on the other three (fewest summed
+each family (the graph's neighbours c * sqrt(n) for the eigengap, the BIC elbow's fraction
+for ``auto``) and then the family are chosen on the other three (fewest summed
 |k - true k|, ties to the smaller ARI loss), and reported on the held-out one. ``k over
 seeds``: the choice with ``random_state`` 0, 1 and 2 (the features' PCA). Simulated tissues
 (``simulate_tissue(patterns=("domain",))``: 1,000 and 3,000 spots, 4 and 7 domains, layers
@@ -50,7 +50,7 @@ from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 import spatiome as sm
 from spatiome._core.validate import SpatiomeInputError
-from spatiome.domains.n_domains import _laplacian_spectrum
+from spatiome.domains.n_domains import _laplacian_spectrum, _largest_mixture
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, environment_line, with_environment, write_csv  # noqa: E402
@@ -180,19 +180,23 @@ def run_dataset(name: str, adata: AnnData, label: str | None, k_true: int | None
 
     k_auto, auto_record, auto_seconds = choose("auto")
     k_eig, record, eig_seconds = choose("eigengap")
-    k_bic, bic_record, bic_seconds = choose("bic")
-    k_elbow, _, elbow_seconds = choose("bic_elbow")
-    bic, one = np.asarray(bic_record["bic"]), float(bic_record["bic_one_component"])
+    # A mixture needs fewer parameters than spots: on ~250 spots not even 2 components
+    # with full covariances in 20 dimensions, so there is no BIC.
+    mixture = _largest_mixture(adata.n_obs, 20) >= K_RANGE[1]
+    k_bic, bic_record, bic_seconds = choose("bic") if mixture else (None, {}, float("nan"))
+    k_elbow, _, elbow_seconds = choose("bic_elbow") if mixture else (None, {}, float("nan"))
+    bic = np.asarray(bic_record.get("bic", []))
+    one = float(bic_record.get("bic_one_component", np.nan))
     # Only the features' PCA (and the eigensolver's start) depend on the seed.
     seeds = {"auto": [k_auto], "eigengap": [k_eig], "bic": [k_bic], "bic_elbow": [k_elbow]}
     for seed in SEEDS[1:]:
-        for method in ("eigengap", "bic"):
-            k, other, _ = choose(method, seed)
-            seeds[method].append(k)
-            if method == "bic":
-                elbow = _elbow_k(np.asarray(other["bic"]), other["bic_one_component"], ELBOW)
-                seeds["bic_elbow"].append(elbow)
-        seeds["auto"].append(seeds["eigengap" if record["clear_gap"] else "bic_elbow"][-1])
+        seeds["auto"].append(choose("auto", seed)[0])
+        seeds["eigengap"].append(choose("eigengap", seed)[0])
+        if mixture:
+            k, other, _ = choose("bic", seed)
+            seeds["bic"].append(k)
+            elbow = _elbow_k(np.asarray(other["bic"]), other["bic_one_component"], ELBOW)
+            seeds["bic_elbow"].append(elbow)
 
     # The features choose_n_domains used, once, for the clusterings.
     sm.domains.cluster(adata, 2, key_added="features", random_state=0)
@@ -221,19 +225,19 @@ def run_dataset(name: str, adata: AnnData, label: str | None, k_true: int | None
         ("silhouette", k_silhouette, silhouette_seconds),
         ("leiden_res1", k_leiden, leiden_seconds),
     ):
+        if k is None:
+            continue
         rows.append({
             "dataset": name, "n_spots": adata.n_obs, "true_k": k_true or -1,
             "criterion": criterion, "chosen_k": k, "ari_chosen": clusterings.ari(k),
             "ari_true_k": ari_true, "smallest_domain": clusterings.smallest(k),
-            "k_over_seeds": "/".join(str(v) for v in seeds.get(criterion, [k])),
+            "k_over_seeds": "/".join(str(v) for v in seeds.get(criterion, [k]) if v),
             "seconds": seconds,
         })  # fmt: skip
-    choices = {
-        **{("eigengap", f): _eigengap_k(features, f) for f in NEIGHBOUR_FACTORS},
-        **{("bic_elbow", f): _elbow_k(bic, one, f) for f in ELBOW_FRACTIONS},
-    }
+    choices = {("eigengap", f): _eigengap_k(features, f) for f in NEIGHBOUR_FACTORS}
     for f in ELBOW_FRACTIONS:
-        choices[("auto", f)] = k_eig if record["clear_gap"] else choices[("bic_elbow", f)]
+        use_elbow = mixture and not record["clear_gap"]
+        choices[("auto", f)] = _elbow_k(bic, one, f) if use_elbow else k_eig
     ari_curve = {}
     if truth is not None and not name.startswith("sim_"):
         ari_curve = {k: clusterings.ari(k) for k in range(K_RANGE[0], K_RANGE[1] + 1)}
@@ -265,11 +269,7 @@ def leave_one_out(results: dict[str, dict]) -> pd.DataFrame:
             return error, loss
 
         best: dict[str, tuple[str, float]] = {}
-        for family, values in (
-            ("eigengap", NEIGHBOUR_FACTORS),
-            ("bic_elbow", ELBOW_FRACTIONS),
-            ("auto", ELBOW_FRACTIONS),
-        ):
+        for family, values in (("eigengap", NEIGHBOUR_FACTORS), ("auto", ELBOW_FRACTIONS)):
             best[family] = min(((family, v) for v in values), key=lambda k: cost(k, others))
         family = min(best, key=lambda f: cost(best[f], others))
         for fam, key in (*best.items(), ("chosen family", best[family])):

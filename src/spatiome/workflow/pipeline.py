@@ -319,7 +319,7 @@ def pipeline_steps(config: PipelineConfig, n_samples: int = 1) -> tuple[str, ...
     Examples
     --------
     >>> pipeline_steps(PipelineConfig(svg_methods=("sparkx",)))[-6:]
-    ('leiden', 'domains_cluster', 'markers', 'sparkx', 'modules_stihc', 'report')
+    ('n_domains', 'domains_cluster', 'markers', 'sparkx', 'modules_stihc', 'report')
     >>> pipeline_steps(PipelineConfig(modality="image"), n_samples=2)[5:8]
     ('reduce', 'integration', 'leiden')
     """
@@ -334,6 +334,7 @@ def pipeline_steps(config: PipelineConfig, n_samples: int = 1) -> tuple[str, ...
         "reduce",
         *(("integration",) if correct else ()),
         "leiden",
+        *(("n_domains",) if domain_steps and config.n_domains is None else ()),
         *domain_steps,
         *(("markers",) if domain_steps else ()),
         *(("multimodal",) if config.modality else ()),
@@ -525,8 +526,43 @@ def run_domain_method(
         gnn(data, n_domains, layer="counts", key_added=key, random_state=config.seed)
     else:
         raise SpatiomeInputError(f"unknown domain method {method!r}; choose from {DOMAIN_METHODS}")
+    notes = []
+    if method != "cluster":  # cluster refits around tiny domains itself
+        before = int(data.obs[key].nunique())
+        domains.merge_small_domains(data, key)
+        merged = before - int(data.obs[key].nunique())
+        if merged:
+            notes.append(
+                f"{DOMAIN_TITLES[method]}: {merged} domain(s) of fewer than 5 spots merged "
+                "into their spatial neighbours"
+            )
     found = int(data.obs[key].nunique())
-    return [f"{DOMAIN_TITLES[method]}: {found} domains"]
+    return [f"{DOMAIN_TITLES[method]}: {found} domains", *notes]
+
+
+def run_choose_n_domains(data: AnnData, config: PipelineConfig) -> tuple[int, list[str]]:
+    """The number of domains when the run does not set one: chosen from the data by
+    :func:`spatiome.domains.choose_n_domains` (eigengap of the feature graph, or the
+    mixture's BIC elbow); the number and a note with the reason.
+
+    Examples
+    --------
+    >>> import spatiome as sm
+    >>> tissue = sm.datasets.simulate_tissue(n_spots=400, n_genes=60, random_state=0)
+    >>> sm.pp.normalize(tissue)
+    >>> k, notes = run_choose_n_domains(tissue, PipelineConfig())
+    >>> 2 <= k <= 15 and notes[0].startswith(f"{k} domains")
+    True
+    """
+    from .. import domains
+
+    chosen = domains.choose_n_domains(
+        data, n_top_genes=config.n_top_genes, random_state=config.seed
+    )
+    reason = str(data.uns["spatiome"]["n_domains"].get("reason", "")).rstrip(".")
+    note = f"{chosen} domains, a number chosen from the data" + (f": {reason}" if reason else "")
+    logger.info("n_domains: %s", note)
+    return chosen, [note + ". Set n_domains to choose it yourself."]
 
 
 def run_markers(data: AnnData, config: PipelineConfig) -> pd.DataFrame:
@@ -906,15 +942,19 @@ def run_pipeline(
             random_state=config.seed,
         ),
     }
+    actions["n_domains"] = lambda: run_choose_n_domains(data, config)
     for method in config.domain_methods:
         actions[f"domains_{method}"] = lambda method=method: run_domain_method(
-            data, method, n_clusters or int(data.obs["leiden"].nunique()), config
+            data, method, n_clusters or outputs["n_domains"][0], config
         )
     if config.domain_methods:
         actions["markers"] = lambda: run_markers(data, config)
     if other is not None:
         actions["multimodal"] = lambda: run_multimodal(
-            data, other, n_clusters or int(data.obs["leiden"].nunique()), config
+            data,
+            other,
+            n_clusters or outputs.get("n_domains", (int(data.obs["leiden"].nunique()),))[0],
+            config,
         )
     if reference is not None:
         actions["deconvolution"] = lambda: run_deconvolution(data, reference, config)
@@ -988,8 +1028,12 @@ def run_pipeline(
         notes = {method: outputs[method][1] for method in ran}
         notes["qc"] = [*outputs.get("spatial_qc", []), *outputs.get("doublets", [])]
         notes["domains"] = [
-            n for m in config.domain_methods for n in outputs.get(f"domains_{m}", [])
+            *outputs.get("n_domains", (None, []))[1],
+            *(n for m in config.domain_methods for n in outputs.get(f"domains_{m}", [])),
         ]
+        marker_note = getattr(outputs.get("markers"), "attrs", {}).get("note")
+        if marker_note:
+            notes["domains"].append(marker_note)
         modules = {
             m: outputs[f"modules_{m}"] for m in config.module_methods if f"modules_{m}" in outputs
         }

@@ -146,40 +146,40 @@ _BELOW_FLOOR = "< 1e-300"
 def format_value(value: Any, kind: str = "auto", *, digits: int = 3) -> str:
     """The text of one value as every table of the report prints it.
 
-    Integers (and floats holding a whole number below a million) print as integers with
-    thousands separators; other floats with ``digits`` significant digits, in scientific
-    notation below 0.001 and from a million on, as ``"> 1e300"`` beyond 1e300 (an overflow
-kept finite). NaN, infinite and missing values print as
-    a dash: the section says why in a note. Numbers (p-values above all) print down to
-    1e-300 and as ``"< 1e-300"`` beyond, where the digits of a double only reflect
-    rounding (the smallest double, 2.2e-308, is what an underflowed p-value becomes).
+        Integers (and floats holding a whole number below a million) print as integers with
+        thousands separators; other floats with ``digits`` significant digits, in scientific
+        notation below 0.001 and from a million on, as ``"> 1e300"`` beyond 1e300 (an overflow
+    kept finite). NaN, infinite and missing values print as
+        a dash: the section says why in a note. Numbers (p-values above all) print down to
+        1e-300 and as ``"< 1e-300"`` beyond, where the digits of a double only reflect
+        rounding (the smallest double, 2.2e-308, is what an underflowed p-value becomes).
 
-    Parameters
-    ----------
-    value
-        A number, or anything else (printed with ``str``).
-    kind
-        ``"auto"``; ``"pvalue"`` for p- and q-values; ``"log10_pvalue"`` for the log10 of
-        a p-value, printed as the p-value itself.
-    digits
-        Significant digits of floats.
+        Parameters
+        ----------
+        value
+            A number, or anything else (printed with ``str``).
+        kind
+            ``"auto"``; ``"pvalue"`` for p- and q-values; ``"log10_pvalue"`` for the log10 of
+            a p-value, printed as the p-value itself.
+        digits
+            Significant digits of floats.
 
-    Returns
-    -------
-    str
+        Returns
+        -------
+        str
 
-    Examples
-    --------
-    >>> [format_value(v) for v in (1660, 1660.0, 16218, 0.55123, 9.58e13, 2.5e-5)]
-    ['1,660', '1,660', '16,218', '0.551', '9.58e13', '2.5e-5']
-    >>> [format_value(v) for v in (float("inf"), float("nan"), None, True)]
-    ['\u2014', '\u2014', '\u2014', 'yes']
-    >>> [format_value(p, "pvalue") for p in (0.0123, 1.05e-62, 2.2250738585072014e-308, 0.0)]
-    ['0.0123', '1.05e-62', '< 1e-300', '< 1e-300']
-    >>> format_value(-62.0, "log10_pvalue"), format_value(-1551.3, "log10_pvalue")
-    ('1e-62', '< 1e-300')
-    >>> format_value(1.7976931348623157e308)
-    '> 1e300'
+        Examples
+        --------
+        >>> [format_value(v) for v in (1660, 1660.0, 16218, 0.55123, 9.58e13, 2.5e-5)]
+        ['1,660', '1,660', '16,218', '0.551', '9.58e13', '2.5e-5']
+        >>> [format_value(v) for v in (float("inf"), float("nan"), None, True)]
+        ['\u2014', '\u2014', '\u2014', 'yes']
+        >>> [format_value(p, "pvalue") for p in (0.0123, 1.05e-62, 2.2250738585072014e-308, 0.0)]
+        ['0.0123', '1.05e-62', '< 1e-300', '< 1e-300']
+        >>> format_value(-62.0, "log10_pvalue"), format_value(-1551.3, "log10_pvalue")
+        ('1e-62', '< 1e-300')
+        >>> format_value(1.7976931348623157e308)
+        '> 1e300'
     """
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {_KINDS}, got {kind!r}")
