@@ -157,7 +157,7 @@ def _eigengap_k(features: np.ndarray, factor: float) -> int:
 
 
 def _elbow_k(bic: np.ndarray, one: float, fraction: float) -> int:
-    ks = np.arange(K_RANGE[0], K_RANGE[1] + 1)
+    ks = np.arange(K_RANGE[0], K_RANGE[0] + bic.size)
     best = int(np.argmin(bic))
     within = bic - bic[best] <= fraction * max(one - bic[best], 0.0)
     return int(ks[np.argmax(within)])
@@ -181,8 +181,10 @@ def run_dataset(name: str, adata: AnnData, label: str | None, k_true: int | None
     k_auto, auto_record, auto_seconds = choose("auto")
     k_eig, record, eig_seconds = choose("eigengap")
     # A mixture needs fewer parameters than spots: on ~250 spots not even 2 components
-    # with full covariances in 20 dimensions, so there is no BIC.
-    mixture = _largest_mixture(adata.n_obs, 20) >= K_RANGE[1]
+    # with full covariances in 20 dimensions, so there is no BIC; up to 3,464 spots the
+    # BIC criteria consider fewer than 15 components, and auto does not use them.
+    largest = _largest_mixture(adata.n_obs, 20)
+    mixture = largest >= K_RANGE[0]
     k_bic, bic_record, bic_seconds = choose("bic") if mixture else (None, {}, float("nan"))
     k_elbow, _, elbow_seconds = choose("bic_elbow") if mixture else (None, {}, float("nan"))
     bic = np.asarray(bic_record.get("bic", []))
@@ -236,7 +238,7 @@ def run_dataset(name: str, adata: AnnData, label: str | None, k_true: int | None
         })  # fmt: skip
     choices = {("eigengap", f): _eigengap_k(features, f) for f in NEIGHBOUR_FACTORS}
     for f in ELBOW_FRACTIONS:
-        use_elbow = mixture and not record["clear_gap"]
+        use_elbow = largest >= K_RANGE[1] and not record["clear_gap"]
         choices[("auto", f)] = _elbow_k(bic, one, f) if use_elbow else k_eig
     ari_curve = {}
     if truth is not None and not name.startswith("sim_"):

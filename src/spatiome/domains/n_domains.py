@@ -73,9 +73,9 @@ def choose_n_domains(
     decides anyway. Where domains are distinct, the eigengap finds their number exactly
     (7 of 7 simulated tissues with 4-7 domains, where the BIC elbow chose too few in 6);
     where they grade into each other, as cortical layers do, its largest gap is one of
-    many similar ones and jumps with the graph's size (9, 2 or 5 on one DLPFC section for
-    sqrt(n) to 2 sqrt(n) neighbours), while the elbow moves little and in one direction
-    with its fraction. Measured with the defaults (``benchmarks/n_domains.py``): 7, 8 and
+    many similar ones and jumps with the graph's size (5, 9 or 2 on one DLPFC section for
+    0.5 to 2 sqrt(n) neighbours), while the elbow moves little and in one direction with
+    its fraction. Measured with the defaults (``benchmarks/n_domains.py``): 7, 8 and
     5 on the three DLPFC sections (7 manual layers; :func:`cluster`'s ARI at the chosen
     number 0.42, 0.42, 0.20 against 0.42, 0.33, 0.28 at 7) and 3 on the olfactory bulb (5
     layers; 0.45 against 0.42). On tissues like these the number is uncertain by one or

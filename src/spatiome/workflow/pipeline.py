@@ -391,7 +391,7 @@ def observation_kind(data: AnnData) -> str:
     distance under 20 um means cells; otherwise the geometry decides: spots sit on a
     regular array (most nearest-neighbour distances within 5% of the median: ST, Visium,
     Visium HD), while cells (seqFISH, MERFISH, CosMx, segmented images) and Slide-seq beads
-    are scattered irregularly.
+    are scattered irregularly. Slide-seq's 10 um beads count as cells: most hold one.
 
     Examples
     --------
