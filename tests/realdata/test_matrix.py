@@ -3,7 +3,8 @@ here: every run ends with a report, and every step either ran or says why it did
 
 The public datasets are read from ../shared/data (skipped cleanly when absent). The small
 datasets run with the default settings; the three DLPFC sections skip UMAP and gene
-modules to keep the suite short. `benchmarks/realdata.py` runs all of them with the defaults in full.
+modules to keep the suite short. `benchmarks/realdata.py` runs all of them with the
+defaults in full.
 """
 
 from __future__ import annotations

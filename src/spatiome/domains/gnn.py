@@ -112,8 +112,9 @@ def gnn(
        ``n_comps``, their first ``n_comps`` principal components (ARPACK on the sparse
        matrix, centring implicit, no clipping; faster but less accurate, see Notes);
     2. the spatial graph with a self-loop on every spot: ``adata.obsp[graph_key]``, or
-       built by :func:`spatiome.graph.build_graph` (the 10x array grid, hex or square, when ``obs`` has
-       ``array_row``/``array_col``, so 6 neighbours per interior spot; otherwise the
+       built by :func:`spatiome.graph.build_graph` (the 10x array grid when ``obs`` has
+       ``array_row``/``array_col``: 6 neighbours per interior Visium spot, 4 per Visium HD
+       bin; otherwise the
        ``n_neighbors`` nearest spots, or all spots within ``radius``);
     3. the reconstruction model (``hidden_dims = (h, d)``, ``X`` the preprocessed
        expression, ``A(a)`` the graph with attention weights ``a``)::
