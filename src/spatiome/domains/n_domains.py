@@ -19,13 +19,14 @@ _METHODS = ("auto", "eigengap", "bic", "bic_elbow")
 
 # Largest eigengap over the median gap from which the gap is called clear. Measured with
 # the defaults (benchmarks/n_domains.py): 1.8-3.8 on the three DLPFC sections, the
-# olfactory bulb, the breast cancer and the seqFISH sections, 11-21 on simulated tissues
-# with 4-7 distinct domains; 7 lies in the middle of the empty interval (log scale).
+# olfactory bulb, the breast cancer and the seqFISH sections, 13.8-63 on seven simulated
+# tissues with 4-7 distinct domains (11.2 on one of 10,000 spots); 7 lies in the middle of
+# the empty interval on a log scale.
 _CLEAR_GAP_RATIO = 7.0
 
 # bic_elbow: the smallest k whose BIC is within this fraction of the BIC drop from one
-# component to the lowest BIC. Each of the four labelled tissues, left out in turn, got
-# 0.08 from the other three (of 0.02, 0.03, 0.05, 0.08, 0.1, 0.15).
+# component to the lowest BIC. Leaving each of the four labelled tissues out in turn, the
+# other three chose 0.08 three times and 0.15 once (of 0.02, 0.03, 0.05, 0.08, 0.1, 0.15).
 _ELBOW_FRACTION = 0.08
 
 # Fewest neighbours of a spot in the feature graph; otherwise sqrt(number of spots).
@@ -78,10 +79,11 @@ def choose_n_domains(
     its fraction. Measured with the defaults (``benchmarks/n_domains.py``): 7, 8 and
     5 on the three DLPFC sections (7 manual layers; :func:`cluster`'s ARI at the chosen
     number 0.42, 0.42, 0.20 against 0.42, 0.33, 0.28 at 7) and 3 on the olfactory bulb (5
-    layers; 0.45 against 0.42). On tissues like these the number is uncertain by one or
+    layers; 0.45 against 0.42; by the eigengap, as no 15-component mixture fits 262
+    spots). On tissues like these the number is uncertain by one or
     two either way; the stored reason says which case applies. Nothing is random but the
     features' PCA and, above ``max_spots``, the spot sample; a DLPFC section (3,600
-    spots) takes about 7 s on two cores, features included.
+    spots) took 8-20 s on two shared cores, features included.
 
     Parameters
     ----------

@@ -560,6 +560,7 @@ def run_choose_n_domains(data: AnnData, config: PipelineConfig) -> tuple[int, li
         data, n_top_genes=config.n_top_genes, random_state=config.seed
     )
     reason = str(data.uns["spatiome"]["n_domains"].get("reason", "")).rstrip(".")
+    reason = reason.removeprefix(f"{chosen} domains:").strip()
     note = f"{chosen} domains, a number chosen from the data" + (f": {reason}" if reason else "")
     logger.info("n_domains: %s", note)
     return chosen, [note + ". Set n_domains to choose it yourself."]
