@@ -107,6 +107,12 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
         "--no-cache", action="store_true", help="neither use nor write the step cache"
     )
     parser.add_argument("--no-umap", action="store_true", help="skip UMAP")
+    parser.add_argument(
+        "--keep-low-quality",
+        action="store_true",
+        help="keep spots flagged by quality control in the statistics (default: they are "
+        "removed before normalization and kept, marked, in results.h5ad)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -184,6 +190,7 @@ _OPTION_FIELDS = {
     "seed": ("seed", None),
     "n_domains": ("n_domains", None),
     "no_umap": ("umap", lambda flag: not flag),
+    "keep_low_quality": ("qc_remove", lambda flag: not flag),
     "svg": ("svg_methods", "names"),
     "domains": ("domain_methods", "names"),
     "modules": ("module_methods", "names"),

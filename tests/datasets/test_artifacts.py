@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.spatial import cKDTree
 
 import spatiome as sm
 from spatiome._core.validate import SpatiomeInputError
@@ -68,3 +69,48 @@ def test_bad_arguments(tissue):
         inject_artifacts(tissue, doublet_mode="close")
     with pytest.raises(SpatiomeInputError, match="raw counts"):
         inject_artifacts(tissue, layer="nope")
+
+
+def test_low_depth_patch_keeps_the_mito_share(tissue):
+    damaged = inject_artifacts(
+        tissue, dry_patch_depth=0.1, dry_patch_mito_fraction=None, edge_fraction=0, random_state=1
+    )
+    patch = damaged.obs["injected"].to_numpy() == "dry_patch"
+    assert patch.sum() == 60
+    before, after = totals(tissue), totals(damaged)
+    assert 0.08 < np.median(after[patch] / before[patch]) < 0.12
+    mito = damaged.var_names.str.startswith("MT-")
+    share_before = totals(tissue, mito)[patch].sum() / before[patch].sum()
+    share_after = totals(damaged, mito)[patch].sum() / after[patch].sum()
+    assert abs(share_after - share_before) < 0.01
+    assert damaged.uns["artifacts"]["dry_patch_mito_fraction"] is None
+
+
+def test_scattered_failures_are_isolated_and_thinned(tissue):
+    damaged = inject_artifacts(tissue, scattered_fraction=0.02, scattered_depth=0.1, random_state=1)
+    label = damaged.obs["injected"].to_numpy()
+    failed = label == "scattered_failure"
+    assert failed.sum() == 30
+    # The patch and edge are where they were without failed spots (same random draws).
+    plain = inject_artifacts(tissue, random_state=1)
+    np.testing.assert_array_equal(plain.obs["injected"].to_numpy()[~failed], label[~failed])
+    assert (plain.obs["injected"].to_numpy()[failed] == "none").all()
+    ratio = totals(damaged)[failed] / totals(tissue)[failed]
+    assert 0.07 < np.median(ratio) < 0.13
+    # No failed spot is among the six nearest spots of another.
+    xy = damaged.obsm["spatial"]
+    _, near = cKDTree(xy).query(xy[failed], k=7)
+    assert not failed[near[:, 1:]].any()
+    assert damaged.uns["artifacts"]["scattered_fraction"] == 0.02
+
+
+def test_scattered_failures_default_to_none(tissue):
+    damaged = inject_artifacts(tissue, random_state=1)
+    assert "scattered_failure" in damaged.obs["injected"].cat.categories
+    assert not (damaged.obs["injected"] == "scattered_failure").any()
+    with pytest.raises(SpatiomeInputError, match="scattered_fraction"):
+        inject_artifacts(tissue, scattered_fraction=0.6)
+    with pytest.raises(SpatiomeInputError, match="scattered_depth"):
+        inject_artifacts(tissue, scattered_depth=1.5)
+    with pytest.raises(SpatiomeInputError, match="isolated"):
+        inject_artifacts(tissue, dry_patch_fraction=0, edge_fraction=0, scattered_fraction=0.5)

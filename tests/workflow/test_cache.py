@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import spatiome as sm
@@ -65,8 +66,8 @@ def test_restored_results_equal_a_fresh_run(tissue, tmp_path):
     restored = run_pipeline(tissue, out, PipelineConfig(**BASE), progress=False)
     assert _cached(out)["moran"] and not _cached(out)["leiden"]
     assert _tables(tmp_path / "fresh") == _tables(out)
-    for column in ("leiden", "domain_cluster", "local_outlier"):
-        np.testing.assert_array_equal(fresh.adata.obs[column], restored.adata.obs[column])
+    for column in ("leiden", "domain_cluster", "low_quality"):
+        pd.testing.assert_series_equal(fresh.adata.obs[column], restored.adata.obs[column])
     np.testing.assert_array_equal(fresh.adata.X.toarray(), restored.adata.X.toarray())
 
 

@@ -5,9 +5,12 @@ damaged in ways seen in real data, and records which spots were touched:
 
 - a **dry patch**: a compact region whose RNA was lost (library size thinned) and whose
   mitochondrial fraction is raised to one homogeneous level, like the dry spots and
-  hangnails SpotSweeper's ``findArtifacts`` targets;
+  hangnails SpotSweeper's ``findArtifacts`` targets, or left as it was (a pure low-depth
+  region);
 - a **low-quality edge**: a thin band of spots along one side of the tissue with thinned
   counts, the local outliers of ``localOutliers``;
+- **scattered failures**: isolated spots, none adjacent to another, whose counts are
+  thinned (failed spots among good ones);
 - **doublets** (single-cell-resolution data): cells merged with a spatial neighbour (a
   segmentation merge: counts summed, the centroid moved to the midpoint, the neighbour
   removed), or with a random cell.
@@ -29,7 +32,7 @@ from anndata import AnnData
 from .._core.random import check_random_state
 from .._core.validate import SpatiomeInputError, check_adata, check_counts, get_spatial
 
-INJECTED = ("none", "dry_patch", "low_quality_edge", "doublet")
+INJECTED = ("none", "dry_patch", "low_quality_edge", "doublet", "scattered_failure")
 DOUBLET_MODES = ("adjacent", "random")
 _MITO = re.compile(r"^(MT-|mt-|Mt-)")
 
@@ -39,15 +42,17 @@ def inject_artifacts(
     *,
     dry_patch_fraction: float = 0.04,
     dry_patch_depth: float = 0.3,
-    dry_patch_mito_fraction: float = 0.25,
+    dry_patch_mito_fraction: float | None = 0.25,
     edge_fraction: float = 0.03,
     edge_depth: float = 0.25,
+    scattered_fraction: float = 0.0,
+    scattered_depth: float = 0.1,
     doublet_fraction: float = 0.0,
     doublet_mode: str = "adjacent",
     layer: str = "counts",
     random_state: int | np.random.Generator | None = 0,
 ) -> AnnData:
-    """Return a copy of ``adata`` with a dry patch, a low-quality edge and doublets.
+    """Return a copy of ``adata`` with a dry patch, a low-quality edge, failed spots, doublets.
 
     Parameters
     ----------
@@ -58,16 +63,25 @@ def inject_artifacts(
         Share of the spots in the dry patch (the spots nearest to a random centre); 0 for
         none.
     dry_patch_depth
-        Fraction of the non-mitochondrial counts kept in the dry patch.
+        Fraction of the non-mitochondrial counts kept in the dry patch (of all counts when
+        ``dry_patch_mito_fraction`` is None).
     dry_patch_mito_fraction
         Mitochondrial share of the counts in every dry-patch spot (set exactly, split over
         the mitochondrial genes as in the tissue), which makes the patch locally
-        homogeneous. Needs genes named ``MT-``/``mt-``; ignored without them.
+        homogeneous. Needs genes named ``MT-``/``mt-``; ignored without them. None: every
+        gene is thinned alike, so each spot keeps its mitochondrial share (a pure
+        low-depth region).
     edge_fraction
         Share of the spots in the low-quality band: the spots furthest along a random
         direction (a thin band along one side of the tissue); 0 for none.
     edge_depth
         Fraction of the counts kept in the edge band.
+    scattered_fraction
+        Share of the spots that fail on their own: drawn at random among the untouched
+        spots, never next to one another (none among another's six nearest spots), all
+        genes thinned to ``scattered_depth``; 0 for none.
+    scattered_depth
+        Fraction of the counts kept in the scattered failed spots.
     doublet_fraction
         Share of the cells turned into doublets (each absorbs another cell, which is
         removed). Meant for single-cell-resolution data.
@@ -83,9 +97,10 @@ def inject_artifacts(
     -------
     AnnData
         The damaged copy with ``obs['injected']`` (categorical: none, dry_patch,
-        low_quality_edge, doublet), ``obs['doublet_partner']`` (name of the absorbed cell,
-        empty otherwise) and the parameters in ``uns['artifacts']``. Spots hit by both the
-        patch and the edge are labelled as the patch.
+        low_quality_edge, doublet, scattered_failure), ``obs['doublet_partner']`` (name
+        of the absorbed cell, empty otherwise) and the parameters in ``uns['artifacts']``.
+        Spots hit by both the patch and the edge are labelled as the patch; failed spots
+        are drawn among the spots neither touches.
 
     Examples
     --------
@@ -93,7 +108,11 @@ def inject_artifacts(
     >>> tissue = sm.datasets.simulate_tissue(n_spots=1000, n_genes=60, random_state=0)
     >>> damaged = inject_artifacts(tissue, random_state=0)
     >>> damaged.obs["injected"].value_counts().to_dict()
-    {'none': 930, 'dry_patch': 40, 'low_quality_edge': 30, 'doublet': 0}
+    {'none': 930, 'dry_patch': 40, 'low_quality_edge': 30, 'doublet': 0, 'scattered_failure': 0}
+    >>> failed = inject_artifacts(tissue, dry_patch_fraction=0, edge_fraction=0,
+    ...                           scattered_fraction=0.02)
+    >>> int((failed.obs["injected"] == "scattered_failure").sum())
+    20
     >>> cells = sm.datasets.simulate_tissue(n_spots=1000, n_genes=60, layout="random")
     >>> merged = inject_artifacts(cells, dry_patch_fraction=0, edge_fraction=0,
     ...                           doublet_fraction=0.05)
@@ -104,9 +123,15 @@ def inject_artifacts(
     _check_fraction("dry_patch_fraction", dry_patch_fraction)
     _check_fraction("edge_fraction", edge_fraction)
     _check_fraction("doublet_fraction", doublet_fraction, upper=0.5)
-    for name, value in (("dry_patch_depth", dry_patch_depth), ("edge_depth", edge_depth)):
+    _check_fraction("scattered_fraction", scattered_fraction)
+    for name, value in (
+        ("dry_patch_depth", dry_patch_depth),
+        ("edge_depth", edge_depth),
+        ("scattered_depth", scattered_depth),
+    ):
         _check_fraction(name, value, upper=1.0)
-    _check_fraction("dry_patch_mito_fraction", dry_patch_mito_fraction, upper=1.0)
+    if dry_patch_mito_fraction is not None:
+        _check_fraction("dry_patch_mito_fraction", dry_patch_mito_fraction, upper=1.0)
     if doublet_mode not in DOUBLET_MODES:
         raise SpatiomeInputError(
             f"doublet_mode must be one of {DOUBLET_MODES}, got {doublet_mode!r}"
@@ -129,9 +154,17 @@ def inject_artifacts(
 
     patch = _patch(coords, dry_patch_fraction, rng)
     label[patch] = INJECTED.index("dry_patch")
-    counts = _thin_rows(counts, patch, ~mito, dry_patch_depth, rng)
-    if mito.any() and patch.any():
-        counts = _set_mito_share(counts, patch, mito, dry_patch_mito_fraction)
+    if dry_patch_mito_fraction is None:
+        counts = _thin_rows(counts, patch, np.ones(adata.n_vars, bool), dry_patch_depth, rng)
+    else:
+        counts = _thin_rows(counts, patch, ~mito, dry_patch_depth, rng)
+        if mito.any() and patch.any():
+            counts = _set_mito_share(counts, patch, mito, dry_patch_mito_fraction)
+
+    if scattered_fraction > 0:
+        failed = _scattered(coords, label == 0, scattered_fraction, rng)
+        label[failed] = INJECTED.index("scattered_failure")
+        counts = _thin_rows(counts, failed, np.ones(adata.n_vars, bool), scattered_depth, rng)
 
     partner = np.full(n, "", dtype=object)
     keep = np.ones(n, dtype=bool)
@@ -154,9 +187,13 @@ def inject_artifacts(
     result.uns["artifacts"] = {
         "dry_patch_fraction": float(dry_patch_fraction),
         "dry_patch_depth": float(dry_patch_depth),
-        "dry_patch_mito_fraction": float(dry_patch_mito_fraction),
+        "dry_patch_mito_fraction": (
+            None if dry_patch_mito_fraction is None else float(dry_patch_mito_fraction)
+        ),
         "edge_fraction": float(edge_fraction),
         "edge_depth": float(edge_depth),
+        "scattered_fraction": float(scattered_fraction),
+        "scattered_depth": float(scattered_depth),
         "doublet_fraction": float(doublet_fraction),
         "doublet_mode": doublet_mode,
         "mito_genes_found": int(mito.sum()),
@@ -195,6 +232,36 @@ def _edge_band(coords: np.ndarray, fraction: float, rng: np.random.Generator) ->
     direction[:2] = np.cos(angle), np.sin(angle)
     mask[np.argsort(-(coords @ direction), kind="stable")[:size]] = True
     return mask
+
+
+def _scattered(
+    coords: np.ndarray, free: np.ndarray, fraction: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Random free spots, none among the six nearest spots of another chosen one."""
+    from scipy.spatial import cKDTree
+
+    n = coords.shape[0]
+    wanted = int(round(fraction * n))
+    mask = np.zeros(n, dtype=bool)
+    if wanted == 0:
+        return mask
+    k = min(n, 7)
+    _, near = cKDTree(coords).query(coords, k=k)
+    near = np.asarray(near).reshape(n, k)
+    blocked = ~free
+    placed = 0
+    for spot in rng.permutation(np.flatnonzero(free)):
+        # Neither spot may be among the other's nearest (not symmetric off a lattice).
+        if blocked[spot] or mask[near[spot]].any():
+            continue
+        mask[spot] = True
+        blocked[near[spot]] = True
+        placed += 1
+        if placed == wanted:
+            return mask
+    raise SpatiomeInputError(
+        f"could only place {placed} of {wanted} isolated failed spots: lower scattered_fraction"
+    )
 
 
 def _thin_rows(

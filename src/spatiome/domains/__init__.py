@@ -1,4 +1,9 @@
-"""Spatial domains and the genes that define them; labels go to ``adata.obs[key_added]``."""
+"""Spatial domains and the genes that define them; labels go to ``adata.obs[key_added]``.
+
+The methods that read the spots' data (all but ``merge_small_domains`` and ``top_markers``)
+warn once per call when some spots hold less than 1% of the median library size; remove
+such near-empty spots first.
+"""
 
 from .bison import bison
 from .cluster import (

@@ -45,6 +45,7 @@ from anndata import AnnData
 from scipy.optimize import linear_sum_assignment
 from threadpoolctl import threadpool_limits
 
+from .._core.near_empty import warn_near_empty
 from .._core.progress import Progress
 from .._core.random import check_random_state
 from .._core.validate import (
@@ -262,6 +263,9 @@ def bison(
         min_gene_max, potts_beta, n_neighbors, n_iterations, burn_in, init, estimate,
         gamma_shape, gamma_rate, pi_prior, group_concentration, domain_concentration, key_added,
     )  # fmt: skip
+    # Spots under min_spot_counts (and without counts) are left out of the model.
+    ignore_below = max(float(min_spot_counts), 1.0)
+    warn_near_empty(adata, layer=layer, caller="domains.bison", ignore_below=ignore_below)
     counts = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     check_counts(counts, where=where)

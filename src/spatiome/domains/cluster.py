@@ -12,6 +12,7 @@ import scanpy as sc
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._core.near_empty import near_empty_checked, warn_near_empty
 from .._core.validate import SpatiomeInputError, check_adata, get_matrix, get_spatial
 from ._ward import ward_labels
 
@@ -99,6 +100,7 @@ def leiden(
         _check_n_clusters(n_clusters, adata.n_obs)
     if not resolution > 0:
         raise SpatiomeInputError(f"resolution must be positive, got {resolution!r}")
+    warn_near_empty(adata, caller="domains.leiden")
     random_state = 0 if random_state is None else int(random_state)
     adata = adata.copy() if copy else adata
     graph = _expression_graph(adata, use_rep, n_neighbors, random_state)
@@ -257,6 +259,7 @@ def kmeans(
     check_adata(adata)
     _require_representation(adata, use_rep)
     _check_n_clusters(n_clusters, adata.n_obs)
+    warn_near_empty(adata, caller="domains.kmeans")
     features = _representation(adata, use_rep)
     random_state = 0 if random_state is None else int(random_state)
     model = KMeans(n_clusters=int(n_clusters), n_init=n_init, random_state=random_state)
@@ -343,6 +346,7 @@ def hierarchical(
         raise SpatiomeInputError(
             f"max_exact and n_micro must be at least 2, got {max_exact} and {n_micro}"
         )
+    warn_near_empty(adata, caller="domains.hierarchical")
     random_state = 0 if random_state is None else int(random_state)
     n_obs = features.shape[0]
     if n_obs <= max_exact:
@@ -458,6 +462,7 @@ def gaussian_mixture(
             "covariance_type must be 'full', 'tied', 'diag' or 'spherical', "
             f"got {covariance_type!r}"
         )
+    warn_near_empty(adata, caller="domains.gaussian_mixture")
     random_state = 0 if random_state is None else int(random_state)
     model = _fit_gmm(features, int(n_clusters), covariance_type, random_state, int(n_init))
     probabilities = model.predict_proba(features)
@@ -493,6 +498,9 @@ def cluster(
     n_spatial_neighbors: int = 15,
     spatial_key: str = "spatial",
     min_domain_size: int = 5,
+    refine: float = 0.0,
+    extra_features: str | np.ndarray | None = None,
+    extra_weight: float = 1.0,
     key_added: str = "spatial_domain",
     random_state: int = 0,
     copy: bool = False,
@@ -542,6 +550,26 @@ def cluster(
     min_domain_size
         Smallest number of spots in a returned domain (``1`` keeps whatever the clusterer
         gives).
+    refine
+        Strength (in log-likelihood units per fully agreeing neighbourhood) of a spatial
+        Potts smoothing of the labels, an HMRF-EM step after the clusterer: each domain
+        is modelled as a Gaussian of the features, and each spot takes the domain that
+        maximizes its log-likelihood plus ``refine`` times the fraction of its six
+        nearest spots in that domain (iterated conditional modes, alternated with
+        refitting the Gaussians, see :func:`potts_refine`). ``0`` (default) keeps the
+        clusterer's labels. On weak simulated domains (``lambda = 0.5``) ``refine=10``
+        doubles the ARI (0.31 to 0.62); on the DLPFC sections, whose neighbourhood
+        features are already smooth, 5-20 adds at most 0.01
+        (``benchmarks/domains_sections.py``).
+    extra_features
+        Per-spot features appended to the principal components before clustering: an
+        ``adata.obsm`` key or an ``(n_obs, m)`` array (for instance cell-type fractions or
+        layer-marker scores). Each column is standardized, and the block is scaled to
+        ``extra_weight`` times the total variance of the components. Correlations with
+        the layer profiles of another DLPFC section (``extra_weight=2``) raised the
+        Gaussian mixture's ARI from 0.35 to 0.42 on average over the three sections.
+    extra_weight
+        Total variance of the ``extra_features`` block relative to the components'.
     key_added
         Column of ``adata.obs`` receiving the domain labels ``"0"``, ``"1"``, ... (by
         decreasing size).
@@ -562,6 +590,9 @@ def cluster(
     ----------
     Singhal, Chou, Lee et al. (2024). BANKSY unifies cell typing and tissue domain
     segmentation for scalable spatial omics data analysis. Nature Genetics 56, 431-441.
+    Zhang, Brady and Smith (2001). Segmentation of brain MR images through a hidden Markov
+    random field model and the expectation-maximization algorithm. IEEE Transactions on
+    Medical Imaging 20, 45-57.
 
     Examples
     --------
@@ -582,6 +613,12 @@ def cluster(
         raise SpatiomeInputError(
             f"neighbourhood_lambda must be in [0, 1], got {neighbourhood_lambda!r}"
         )
+    if not float(refine) >= 0.0:
+        raise SpatiomeInputError(f"refine must be a non-negative number, got {refine!r}")
+    extra = None if extra_features is None else _extra_block(adata, extra_features)
+    if not float(extra_weight) > 0.0:
+        raise SpatiomeInputError(f"extra_weight must be positive, got {extra_weight!r}")
+    warn_near_empty(adata, caller="domains.cluster")
     random_state = 0 if random_state is None else int(random_state)
     adata = adata.copy() if copy else adata
     record: dict = {"method": method, "n_domains": int(n_domains)}
@@ -602,6 +639,163 @@ def cluster(
     else:
         _representation(adata, use_rep)
         record["use_rep"] = use_rep
+    if extra is not None:
+        base = _representation(adata, use_rep)
+        use_rep = f"X_{key_added}"
+        adata.obsm[use_rep] = _append_scaled(base, extra, float(extra_weight))
+        record.update(use_rep=use_rep, extra_features=int(extra.shape[1]))
+    with near_empty_checked():  # the clusterers are public: they would warn again
+        _run_clusterer(adata, method, n_domains, use_rep, key_added, random_state)
+        record["clusterer"] = adata.uns["spatiome"][key_added]
+        outcome = _drop_small_domains(
+            adata, use_rep, method, int(n_domains), int(min_domain_size), key_added, random_state
+        )
+    if refine > 0:
+        coords = get_spatial(adata, spatial_key)
+        codes = adata.obs[key_added].cat.codes.to_numpy().astype(np.int64)
+        refined = potts_refine(_representation(adata, use_rep), codes, coords, float(refine))
+        record["refine_changed_spots"] = int((refined != codes).sum())
+        adata.obs[key_added] = _labels_by_size(refined)
+    record.update(random_state=random_state, min_domain_size=int(min_domain_size), **outcome)
+    record["refine"] = float(refine)
+    adata.uns["spatiome"][key_added] = record
+    return adata if copy else None
+
+
+def _extra_block(adata: AnnData, extra_features: str | np.ndarray) -> np.ndarray:
+    """``extra_features`` as a finite ``(n_obs, m)`` float array, or one clear error."""
+    if isinstance(extra_features, str):
+        if extra_features not in adata.obsm:
+            raise SpatiomeInputError(
+                f"adata.obsm[{extra_features!r}] is missing: pass extra_features= one of "
+                f"{sorted(adata.obsm.keys())} or an (n_obs, m) array"
+            )
+        extra_features = adata.obsm[extra_features]
+    block = np.asarray(extra_features, dtype=np.float64)
+    if block.ndim == 1:
+        block = block[:, None]
+    if block.ndim != 2 or block.shape[0] != adata.n_obs:
+        raise SpatiomeInputError(
+            f"extra_features must have one row per spot ({adata.n_obs}), got shape {block.shape}"
+        )
+    if not np.isfinite(block).all():
+        raise SpatiomeInputError("extra_features contains NaN or infinite values")
+    return block
+
+
+def _append_scaled(base: np.ndarray, extra: np.ndarray, weight: float) -> np.ndarray:
+    """``base`` next to standardized ``extra`` holding ``weight`` times its total variance."""
+    spread = extra.std(axis=0)
+    scaled = (extra - extra.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+    total = float(base.var(axis=0).sum())
+    scaled *= np.sqrt(weight * total / extra.shape[1])
+    return np.hstack([base, scaled])
+
+
+# Rounds of (refit the domain Gaussians, iterated conditional modes) in potts_refine.
+_REFINE_ROUNDS = 5
+_ICM_SWEEPS = 10
+
+
+def potts_refine(
+    features: np.ndarray,
+    labels: np.ndarray,
+    coords: np.ndarray,
+    strength: float,
+    *,
+    n_neighbors: int = 6,
+) -> np.ndarray:
+    """Spatially smoothed labels: HMRF-EM with a Gaussian per domain and a Potts prior.
+
+    Each round fits one Gaussian (full covariance, small ridge, weight = domain share) per
+    domain to the features of its spots, then updates all labels together by iterated
+    conditional modes: a spot takes the domain maximizing its log-likelihood plus
+    ``strength`` times the fraction of its ``n_neighbors`` nearest spots in that domain.
+    Rounds stop when no label changes; a domain that loses all its spots stays empty.
+
+    Parameters
+    ----------
+    features
+        ``(n_spots, d)`` features the domains were found on.
+    labels
+        ``(n_spots,)`` integer labels ``0 .. k-1``.
+    coords
+        ``(n_spots, 2)`` spot coordinates.
+    strength
+        Weight of the neighbourhood agreement (``0`` returns the Gaussian reassignment).
+    n_neighbors
+        Spatial neighbours of each spot (6 is the Visium hexagonal ring).
+
+    Returns
+    -------
+    numpy.ndarray
+        The refined integer labels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from spatiome.domains.cluster import potts_refine
+    >>> rng = np.random.default_rng(0)
+    >>> coords = np.column_stack([np.repeat(np.arange(20.0), 20), np.tile(np.arange(20.0), 20)])
+    >>> truth = (coords[:, 0] >= 10).astype(int)
+    >>> features = truth[:, None] * 1.0 + rng.normal(scale=0.6, size=(400, 1))
+    >>> noisy = (features[:, 0] > 0.5).astype(int)
+    >>> refined = potts_refine(features, noisy, coords, 4.0)
+    >>> bool((refined == truth).mean() > (noisy == truth).mean())
+    True
+    """
+    from scipy.spatial import cKDTree
+
+    labels = np.asarray(labels, dtype=np.int64).copy()
+    n_spots, n_labels = labels.size, int(labels.max()) + 1
+    k = int(min(n_neighbors, n_spots - 1))
+    _, index = cKDTree(coords).query(coords, k=k + 1)
+    rows = np.repeat(np.arange(n_spots), k)
+    adjacency = sp.csr_matrix(
+        (np.full(rows.size, 1.0 / k), (rows, np.asarray(index)[:, 1:].ravel())),
+        shape=(n_spots, n_spots),
+    )
+    for _ in range(_REFINE_ROUNDS):
+        loglik = _gaussian_loglik(features, labels, n_labels)
+        before = labels.copy()
+        for _ in range(_ICM_SWEEPS):
+            onehot = sp.csr_matrix(
+                (np.ones(n_spots), (np.arange(n_spots), labels)), shape=(n_spots, n_labels)
+            )
+            updated = (loglik + strength * (adjacency @ onehot).toarray()).argmax(axis=1)
+            if np.array_equal(updated, labels):
+                break
+            labels = updated
+        if np.array_equal(before, labels):
+            break
+    return labels
+
+
+def _gaussian_loglik(features: np.ndarray, labels: np.ndarray, n_labels: int) -> np.ndarray:
+    """``(n_spots, n_labels)`` log-density of each spot under each domain's Gaussian."""
+    n_spots, dim = features.shape
+    ridge = 1e-4 * float(np.mean(np.var(features, axis=0))) + 1e-12
+    loglik = np.full((n_spots, n_labels), -np.inf)
+    for label in range(n_labels):
+        members = features[labels == label]
+        if members.shape[0] == 0:
+            continue
+        centred = features - members.mean(axis=0)
+        cov = np.zeros((dim, dim))
+        if members.shape[0] > 1:
+            cov = np.cov(members, rowvar=False).reshape(dim, dim)
+        chol = np.linalg.cholesky(cov + ridge * np.eye(dim))
+        solved = np.linalg.solve(chol, centred.T)
+        log_det = 2.0 * np.log(np.diag(chol)).sum()
+        share = members.shape[0] / n_spots
+        loglik[:, label] = -0.5 * ((solved**2).sum(axis=0) + log_det) + np.log(share)
+    return loglik
+
+
+def _run_clusterer(
+    adata: AnnData, method: str, n_domains: int, use_rep: str, key_added: str, random_state: int
+) -> None:
+    """Label the spots with :func:`cluster`'s ``method`` on ``adata.obsm[use_rep]``."""
     if method == "kmeans":
         kmeans(adata, n_domains, use_rep=use_rep, key_added=key_added, random_state=random_state)
     elif method == "gmm":
@@ -620,16 +814,6 @@ def cluster(
         hierarchical(
             adata, n_domains, use_rep=use_rep, key_added=key_added, random_state=random_state
         )
-    record["clusterer"] = adata.uns["spatiome"][key_added]
-    record["random_state"] = random_state
-    record["min_domain_size"] = int(min_domain_size)
-    record.update(
-        _drop_small_domains(
-            adata, use_rep, method, int(n_domains), int(min_domain_size), key_added, random_state
-        )
-    )
-    adata.uns["spatiome"][key_added] = record
-    return adata if copy else None
 
 
 _MERGE_BY = ("spatial", "expression")

@@ -16,6 +16,7 @@ import scanpy as sc
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._core.near_empty import warn_near_empty
 from .._core.progress import Progress
 from .._core.torch_session import import_torch
 from .._core.validate import SpatiomeInputError, check_adata, check_counts, get_matrix
@@ -310,6 +311,7 @@ def gnn(
     )  # fmt: skip
     torch = import_torch("spatiome.domains.gnn")
     layer = "counts" if layer is None and "counts" in adata.layers else layer
+    warn_near_empty(adata, layer=layer, caller="domains.gnn")
     counts = get_matrix(adata, layer)
     check_counts(counts, where="adata.X" if layer is None else f"adata.layers[{layer!r}]")
     graph, graph_info = _spatial_graph(adata, n_neighbors, radius, graph_key, spatial_key)

@@ -10,6 +10,7 @@ import pandas as pd
 import scanpy as sc
 from anndata import AnnData
 
+from .._core.near_empty import warn_near_empty
 from .._core.validate import SpatiomeInputError, check_adata, get_matrix
 
 logger = logging.getLogger("spatiome")
@@ -116,6 +117,7 @@ def markers(
             f"each side), got {min_spots!r}"
         )
     min_spots = int(min_spots)
+    warn_near_empty(adata, layer=layer, caller="domains.markers")
     matrix = get_matrix(adata, layer)
     labelled = ~pd.isna(labels)
     obs_names = adata.obs_names

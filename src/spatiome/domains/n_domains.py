@@ -10,6 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._core.near_empty import warn_near_empty
 from .._core.validate import SpatiomeInputError, check_adata
 from .cluster import _domain_features, _representation
 
@@ -149,6 +150,7 @@ def choose_n_domains(
         raise SpatiomeInputError(
             f"max_spots must be at least k_range[1] + 2 = {high + 2}, got {max_spots}"
         )
+    warn_near_empty(adata, caller="domains.choose_n_domains")
     random_state = 0 if random_state is None else int(random_state)
     record: dict = {"method": method, "k_range": [low, high], "random_state": random_state}
     if use_rep is None:

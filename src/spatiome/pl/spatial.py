@@ -413,7 +413,8 @@ def _outline_mask(adata: AnnData, outline: str | np.ndarray) -> np.ndarray:
                 f"adata.obs[{outline!r}] must be boolean to mark spots to outline, "
                 f"got {column.dtype}"
             )
-        return column.to_numpy(dtype=bool)
+        # A missing flag (a spot left out of the step that set it) is not outlined.
+        return column.to_numpy(dtype=bool, na_value=False)
     mask = np.asarray(outline)
     if mask.dtype != bool or mask.shape != (adata.n_obs,):
         raise SpatiomeInputError(

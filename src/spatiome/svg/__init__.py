@@ -5,6 +5,10 @@ Every method has the same shape: ``spatiome.svg.<method>(adata, *, layer=None, g
 (Benjamini-Hochberg), also written to ``adata.var[f"{method}_{column}"]`` with the parameters
 in ``adata.uns["spatiome"][method]``.
 
+Every method warns once per call when some spots hold less than 1% of the median library
+size: such near-empty spots can decide the result (see the Notes of :func:`spatialde`);
+remove them first.
+
 Examples
 --------
 >>> import anndata, numpy as np

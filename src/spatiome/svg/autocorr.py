@@ -37,6 +37,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scipy import stats
 
+from .._core.near_empty import warn_near_empty
 from .._core.parallel import default_chunk_size, map_gene_chunks, resolve_n_jobs
 from .._core.random import check_random_state
 from .._core.validate import (
@@ -316,6 +317,7 @@ def _autocorrelation(
 ) -> pd.DataFrame:
     check_adata(adata)
     _check_options(adata, transformation, n_permutations, two_tailed, chunk_size)
+    warn_near_empty(adata, layer=layer, caller=f"svg.{method}", stacklevel=4)
     workers = resolve_n_jobs(n_jobs)
     positions = resolve_genes(adata, genes)
     matrix = _gene_matrix(adata, layer, positions)

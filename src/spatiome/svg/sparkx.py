@@ -44,6 +44,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._core.near_empty import warn_near_empty
 from .._core.parallel import map_gene_chunks, resolve_n_jobs
 from .._core.stats import bh_adjust, by_adjust, cauchy_combination, chi2_logsf
 from .._core.validate import (
@@ -173,6 +174,15 @@ def sparkx(
     adjustment removes it (log totals leave part of it behind). The function warns when
     ``check_depth`` finds a spatial depth pattern.
 
+    Sensitivity to near-empty spots: small. On the mouse olfactory bulb
+    (``mouse_ob_rep11``: 262 spots, two of which hold 7 and 3 counts against a median of
+    27,378), the defaults call 3,714 genes at q < 0.05 with all spots and 3,712 without
+    those two (Jaccard 0.97 between the two sets). With the original's
+    Benjamini-Yekutieli ``qval_by`` the calls are 2,119 and 2,076, against the R
+    package's 2,086 on all 262 spots (Jaccard 0.98 and 0.97). The function still warns
+    when a spot holds less than 1% of the median library size, as other steps of an
+    analysis are not as robust (:func:`spatiome.pp.quality_flags` flags such spots).
+
     References
     ----------
     Zhu, J., Sun, S. and Zhou, X. (2021). SPARK-X: non-parametric modeling enables
@@ -206,6 +216,8 @@ def sparkx(
         )
     workers = resolve_n_jobs(n_jobs)
     layer_used = _counts_layer(adata, layer)
+    # Spots without counts are left out of the test below, so only the others count.
+    warn_near_empty(adata, layer=layer_used, caller="svg.sparkx", ignore_below=1)
     positions = resolve_genes(adata, genes)
     counts = _count_matrix(adata, layer_used, positions, require_counts)
     coordinates = get_spatial(adata, spatial_key)

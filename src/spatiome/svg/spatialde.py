@@ -62,6 +62,7 @@ from scipy import interpolate
 from scipy.spatial import ConvexHull, QhullError, cKDTree
 from scipy.spatial.distance import cdist
 
+from .._core.near_empty import warn_near_empty
 from .._core.parallel import default_chunk_size, map_gene_chunks, resolve_n_jobs
 from .._core.progress import Progress
 from .._core.random import check_random_state
@@ -292,6 +293,16 @@ def spatialde(
 
     Notes
     -----
+    Sensitivity to near-empty spots: large, as a spot with almost no counts stands apart
+    from all others after the normalization. On the mouse olfactory bulb
+    (``mouse_ob_rep11``: 262 spots, two of which hold 7 and 3 counts against a median of
+    27,378), the defaults call 924 genes at q < 0.05 with all spots and 91 without those
+    two. On the input of the original analysis (those 260 spots and the 14,859 genes with
+    at least 3 counts) they call 67, of which 66 are among the original's 68 (Jaccard
+    0.96, against 0.71 for the 91 calls and 0.07 for the 924). The function warns when a
+    spot holds less than 1% of the median library size: remove such spots first
+    (:func:`spatiome.pp.quality_flags`).
+
     Progress (one unit per length scale: its decomposition and the fit of every gene) is
     reported through :mod:`spatiome._core.progress` as task ``"svg.spatialde"``.
 
@@ -325,6 +336,7 @@ def spatialde(
     )
     if adata.n_obs < 4:
         raise SpatiomeInputError(f"SpatialDE needs at least 4 spots, got {adata.n_obs}")
+    warn_near_empty(adata, layer=layer, caller="svg.spatialde")
     workers = resolve_n_jobs(n_jobs)
     coordinates = get_spatial(adata, spatial_key)
     positions = resolve_genes(adata, genes)
@@ -466,6 +478,7 @@ def spatialde_model_search(
             f"kernels, above exact_max_spots={exact_max_spots}: subsample the spots or raise "
             "exact_max_spots"
         )
+    warn_near_empty(adata, layer=layer, caller="svg.spatialde_model_search")
     workers = resolve_n_jobs(n_jobs)
     coordinates = get_spatial(adata, spatial_key)
     if genes is None:

@@ -50,6 +50,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from scipy.spatial import cKDTree
 
+from .._core.near_empty import warn_near_empty
 from .._core.parallel import map_gene_chunks, resolve_n_jobs
 from .._core.progress import Progress
 from .._core.random import check_random_state
@@ -231,6 +232,7 @@ def trendseek(
     """
     check_adata(adata)
     _check_options(n_radii, n_permutations, early_stopping, alpha_stop, studentize, chunk_size)
+    warn_near_empty(adata, layer=layer, caller="svg.trendseek")
     workers = resolve_n_jobs(n_jobs)
     positions = resolve_genes(adata, genes)
     coordinates = get_spatial(adata)

@@ -39,7 +39,7 @@ CACHE_FOLDER = ".spatiome_cache"
 #: Configuration fields each step reads (prefix match on step names ending in "_").
 STEP_PARAMETERS: dict[str, tuple[str, ...]] = {
     "qc": (),
-    "spatial_qc": ("spatial_qc", "seed"),
+    "spatial_qc": ("spatial_qc", "sample_key", "seed"),
     "doublets": ("doublets", "seed"),
     "normalize": ("target_sum",),
     "graph": ("graph_method", "n_spatial_neighbors"),
@@ -53,7 +53,7 @@ STEP_PARAMETERS: dict[str, tuple[str, ...]] = {
     "multimodal": ("modality", "modality_input", "n_domains", "seed"),
     "deconvolution": ("reference", "reference_labels", "deconv_method", "deconv_smoothing",
                       "seed"),
-    "svg": ("fdr", "trendseek_permutations", "seed"),
+    "svg": ("fdr", "min_gene_counts", "trendseek_permutations", "seed"),
     "modules_": ("svg_methods", "max_module_genes", "n_patterns", "fdr", "seed"),
 }  # fmt: skip
 

@@ -4,7 +4,8 @@ A configuration has three tables::
 
     [input]      paths (one or more), sample_names
     [output]     dir, title
-    [pipeline]   every field of :class:`~spatiome.workflow.PipelineConfig`
+    [qc]         remove (the field ``qc_remove``)
+    [pipeline]   every other field of :class:`~spatiome.workflow.PipelineConfig`
 
 Unknown tables or keys, and values of the wrong type, are errors that name the key.
 ``spatiome config --default`` prints :func:`default_toml`, every key with its default and
@@ -48,6 +49,10 @@ _RUN_KEYS: dict[str, dict[str, tuple[type, Any, str]]] = {
         "title": (str, "", "Report title (default: 'spatiome report: <inputs>')."),
     },
 }
+
+
+#: Tables that hold some pipeline fields under shorter names: table -> {key: field}.
+_FIELD_TABLES: dict[str, dict[str, str]] = {"qc": {"remove": "qc_remove"}}
 
 
 @dataclasses.dataclass
@@ -94,7 +99,7 @@ def config_from_dict(
 ) -> RunConfig:
     """Validate a parsed configuration (the TOML's tables as dicts)."""
     where = str(source) if source is not None else "the config"
-    known = {*_RUN_KEYS, "pipeline"}
+    known = {*_RUN_KEYS, *_FIELD_TABLES, "pipeline"}
     for table, content in document.items():
         if table not in known:
             raise SpatiomeInputError(
@@ -114,7 +119,7 @@ def config_from_dict(
                 expected = "a list of strings" if kind is list else "a string"
                 raise SpatiomeInputError(f"{table}.{key} in {where} must be {expected}")
             run[f"{table}.{key}"] = value
-    pipeline = pipeline_config(document.get("pipeline", {}), where)
+    pipeline = pipeline_config(_pipeline_values(document, where), where)
     paths = [_resolve(base, p, may_be_name=True) for p in run["input.paths"]]
     names = run["input.sample_names"]
     if names and len(names) != len(paths):
@@ -133,6 +138,22 @@ def config_from_dict(
         pipeline=pipeline,
         source=source,
     )
+
+
+def _pipeline_values(document: dict[str, Any], where: str) -> dict[str, Any]:
+    """The ``[pipeline]`` table with the fields given in other tables (``[qc] remove``)."""
+    values = dict(document.get("pipeline", {}))
+    for table, fields in _FIELD_TABLES.items():
+        given = document.get(table, {})
+        _check_known(given, fields, table, where)
+        for key, value in given.items():
+            name = fields[key]
+            if name in values:
+                raise SpatiomeInputError(
+                    f"{table}.{key} and pipeline.{name} in {where} set the same thing: keep one"
+                )
+            values[name] = value
+    return values
 
 
 def pipeline_config(values: dict[str, Any], where: str = "the config") -> PipelineConfig:
@@ -274,11 +295,21 @@ def default_toml() -> str:
             out += _comment(doc)
             out.append(f"{key} = {_toml_value(default)}")
         out.append("")
-    out.append("[pipeline]")
     docs = _field_docs()
+    defaults = PipelineConfig()
+    for table, fields in _FIELD_TABLES.items():
+        out.append(f"[{table}]")
+        for key, name in fields.items():
+            out += _comment(docs.get(name, ""))
+            out.append(f"{key} = {_toml_value(getattr(defaults, name))}")
+        out.append("")
+    out.append("[pipeline]")
+    elsewhere = {name for fields in _FIELD_TABLES.values() for name in fields.values()}
     written: set[str] = set()
     for item in dataclasses.fields(PipelineConfig):
-        value = getattr(PipelineConfig(), item.name)
+        if item.name in elsewhere:
+            continue
+        value = getattr(defaults, item.name)
         doc = docs.get(item.name, "")
         if doc not in written:  # fields documented together are documented once
             out += _comment(doc)

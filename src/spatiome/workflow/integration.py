@@ -158,6 +158,8 @@ def run_multimodal(
     """Integrate the RNA with the second modality into ``obs["domain_multimodal"]``."""
     from ..integrate import multimodal
 
+    if not other.obs_names.equals(data.obs_names) and data.obs_names.isin(other.obs_names).all():
+        other = other[data.obs_names].copy()  # the spots quality control kept
     multimodal(
         data, other, modality=config.modality, n_domains=n_domains, cluster_key="domain_multimodal",
         random_state=config.seed,

@@ -67,6 +67,7 @@ from .outputs import (
     where,
 )
 from .provenance import Provenance
+from .removal import Removal, remove_low_quality, restore_removed
 from .report import write_report
 from .sections import module_column, report_sections, subtitle
 
@@ -99,13 +100,22 @@ class PipelineConfig:
         "trendseek".
     fdr
         q-value threshold for calling spatially variable genes.
+    min_gene_counts
+        Genes with fewer counts in total over the analysed spots are not tested for
+        spatial variation (SpatialDE's rule: on the mouse olfactory bulb, genes seen once or
+        twice make up 22 of SpatialDE's 90 calls without it).
     n_top_maps
         How many top spatial genes the report maps.
     trendseek_permutations
         Permutations per gene for trendseek (with early stopping).
     spatial_qc
-        Flag local outliers (SpotSweeper) and regional artifacts (when mitochondrial genes
-        are present) in ``obs``; nothing is removed.
+        Flag low-quality spots with :func:`spatiome.pp.quality_flags` (floors, sample-wide
+        MAD outliers, SpotSweeper local outliers, regional defects) into
+        ``obs["low_quality"]`` and ``obs["low_quality_reason"]``.
+    qc_remove
+        Leave the flagged spots out of normalization and every statistic (``[qc] remove``
+        in a configuration file). They stay in ``results.h5ad`` with their counts, flags
+        and reasons, and missing values for the statistics. False keeps them in.
     doublets
         Score doublets: True, False, or None to decide from the data (single-cell
         resolution: Xenium input, or a median nearest-neighbour distance under 20 um).
@@ -165,9 +175,11 @@ class PipelineConfig:
     n_domains: int | None = None
     svg_methods: tuple[str, ...] = ("moran", "sparkx")
     fdr: float = 0.05
+    min_gene_counts: int = 3
     n_top_maps: int = 6
     trendseek_permutations: int = 500
     spatial_qc: bool = True
+    qc_remove: bool = True
     doublets: bool | None = None
     domain_methods: tuple[str, ...] = ("cluster",)
     n_gene_groups: int = 4
@@ -237,6 +249,7 @@ NUMERIC_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "resolution": (1e-300, None, False),
     "n_domains": (2, None, True),
     "fdr": (0.0, 1.0, False),
+    "min_gene_counts": (0, None, True),
     "n_top_maps": (0, None, True),
     "trendseek_permutations": (19, None, True),
     "n_gene_groups": (1, None, True),
@@ -425,11 +438,11 @@ def observation_kind(data: AnnData) -> str:
 
 
 def run_spatial_qc(data: AnnData, config: PipelineConfig) -> list[str]:
-    """Flag local outliers and regional artifacts the way the pipeline does; return notes.
+    """Flag low-quality spots the way the pipeline does; return notes for the report.
 
-    Local outliers use SpotSweeper's defaults (36 neighbours, |z| > 3, low counts and
-    genes, high mitochondrial share); artifacts are searched only when mitochondrial
-    genes carry counts. Flags go to ``obs``; no spot is removed.
+    Runs :func:`spatiome.pp.quality_flags` with its defaults (per sample when the data
+    holds several), which writes ``obs["low_quality"]`` and ``obs["low_quality_reason"]``.
+    Whether the flagged spots are removed is decided afterwards (``config.qc_remove``).
 
     Examples
     --------
@@ -437,29 +450,28 @@ def run_spatial_qc(data: AnnData, config: PipelineConfig) -> list[str]:
     >>> tissue = sm.datasets.simulate_tissue(n_spots=400, n_genes=30, random_state=0)
     >>> sm.pp.qc_metrics(tissue)
     >>> notes = run_spatial_qc(tissue, PipelineConfig())
-    >>> "local_outlier" in tissue.obs and "artifact" in tissue.obs
-    True
+    >>> tissue.obs["low_quality"].dtype
+    dtype('bool')
     """
     from .. import pp
+    from ..pp.quality import QUALITY_REASONS
 
     if not config.spatial_qc:
         return ["spatial QC switched off"]
-    notes = []
-    n_neighbors = min(36, data.n_obs - 1)
-    pp.local_outliers(data, n_neighbors=n_neighbors)
-    notes.append(f"{int(data.obs['local_outlier'].sum())} local outliers (|z| > 3, k = 36)")
-    mito = data.obs.get("pct_counts_mt")
-    if mito is not None and np.ptp(np.nan_to_num(mito.to_numpy(dtype=float))) > 0:
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                pp.find_artifacts(data, random_state=config.seed)
-            notes.extend(str(w.message) for w in caught)
-            notes.append(f"{int(data.obs['artifact'].sum())} spots in regional artifacts")
-        except SpatiomeInputError as err:
-            notes.append(f"artifact search skipped: {err}")
-    else:
-        notes.append("artifact search skipped: no mitochondrial counts")
+    sample_key = config.sample_key if count_samples(data, config) > 1 else None
+    pp.quality_flags(data, sample_key=sample_key)
+    record = data.uns["spatiome"]["quality_flags"]
+    notes = [str(note) for note in record.get("notes", [])]
+    unit = data.uns["spatiome"].get("observation", "spot")
+    flagged = int(data.obs["low_quality"].sum())
+    counted = record.get("n_by_reason", {})
+    detail = ", ".join(
+        f"{QUALITY_REASONS.get(reason, reason)}: {n}" for reason, n in counted.items() if n
+    )
+    notes.append(
+        f"{flagged} {unit}{'s' if flagged != 1 else ''} flagged as low quality"
+        + (f" ({detail})" if detail else "")
+    )
     for note in notes:
         logger.info("spatial QC: %s", note)
     return notes
@@ -680,11 +692,14 @@ def aeh_length_scale(data: AnnData, genes: list[str]) -> float:
     return float(0.1 * np.ptp(get_spatial(data), axis=0).max())
 
 
-def run_svg_method(data: AnnData, method: str, config: PipelineConfig) -> pd.DataFrame:
+def run_svg_method(
+    data: AnnData, method: str, config: PipelineConfig, genes: list[str] | None = None
+) -> pd.DataFrame:
     """Run one spatially variable gene test the way the pipeline does.
 
     Moran's I, Geary's C and trendsceek read the log-normalized ``X`` (trendsceek's marks
     are log expression); SPARK-X and SpatialDE read the raw counts layer, as the originals.
+    ``genes`` limits the test to those genes (see :func:`tested_genes`); None tests all.
 
     Examples
     --------
@@ -696,16 +711,44 @@ def run_svg_method(data: AnnData, method: str, config: PipelineConfig) -> pd.Dat
     from .. import svg
 
     if method in ("moran", "geary"):
-        return getattr(svg, method)(data, random_state=config.seed)
+        return getattr(svg, method)(data, genes=genes, random_state=config.seed)
     if method == "sparkx":
-        return svg.sparkx(data, layer="counts")
+        return svg.sparkx(data, layer="counts", genes=genes)
     if method == "spatialde":
-        return svg.spatialde(data, layer="counts", random_state=config.seed)
+        return svg.spatialde(data, layer="counts", genes=genes, random_state=config.seed)
     if method == "trendseek":
         return svg.trendseek(
-            data, n_permutations=config.trendseek_permutations, random_state=config.seed
+            data,
+            genes=genes,
+            n_permutations=config.trendseek_permutations,
+            random_state=config.seed,
         )
     raise SpatiomeInputError(f"unknown SVG method {method!r}; choose from {SVG_METHODS}")
+
+
+def tested_genes(data: AnnData, min_counts: int) -> list[str] | None:
+    """Genes with at least ``min_counts`` counts over the spots of ``data``; None when that
+    is every gene (test them all).
+
+    Examples
+    --------
+    >>> import anndata, numpy as np
+    >>> a = anndata.AnnData(np.array([[0, 1, 5], [0, 1, 0]]))
+    >>> a.var_names = ["absent", "twice", "five"]
+    >>> a.layers["counts"] = a.X.copy()
+    >>> tested_genes(a, 3)
+    ['five']
+    """
+    totals = np.asarray(data.layers["counts"].sum(axis=0)).ravel()
+    kept = totals >= min_counts
+    if kept.all():
+        return None
+    if not kept.any():
+        raise SpatiomeInputError(
+            f"no gene has {min_counts} or more counts over the {data.n_obs} analysed spots: "
+            "nothing to test for spatial variation; lower min_gene_counts"
+        )
+    return [str(g) for g in data.var_names[kept]]
 
 
 def evaluate_truth(
@@ -972,6 +1015,7 @@ def run_pipeline(
         )
     bar = _Progress(steps, progress)
     outputs: dict[str, Any] = {}
+    full, removal = data, Removal(n_input=int(data.n_obs))
     keys: dict[str, str] = {}
     skipped: dict[str, str] = {}
     x_digest = None  # of X after the last step, carried so X is hashed once per step
@@ -1015,6 +1059,12 @@ def run_pipeline(
                         x_digest = delta.x_digest
                         step_cache.save(keys[name], delta, outputs[name])
             bar.done(name, entry["seconds"])
+            if name == "spatial_qc" and config.qc_remove and name not in skipped:
+                full, (data, removal) = data, remove_low_quality(data)
+                if removal.n_removed:
+                    # Every later step works on the kept spots: their cache keys say which.
+                    root += json.dumps({"removed": removal.removed})
+                    x_digest = None
             if name == until:
                 marker = write_text_atomic(
                     out / "steps" / f"{name}.done",
@@ -1027,7 +1077,15 @@ def run_pipeline(
         ran = [m for m in config.svg_methods if m in outputs]
         tables = {method: outputs[method][0] for method in ran}
         notes = {method: outputs[method][1] for method in ran}
-        notes["qc"] = [*outputs.get("spatial_qc", []), *outputs.get("doublets", [])]
+        notes["qc"] = [
+            *(
+                n
+                for n in outputs.get("spatial_qc", [])
+                if not removal.n_removed or "flagged as low quality" not in n
+            ),
+            *([removal.note] if removal.note else []),
+            *outputs.get("doublets", []),
+        ]
         notes["domains"] = [
             *outputs.get("n_domains", (None, []))[1],
             *(n for m in config.domain_methods for n in outputs.get(f"domains_{m}", [])),
@@ -1050,10 +1108,15 @@ def run_pipeline(
             "skipped": dict(skipped),
         }
         summary = _summary(data, tables, config, truth)
+        results = data
+        if removal.n_removed:
+            summary.update(removal_summary(removal))
+            results = restore_removed(data, full, _normalize_like(data))
+            extra["all_observations"] = results
         bar.start("report")
         with record.step("report") as entry, output_errors(out), staged_outputs(out) as staging:
             names = _write_outputs(
-                data, tables, notes, summary, record, staging, title, config, extra
+                data, results, tables, notes, summary, record, staging, title, config, extra
             )
             published = publish(staging, out, previous)
             files = {key: published[name] for key, name in names.items()}
@@ -1064,17 +1127,59 @@ def run_pipeline(
         log_handler.close()
     files["log"] = out / LOG_NAME
     primary = next(iter(tables.values()), pd.DataFrame(columns=["statistic", "pval", "qval"]))
-    return PipelineResult(adata=data, svg=primary, summary=summary, files=files, svg_tables=tables)
+    return PipelineResult(
+        adata=results, svg=primary, summary=summary, files=files, svg_tables=tables
+    )
+
+
+def removal_summary(removal: Removal) -> dict[str, Any]:
+    """Summary entries for the spots quality control removed (reasons in plain words).
+
+    Examples
+    --------
+    >>> summary = removal_summary(Removal(n_input=10, removed=["a"], reasons={"min_counts": 1}))
+    >>> summary["n_obs_removed"], summary["removed_reasons"]
+    (1, {'below the minimum library size': 1})
+    """
+    from ..pp.quality import QUALITY_REASONS
+
+    return {
+        "n_obs_input": removal.n_input,
+        "n_obs_removed": removal.n_removed,
+        "removed_reasons": {QUALITY_REASONS.get(k, k): v for k, v in removal.reasons.items()},
+    }
+
+
+def _normalize_like(data: AnnData) -> Callable[[AnnData], Any] | None:
+    """Normalizes removed spots as the kept ones were (same target), for ``results.h5ad``."""
+    from .. import pp
+
+    used = data.uns.get("spatiome", {}).get("normalize", {})
+    if used.get("method") != "log1p":
+        return None
+
+    def normalize(part: AnnData) -> Any:
+        pp.normalize(part, target_sum=used["target_sum"])
+        return part.X
+
+    return normalize
 
 
 def _run_svg_step(
     data: AnnData, method: str, config: PipelineConfig
 ) -> tuple[pd.DataFrame, list[str]]:
     """Run one SVG test; its warnings go to the log and the report instead of stderr."""
+    genes = tested_genes(data, config.min_gene_counts)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        table = run_svg_method(data, method, config)
+        table = run_svg_method(data, method, config, genes)
     notes = list(dict.fromkeys(str(w.message) for w in caught))
+    if genes is not None:
+        notes.insert(
+            0,
+            f"{data.n_vars - len(genes):,} genes with fewer than {config.min_gene_counts} "
+            f"counts over the analysed spots were not tested ({len(genes):,} were)",
+        )
     for note in notes:
         logger.warning("%s: %s", method, note)
     return _sorted(table), notes
@@ -1140,6 +1245,7 @@ def _summary(
     }
     primary = next(iter(tables), None)
     if primary is not None:
+        summary["n_genes_tested"] = int(len(tables[primary]))
         summary["svg_method"] = primary
         summary["n_svg"] = int((tables[primary]["qval"] < config.fdr).sum())
     if "leiden" in data.obs:
@@ -1185,6 +1291,7 @@ def _summary(
 
 def _write_outputs(
     data: AnnData,
+    results: AnnData,
     tables: dict[str, pd.DataFrame],
     notes: dict[str, list[str]],
     summary: dict[str, Any],
@@ -1194,7 +1301,11 @@ def _write_outputs(
     config: PipelineConfig,
     extra: dict[str, Any],
 ) -> dict[str, str]:
-    """Write every output into ``out`` (the staging folder); their names by kind."""
+    """Write every output into ``out`` (the staging folder); their names by kind.
+
+    ``data`` holds the analysed spots; ``results`` (written to ``results.h5ad``) every
+    input spot, with missing statistics on those quality control removed.
+    """
     from ..io import write_h5ad
 
     files = {
@@ -1232,10 +1343,10 @@ def _write_outputs(
     sections = report_sections(data, tables, notes, summary, provenance, config, extra)
     write_report(files["report"], title, subtitle(summary), sections)
     record.write(files["provenance"])
-    data.uns.setdefault("spatiome", {})
-    data.uns["spatiome"]["provenance"] = json.dumps(record.to_dict(), default=str)
-    data.uns["spatiome"]["summary"] = {k: v for k, v in summary.items() if v is not None}
-    write_h5ad(data, files["results"])
+    info = results.uns.setdefault("spatiome", {})
+    info["provenance"] = json.dumps(record.to_dict(), default=str)
+    info["summary"] = {k: v for k, v in summary.items() if v is not None}
+    write_h5ad(results, files["results"])
     return {key: path.name for key, path in files.items()}
 
 

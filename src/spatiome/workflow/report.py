@@ -23,6 +23,9 @@ from .._core.files import write_text_atomic
 CITATIONS = {
     "qc": "Wolf, Angerer & Theis (2018) SCANPY: large-scale single-cell gene expression data "
     "analysis. Genome Biology 19:15.",
+    "scater": "McCarthy, Campbell, Lun & Wills (2017) Scater: pre-processing, quality "
+    "control, normalization and visualization of single-cell RNA-seq data in R. "
+    "Bioinformatics 33:1179-1186.",
     "moran": "Moran (1950) Notes on continuous stochastic phenomena. Biometrika 37:17-23.",
     "geary": "Geary (1954) The contiguity ratio and statistical mapping. The Incorporated "
     "Statistician 5:115-145.",
@@ -409,9 +412,14 @@ def methods_paragraph(
         parts.append(f"Per-{unit} quality metrics were computed with scanpy {cite('qc')}.")
     if "spatial_qc" in used and params.get("spatial_qc", True):
         parts.append(
-            f"{units.capitalize()} with extreme library size, detected genes or mitochondrial "
-            "share relative to their 36 nearest spatial neighbours were flagged as in "
-            f"SpotSweeper {cite('spotsweeper')} (robust z-score beyond 3); {kept}."
+            f"{units.capitalize()} were flagged as low quality below a floor of 1% of the "
+            "median library size or detected genes; as sample-wide robust outliers (more "
+            "than 3 median absolute deviations, and at least two-fold, below the median log "
+            "library size or detected genes, or above the median mitochondrial share) "
+            f"{cite('scater')}; as local outliers relative to their 36 nearest spatial "
+            f"neighbours as in SpotSweeper {cite('spotsweeper')}; or within contiguous "
+            "regions whose smoothed level departs the same way from the tissue's; "
+            f"{kept}."
         )
     if "doublets" in used and params.get("doublets") is not False:
         parts.append(

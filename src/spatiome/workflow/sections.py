@@ -46,7 +46,12 @@ FIGURE_COLORS = 128
 #: Rows of each spatially variable gene table shown in the report (all are in the CSV).
 SVG_TABLE_ROWS = 200
 #: Plain names of the QC flags, and of the QC metrics.
-FLAG_NAMES = {"local_outlier": "local outlier", "artifact": "artifact", "doublet": "doublet"}
+FLAG_NAMES = {
+    "low_quality": "low quality",
+    "local_outlier": "local outlier",
+    "artifact": "artifact",
+    "doublet": "doublet",
+}
 METRIC_NAMES = {
     "total_counts": "total counts",
     "n_genes_by_counts": "detected genes",
@@ -204,7 +209,9 @@ def report_sections(
         )
     sections = [
         overview,
-        _qc_section(data, notes.get("qc", []), summary, kind, figure),
+        _qc_section(
+            extra.get("all_observations", data), notes.get("qc", []), summary, kind, figure
+        ),
         _cluster_section(data, kind, figure),
     ]
     if config.domain_methods:
@@ -348,6 +355,12 @@ def summary_table(
         if summary.get("gene_filter"):
             genes += f" ({summary['gene_filter']})"
     rows["Genes"] = genes
+    tested = summary.get("n_genes_tested")
+    if tested is not None and int(tested) < n_genes:
+        rows["Genes tested for spatial variation"] = (
+            f"{format_value(int(tested))} of {format_value(n_genes)} (the others have fewer "
+            f"than {config.min_gene_counts} counts in the analysed {units.lower()})"
+        )
     if summary.get("n_samples"):
         correction = BATCH_TITLES.get(str(summary.get("batch_correction")))
         rows["Samples"] = (
@@ -459,9 +472,11 @@ def _qc_section(
     removed = summary.get("n_obs_removed")
     if removed:
         section.add_text(
-            f"{_removed_text(summary)} {_noun(kind, int(removed))} were removed before the "
-            "statistics; the results keep them, marked."
+            f"{format_value(int(removed))} {_noun(kind, int(removed))} were removed before the "
+            "statistics; the results keep them, marked (obs low_quality and "
+            "low_quality_reason), with missing values for the statistics."
         )
+        _add_removal(section, data, summary, kind, figure)
     elif flags:
         section.add_text(f"Flags are recorded in the results; no {kind} was removed.")
     if metrics:
@@ -481,6 +496,46 @@ def _qc_section(
     for note in notes:
         section.add_text(f"Note: {note}")
     return section
+
+
+def _add_removal(
+    section: Section,
+    data: AnnData,
+    summary: Mapping[str, Any],
+    kind: str,
+    figure: FigureEncoder,
+) -> None:
+    """The removed observations by reason (a table) and where they lie (a map)."""
+    from .. import pl
+
+    reasons = summary.get("removed_reasons") or {}
+    units = _noun(kind)
+    if reasons:
+        section.add_table(
+            pd.DataFrame(
+                {f"{units} removed": [format_value(int(n)) for n in reasons.values()]},
+                index=pd.Index(list(reasons), name="reason"),
+            ),
+            sortable=False,
+            css_class="metrics",
+        )
+        section.add_text(f"A {kind} removed for several reasons is counted once for each.")
+    if "low_quality" not in data.obs or "spatial" not in data.obsm:
+        return
+    removed = data.obs["low_quality"].to_numpy(dtype=bool)
+    status = pd.Categorical(np.where(removed, "removed", "kept"), categories=["kept", "removed"])
+    import scipy.sparse as sp
+
+    view = AnnData(  # the map needs the coordinates and one column, not the expression
+        sp.csr_matrix((data.n_obs, 1), dtype=np.float32),
+        obs=pd.DataFrame({"quality control": status}, index=data.obs_names),
+        obsm={"spatial": np.asarray(data.obsm["spatial"])},
+        uns={k: data.uns[k] for k in ("spatial_unit", "spatiome") if k in data.uns},
+    )
+    axes = pl.spatial(view, "quality control", palette={"kept": "#c8c8c8", "removed": "#e8000b"})
+    section.add_figure(
+        figure(axes.figure), f"Where the {format_value(int(removed.sum()))} removed {units} lie."
+    )
 
 
 def _cluster_section(data: AnnData, kind: str, figure: FigureEncoder) -> Section:

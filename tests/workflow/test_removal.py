@@ -1,0 +1,148 @@
+"""Low-quality spots are removed before the statistics and kept, marked, in the results."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import spatiome as sm
+from spatiome._core.validate import SpatiomeInputError
+from spatiome.workflow import PipelineConfig, run_pipeline
+from spatiome.workflow.config import config_from_dict, default_toml
+from spatiome.workflow.removal import remove_low_quality, restore_removed
+
+FAST = dict(umap=False, svg_methods=("moran",), module_methods=(), n_top_maps=1)
+
+
+def _tissue_with_empty_spots(n_spots: int = 400, seed: int = 0) -> tuple[ad.AnnData, list[str]]:
+    """A simulated tissue in which two spots keep only 2 and 5 of their counts."""
+    tissue = sm.datasets.simulate_tissue(n_spots=n_spots, n_genes=60, random_state=seed)
+    counts = tissue.layers["counts"].tolil()
+    for row, keep in ((7, 2), (200, 5)):
+        values = np.asarray(counts[row].toarray()).ravel()
+        thinned = np.zeros_like(values)
+        nonzero = np.flatnonzero(values)[:keep]
+        thinned[nonzero] = 1
+        counts[row] = thinned
+    tissue.layers["counts"] = counts.tocsr()
+    tissue.X = tissue.layers["counts"].copy()
+    return tissue, [tissue.obs_names[7], tissue.obs_names[200]]
+
+
+@pytest.fixture(scope="module")
+def removed_run(tmp_path_factory):
+    tissue, empty = _tissue_with_empty_spots()
+    before = tissue.copy()
+    out = tmp_path_factory.mktemp("removed")
+    result = run_pipeline(tissue, out, PipelineConfig(**FAST), progress=False, cache=False)
+    return tissue, before, empty, out, result
+
+
+def test_near_empty_spots_are_removed_before_the_statistics(removed_run):
+    tissue, before, empty, out, result = removed_run
+    # The input is untouched.
+    assert tissue.n_obs == before.n_obs
+    assert (tissue.layers["counts"] != before.layers["counts"]).nnz == 0
+    summary = result.summary
+    assert summary["n_obs_input"] == tissue.n_obs
+    assert summary["n_obs_removed"] >= 2
+    assert summary["n_spots"] == tissue.n_obs - summary["n_obs_removed"]
+    assert sum(summary["removed_reasons"].values()) >= summary["n_obs_removed"]
+
+
+def test_results_keep_every_spot_with_missing_statistics(removed_run):
+    tissue, _, empty, out, result = removed_run
+    saved = ad.read_h5ad(out / "results.h5ad")
+    assert list(saved.obs_names) == list(tissue.obs_names)
+    flagged = saved.obs["low_quality"].to_numpy(dtype=bool)
+    assert flagged[saved.obs_names.get_indexer(empty)].all()
+    assert (saved.obs.loc[empty, "low_quality_reason"] != "").all()
+    # Counts and coordinates are kept; statistics are missing on the removed spots.
+    assert (saved.layers["counts"] != tissue.layers["counts"]).nnz == 0
+    np.testing.assert_array_equal(saved.obsm["spatial"], tissue.obsm["spatial"])
+    assert saved.obs.loc[flagged, "domain_cluster"].isna().all()
+    assert saved.obs.loc[~flagged, "domain_cluster"].notna().all()
+    assert np.isnan(saved.obsm["X_pca"][flagged]).all()
+    assert np.isfinite(saved.obsm["X_pca"][~flagged]).all()
+    graph = saved.obsp["spatial_connectivities"]
+    assert graph.shape == (tissue.n_obs, tissue.n_obs)
+    assert graph[flagged].nnz == 0 and graph[:, flagged].nnz == 0
+    # The removed spots are normalized like the others (same target), not zeroed.
+    target = saved.uns["spatiome"]["normalize"]["target_sum"]
+    totals = np.expm1(saved.X[flagged].toarray()).sum(axis=1)
+    np.testing.assert_allclose(totals, target, rtol=1e-3)
+    assert result.adata.n_obs == tissue.n_obs
+
+
+def test_report_shows_the_removed_spots_by_reason_with_a_map(removed_run):
+    _, _, _, out, result = removed_run
+    html = (out / "report.html").read_text()
+    assert "were removed before the statistics" in html
+    assert "below the minimum library size" in html
+    assert "removed spots lie" in html
+    assert f"{result.summary['n_spots']} of {result.summary['n_obs_input']}" in html
+
+
+def test_remove_false_keeps_every_spot_in_the_statistics(tmp_path):
+    tissue, empty = _tissue_with_empty_spots()
+    result = run_pipeline(
+        tissue, tmp_path, PipelineConfig(**FAST, qc_remove=False), progress=False, cache=False
+    )
+    assert "n_obs_removed" not in result.summary
+    assert result.summary["n_spots"] == tissue.n_obs
+    assert result.adata.obs.loc[empty, "low_quality"].all()
+    assert result.adata.obs["domain_cluster"].notna().all()
+    assert "no spot was removed" in (tmp_path / "report.html").read_text()
+
+
+def test_cache_keys_follow_the_removal(tmp_path):
+    tissue, _ = _tissue_with_empty_spots(n_spots=300)
+    first = run_pipeline(tissue, tmp_path, PipelineConfig(**FAST), progress=False)
+    again = run_pipeline(tissue, tmp_path, PipelineConfig(**FAST, qc_remove=False), progress=False)
+    assert first.summary["n_spots"] < again.summary["n_spots"] == tissue.n_obs
+    assert again.adata.obs["domain_cluster"].notna().all()
+
+
+def test_config_qc_table_sets_remove():
+    config = config_from_dict({"qc": {"remove": False}})
+    assert config.pipeline.qc_remove is False
+    assert "[qc]\n" in default_toml() and "remove = true" in default_toml()
+    with pytest.raises(SpatiomeInputError, match="qc.remove"):
+        config_from_dict({"qc": {"remove": False}, "pipeline": {"qc_remove": True}})
+    with pytest.raises(SpatiomeInputError, match="did you mean qc.remove"):
+        config_from_dict({"qc": {"remov": False}})
+
+
+def test_removal_is_refused_when_most_spots_are_flagged():
+    data = ad.AnnData(np.ones((20, 2)))
+    data.obs["low_quality"] = [True] * 11 + [False] * 9
+    data.obs["low_quality_reason"] = ["mad_counts"] * 11 + [""] * 9
+    kept, removal = remove_low_quality(data)
+    assert kept is data and removal.n_removed == 0
+    assert "none was removed" in removal.note
+
+
+def test_restore_removed_pads_every_slot():
+    full = ad.AnnData(sp.csr_matrix(np.arange(12.0).reshape(4, 3)))
+    full.layers["counts"] = full.X.copy()
+    full.obsm["spatial"] = np.arange(8.0).reshape(4, 2)
+    full.obs["total"] = [1, 2, 3, 4]
+    kept = full[[0, 1, 3]].copy()
+    kept.obs["flag"] = [True, False, True]
+    kept.obs["n"] = [1, 2, 3]
+    kept.obs["label"] = pd.Categorical(["a", "b", "a"])
+    kept.obsm["fractions"] = pd.DataFrame({"t": [0.1, 0.2, 0.3]}, index=kept.obs_names)
+    kept.obsp["graph"] = sp.csr_matrix(np.ones((3, 3)))
+    restored = restore_removed(kept, full)
+    assert list(restored.obs_names) == list(full.obs_names)
+    assert restored.obs["flag"].isna().tolist() == [False, False, True, False]
+    assert restored.obs["n"].dtype == "Int64" and restored.obs["total"].tolist() == [1, 2, 3, 4]
+    assert restored.obs["label"].isna().sum() == 1
+    assert np.isnan(restored.obsm["fractions"].loc["2", "t"])
+    np.testing.assert_array_equal(restored.obsm["spatial"], full.obsm["spatial"])
+    assert restored.obsp["graph"][2].nnz == 0 and restored.obsp["graph"].nnz == 9
+    assert (restored.layers["counts"] != full.layers["counts"]).nnz == 0
+    assert restored.X[2].nnz == 0  # no normalization given: zeros
