@@ -2,9 +2,10 @@
 here: every run ends with a report, and every step either ran or says why it did not.
 
 The public datasets are read from ../shared/data (skipped cleanly when absent). The small
-datasets run with the default settings; the three DLPFC sections skip UMAP and gene
-modules to keep the suite short. `benchmarks/realdata.py` runs all of them with the
-defaults in full.
+datasets run with the default settings; the two that ship a single-cell reference run once,
+with it (the default run plus deconvolution), one given by path and one by its registered
+name; the three DLPFC sections skip UMAP and gene modules to keep the suite short.
+`benchmarks/realdata.py` runs all of them with the defaults in full.
 """
 
 from __future__ import annotations
@@ -20,18 +21,17 @@ import scipy.sparse as sp
 import spatiome as sm
 from spatiome.cli import main
 
-#: (dataset, extra options). "{folder}" stands for the dataset's own folder.
+#: (dataset, how --input names it, extra options). "{folder}" stands for the dataset's own
+#: folder, "{name}" for its registered name (resolved through $SPATIOME_DATA).
 MATRIX = [
-    ("mouse_ob_rep11", []),
-    ("breast_cancer_layer2", []),
-    ("seqfish_field43", []),
-    ("rctd_merfish_hypothalamus", []),
-    ("rctd_merfish_hypothalamus", ["--reference", "{folder}"]),
-    ("rctd_cerebellum_slideseq", []),
-    ("rctd_cerebellum_slideseq", ["--reference", "{folder}"]),
-    ("dlpfc_151673", ["--no-umap", "--modules", "none"]),
-    ("dlpfc_151674", ["--no-umap", "--modules", "none"]),
-    ("dlpfc_151675", ["--no-umap", "--modules", "none"]),
+    ("mouse_ob_rep11", "{folder}", []),
+    ("breast_cancer_layer2", "{folder}", []),
+    ("seqfish_field43", "{folder}", []),
+    ("rctd_merfish_hypothalamus", "{folder}", ["--reference", "{folder}"]),
+    ("rctd_cerebellum_slideseq", "{name}", ["--reference", "{name}"]),
+    ("dlpfc_151673", "{folder}", ["--no-umap", "--modules", "none"]),
+    ("dlpfc_151674", "{folder}", ["--no-umap", "--modules", "none"]),
+    ("dlpfc_151675", "{folder}", ["--no-umap", "--modules", "none"]),
 ]
 #: Observations at single-cell scale: cells, and Slide-seq's 10 um beads.
 SINGLE_CELLS = ("seqfish_field43", "rctd_merfish_hypothalamus", "rctd_cerebellum_slideseq")
@@ -61,16 +61,31 @@ def _visible(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _case_id(name: str, given: str, options: list[str]) -> str:
+    reference = "+ref" if "--reference" in options else ""
+    return f"{name}{reference}{'-by-name' if given == '{name}' else ''}"
+
+
+def test_matrix_covers_every_shared_dataset(shared_data):
+    folders = {p.name for p in shared_data.iterdir() if p.is_dir() and p.name[0] not in "._"}
+    assert folders <= {name for name, _, _ in MATRIX}, folders - {n for n, _, _ in MATRIX}
+
+
 @pytest.mark.parametrize(
-    ("name", "options"),
-    MATRIX,
-    ids=[f"{n}{'+ref' if o and 'reference' in o[0] else ''}" for n, o in MATRIX],
+    ("name", "given", "options"), MATRIX, ids=[_case_id(*case) for case in MATRIX]
 )
-def test_default_run_on_every_real_dataset(shared_data, tmp_path, capsys, name, options):
+def test_default_run_on_every_real_dataset(
+    shared_data, tmp_path, capsys, monkeypatch, name, given, options
+):
     folder = shared_data / name
     if not folder.is_dir():
         pytest.skip(f"{name} is not in {shared_data}")
-    arguments = ["--input", str(folder), *(o.format(folder=folder) for o in options)]
+    monkeypatch.setenv("SPATIOME_DATA", str(shared_data))  # for the registered names
+    arguments = [
+        "--input",
+        given.format(folder=folder, name=name),
+        *(o.format(folder=folder, name=name) for o in options),
+    ]
     code, stderr = run_cli(arguments, tmp_path / "out", capsys)
     steps = check_finished_run(tmp_path / "out", code, stderr)
     results = sm.io.read_h5ad(tmp_path / "out" / "results.h5ad")
@@ -86,14 +101,13 @@ def test_default_run_on_every_real_dataset(shared_data, tmp_path, capsys, name, 
     assert labels, list(results.obs)
     for key in labels:
         assert results.obs[key].value_counts().min() >= 2, key  # no one-spot domains
-
-
-def test_registered_names_are_inputs_and_references(shared_data, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("SPATIOME_DATA", str(shared_data))
-    name = "rctd_cerebellum_slideseq"
-    code, stderr = run_cli(["--input", name, "--reference", name], tmp_path / "out", capsys)
-    steps = check_finished_run(tmp_path / "out", code, stderr)
-    assert not steps["deconvolution"].get("skipped")
+    flagged = results.obs["low_quality"].to_numpy(dtype=bool)
+    assert flagged.mean() <= 0.05  # removed from the statistics, kept in the results
+    assert results.obs.loc[flagged, labels[0]].isna().all()
+    if name == "mouse_ob_rep11":  # the 7- and 3-count spots
+        assert results.obs.loc[["10.922x17.038", "18.006x20.069"], "low_quality"].all()
+        page = (tmp_path / "out" / "report.html").read_text()
+        assert "were removed before the statistics" in page
 
 
 def _tissue(n_spots: int = 500, n_genes: int = 100, **kwargs):
@@ -109,7 +123,7 @@ def _five_genes():
 
 
 def _one_near_empty_spot():
-    tissue = _tissue(1000, 100)
+    tissue = _tissue()
     counts = tissue.layers["counts"].tolil()
     counts[7, :] = 0
     counts[7, 0] = 2

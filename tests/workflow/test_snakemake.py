@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import spatiome as sm
+from spatiome.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEFILE = REPO / "workflow" / "Snakefile"
@@ -22,7 +23,7 @@ def _snakemake() -> list[str]:
     return ["snakemake"]
 
 
-def test_snakefile_runs_every_step_then_integrates(tmp_path):
+def test_snakefile_runs_every_step_then_integrates(tmp_path, capsys):
     command = _snakemake()
     for k, seed in enumerate((0, 1)):
         tissue = sm.datasets.simulate_tissue(n_spots=250, n_genes=40, random_state=seed)
@@ -41,10 +42,10 @@ def test_snakefile_runs_every_step_then_integrates(tmp_path):
         cwd=tmp_path, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    steps = subprocess.run(
-        [spatiome, "config", "--steps", str(tmp_path / "run.toml")],
-        capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
+    # the steps the Snakefile read from `spatiome config --steps` (its own subprocess)
+    capsys.readouterr()
+    assert main(["config", "--steps", str(tmp_path / "run.toml")]) == 0
+    steps = capsys.readouterr().out.split()
     assert steps[0] == "qc" and steps[-1] == "moran"
     for sample in ("left", "right"):
         folder = tmp_path / "results" / sample
