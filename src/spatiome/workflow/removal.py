@@ -119,11 +119,11 @@ def restore_removed(kept: AnnData, full: AnnData, normalize_removed=None) -> Ann
         raise ValueError("restore_removed: the kept spots must be spots of the full data")
     removed = np.setdiff1d(np.arange(full.n_obs), rows)
     obs = _restore_obs(kept.obs, full.obs, names)
-    matrix = _restore_matrix(kept.X, rows, full.n_obs, _removed_x(full, removed, normalize_removed))
+    matrix = _restore_matrix(kept.X, rows, removed, _removed_x(full, removed, normalize_removed))
     restored = AnnData(matrix, obs=obs, var=kept.var.copy(), uns=kept.uns.copy())
     for key, value in kept.layers.items():
         fill = full.layers[key][removed] if key in full.layers else None
-        restored.layers[key] = _restore_matrix(value, rows, full.n_obs, fill)
+        restored.layers[key] = _restore_matrix(value, rows, removed, fill)
     for key, value in kept.obsm.items():
         if key in full.obsm and np.shape(full.obsm[key])[1:] == np.shape(value)[1:]:
             restored.obsm[key] = full.obsm[key]
@@ -170,10 +170,8 @@ def _reindex(values: pd.Series, names: pd.Index) -> pd.Series:
     return values.reindex(names)
 
 
-def _restore_matrix(matrix, rows: np.ndarray, n_obs: int, fill):
-    """Rows of ``matrix`` placed at ``rows`` of an ``n_obs``-row matrix; the others from
-    ``fill`` (rows in order of the missing positions) or zero."""
-    removed = np.setdiff1d(np.arange(n_obs), rows)
+def _restore_matrix(matrix, rows: np.ndarray, removed: np.ndarray, fill):
+    """Rows of ``matrix`` placed at ``rows``, those of ``fill`` (or zeros) at ``removed``."""
     order = np.argsort(np.concatenate([rows, removed]), kind="stable")
     if sp.issparse(matrix):
         other = sp.csr_matrix((removed.size, matrix.shape[1]), dtype=matrix.dtype)
