@@ -14,14 +14,17 @@ peak resident memory of the child process above the loaded data.
 Each (method, dataset) runs in a fresh Python process that loops over its seeds and prints
 one line per seed; the parent appends each row to the CSV as soon as it arrives and skips
 rows already there, so an interrupted run resumes where it stopped and partial runs count.
-The schedule goes breadth first (two seeds of every cheap method, then one graph-network
+The schedule goes breadth first (one seed of every cheap method, then one graph-network
 seed per dataset, then the other seeds), so a short run still covers every section.
 
 ``--loso`` runs the leave-one-section-out selection of :func:`spatiome.domains.cluster`'s
-defaults instead (see :func:`loso_table`), writing ``domains_sections_loso.csv``;
-``--signatures`` clusters each DLPFC section with layer-marker scores built from another
-section as ``extra_features`` (``domains_sections_signatures.csv``); ``--consensus`` runs
-``cluster`` over several seeds and takes a majority vote (``domains_sections_consensus.csv``).
+defaults (see :func:`loso_table`; ``domains_sections_loso.csv``); ``--signatures``
+clusters each DLPFC section (``cluster`` and ``gnn``) with layer-marker scores built from
+another section as ``extra_features`` (``domains_sections_signatures.csv``);
+``--consensus`` runs ``cluster`` over several seeds, with 10 mixture starts and with one,
+and takes a majority vote (``domains_sections_consensus.csv``); ``--scale N`` times
+``cluster``, ``cnn`` and three ``gnn`` epochs on N simulated spots
+(``domains_sections_scale.csv``).
 
 Run with a Python that has spatiome::
 
@@ -29,6 +32,7 @@ Run with a Python that has spatiome::
     python benchmarks/domains_sections.py --loso [--seeds 3]
     python benchmarks/domains_sections.py --signatures [--seeds 2]
     python benchmarks/domains_sections.py --consensus [--seeds 5]
+    python benchmarks/domains_sections.py --scale 100000
     python benchmarks/domains_sections.py --summary
 
 Prints the tables and writes ``benchmarks/results/domains_sections.csv``.
@@ -111,22 +115,36 @@ def _bison(adata: AnnData, n_domains: int, seed: int) -> np.ndarray:
     return adata.obs["bison"].to_numpy()
 
 
-def _gnn(adata: AnnData, n_domains: int, seed: int) -> np.ndarray:
+def _cnn(adata: AnnData, n_domains: int, seed: int) -> np.ndarray:
     adata = adata.copy()
-    sm.domains.gnn(adata, n_domains, random_state=seed)
-    return adata.obs["gnn"].to_numpy()
+    sm.pp.normalize(adata)
+    sm.domains.cnn(adata, n_domains, random_state=seed)
+    return adata.obs["cnn"].to_numpy()
+
+
+def _gnn(**options) -> Callable:
+    def run(adata: AnnData, n_domains: int, seed: int) -> np.ndarray:
+        adata = adata.copy()
+        sm.domains.gnn(adata, n_domains, random_state=seed, **options)
+        return adata.obs["gnn"].to_numpy()
+
+    return run
 
 
 METHODS: dict[str, Callable] = {
-    "cluster_gmm": _cluster(method="gmm", refine=0.0),
-    "cluster_kmeans": _cluster(method="kmeans", refine=0.0),
-    "cluster_leiden": _cluster(method="leiden", refine=0.0),
-    "cluster_ward": _cluster(method="hierarchical", refine=0.0),
-    "expression_kmeans": _cluster(method="kmeans", neighbourhood_lambda=0.0, refine=0.0),
+    "cluster_gmm": _cluster(),
+    "cluster_gmm_full": _cluster(covariance_type="full"),
+    "cluster_kmeans": _cluster(method="kmeans"),
+    "cluster_leiden": _cluster(method="leiden"),
+    "cluster_ward": _cluster(method="hierarchical"),
+    "expression_gmm": _cluster(neighbourhood_lambda=0.0, refine=0.0),
     "bison": _bison,
-    "gnn": _gnn,
+    "cnn": _cnn,
+    "gnn": _gnn(),
+    "gnn_contrastive": _gnn(objective="contrastive"),
 }
-CHEAP = tuple(m for m in METHODS if m != "gnn")
+SLOW = ("gnn", "gnn_contrastive")
+CHEAP = tuple(m for m in METHODS if m not in SLOW)
 
 
 def _rss_gb() -> float:
@@ -176,13 +194,12 @@ def schedule(
     methods: list[str], seeds: int, gnn_seeds: int, datasets: tuple[str, ...] = DATASETS
 ) -> list[tuple[str, str, list]]:
     """Breadth first: one seed of the cheap methods, one gnn seed, then the rest."""
-    cheap = [m for m in methods if m != "gnn"]
+    cheap = [m for m in methods if m not in SLOW]
+    slow = [m for m in methods if m in SLOW]
     plan = [(m, d, [0]) for d in datasets for m in cheap]
-    if "gnn" in methods:
-        plan += [("gnn", d, [0]) for d in datasets]
+    plan += [(m, d, [0]) for m in slow for d in datasets]
     plan += [(m, d, list(range(1, seeds))) for d in datasets for m in cheap]
-    if "gnn" in methods:
-        plan += [("gnn", d, list(range(1, gnn_seeds))) for d in datasets]
+    plan += [(m, d, list(range(1, gnn_seeds))) for m in slow for d in datasets]
     return [(m, d, s) for m, d, s in plan if s]
 
 
@@ -227,15 +244,69 @@ def dlpfc_overview(table: pd.DataFrame) -> pd.DataFrame:
     ).sort_values("dlpfc_mean", ascending=False)  # fmt: skip
 
 
+TITLES = {
+    "cluster_gmm": "`cluster` (default: shared-covariance mixture, Potts 5)",
+    "cluster_gmm_full": '`cluster(covariance_type="full")`',
+    "cluster_kmeans": '`cluster(method="kmeans")`',
+    "cluster_leiden": '`cluster(method="leiden")`',
+    "cluster_ward": '`cluster(method="hierarchical")`',
+    "expression_gmm": "expression alone (lambda 0, no Potts)",
+    "bison": "`bison` (4 gene groups)",
+    "cnn": "`cnn` (300 epochs)",
+    "gnn": "`gnn` (reconstruction, 500 epochs)",
+    "gnn_contrastive": '`gnn(objective="contrastive")` (600 epochs)',
+}
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """The docs' table: ARI mean +- seed SD (seeds) per section, overviews, cost."""
+    per = summary(table)
+    lines = [
+        "| method | 151673 | 151674 | 151675 | DLPFC mean / min | bulb | simulated | "
+        "NMI DLPFC | s per DLPFC run | peak GB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(method: str, dataset: str) -> str:
+        if (method, dataset) not in per.index:
+            return "-"
+        row = per.loc[(method, dataset)]
+        sd = "" if row["seeds"] < 2 else f" ±{row['ari_sd']:.3f}"
+        return f"{row['ari_mean']:.3f}{sd} ({int(row['seeds'])})"
+
+    for method in [m for m in TITLES if m in per.index.get_level_values(0)]:
+        sub = per.loc[method]
+        dl = sub[sub.index.isin(DLPFC)]
+        sims = sub[sub.index.isin(SIMULATED)]
+        overview = (
+            f"{dl['ari_mean'].mean():.3f} / {dl['ari_mean'].min():.3f}" if len(dl) == 3 else "-"
+        )
+        sim = f"{sims['ari_mean'].mean():.3f} ({len(sims)})" if len(sims) else "-"
+        lines.append(
+            f"| {TITLES[method]} | {cell(method, DLPFC[0])} | {cell(method, DLPFC[1])} | "
+            f"{cell(method, DLPFC[2])} | {overview} | {cell(method, 'mouse_ob_rep11')} | {sim} | "
+            f"{dl['nmi_mean'].mean():.3f} | {dl['seconds'].median():.0f} | "
+            f"{sub['peak_gb'].max():.2f} |"
+        )
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------
 # Leave-one-section-out selection of cluster's defaults.
 
 GRID = {
     "neighbourhood_lambda": (0.5, 0.8),
-    "n_spatial_neighbors": (15, 40),
-    "n_top_genes": (2000, 3000),
-    "method": ("gmm", "kmeans"),
-    "refine": (0.0, 5.0, 20.0),
+    "smoothing_steps": (1, 2, 3),
+    "target_sum": ("1e4", "median"),
+    "clusterer": ("gmm_tied", "kmeans"),
+    "refine": (0.0, 5.0),
+}
+FEATURES = ("neighbourhood_lambda", "smoothing_steps", "target_sum")
+CANDIDATE = [*FEATURES, "clusterer", "refine"]
+DEFAULT = (0.5, 3, "1e4", "gmm_tied", 5.0)
+CLUSTERERS = {
+    "gmm_tied": {"method": "gmm", "covariance_type": "tied"},
+    "kmeans": {"method": "kmeans"},
 }
 SELECTION = ("dlpfc_151673", "dlpfc_151674", "dlpfc_151675", "mouse_ob_rep11")
 
@@ -243,8 +314,9 @@ SELECTION = ("dlpfc_151673", "dlpfc_151674", "dlpfc_151675", "mouse_ob_rep11")
 def _loso_rows(dataset: str, seeds: int, out: Path) -> None:
     """Every grid candidate on one dataset, appended to ``out`` per feature setting and seed.
 
-    Features are computed once per (feature setting, seed); all seeds' first pass goes
-    before the second, so an interrupted run still covers the whole grid.
+    Features are computed once per (feature setting, seed) with :func:`cluster`'s own
+    feature code; all seeds' first pass goes before the second, so an interrupted run
+    still covers the whole grid.
     """
     from spatiome.domains.cluster import _domain_features, potts_refine
 
@@ -252,33 +324,30 @@ def _loso_rows(dataset: str, seeds: int, out: Path) -> None:
     done = set()
     if out.exists():
         old = pd.read_csv(out)
-        done = set(zip(old["dataset"], old["neighbourhood_lambda"], old["n_spatial_neighbors"],
-                       old["n_top_genes"], old["seed"], strict=True))  # fmt: skip
+        done = set(zip(old["dataset"], *(old[name] for name in FEATURES), old["seed"],
+                       strict=True))  # fmt: skip
     adata, label, n_domains = load(dataset)
     sm.pp.normalize(adata)
     coords = adata.obsm["spatial"]
-    feature_grid = list(itertools.product(
-        GRID["neighbourhood_lambda"], GRID["n_spatial_neighbors"], GRID["n_top_genes"]
-    ))  # fmt: skip
     for seed in range(seeds):
-        for lam, n_neighbours, n_genes in feature_grid:
-            if (dataset, lam, n_neighbours, n_genes, seed) in done:
+        for lam, steps, target in itertools.product(*(GRID[name] for name in FEATURES)):
+            if (dataset, lam, steps, target, seed) in done:
                 continue
             rows = []
             start = time.perf_counter()
             features, _ = _domain_features(
-                adata, neighbourhood_lambda=lam, n_comps=20, n_top_genes=n_genes,
-                n_spatial_neighbors=n_neighbours, spatial_key="spatial", random_state=seed,
-                caller="benchmark",
+                adata, neighbourhood_lambda=lam, smoothing_steps=steps,
+                target_sum=None if target == "median" else float(target), n_comps=30,
+                n_top_genes=3000, n_spatial_neighbors=6, spatial_key="spatial",
+                random_state=seed, caller="benchmark",
             )  # fmt: skip
             feature_seconds = time.perf_counter() - start
-            for flavour in GRID["method"]:
+            for name, options in CLUSTERERS.items():
                 shell = AnnData(np.zeros((adata.n_obs, 1)))
                 shell.obsm["spatial"] = coords
                 shell.obsm["f"] = features
                 start = time.perf_counter()
-                sm.domains.cluster(shell, n_domains, method=flavour, use_rep="f",
-                                   random_state=seed)  # fmt: skip
+                sm.domains.cluster(shell, n_domains, use_rep="f", random_state=seed, **options)
                 cluster_seconds = time.perf_counter() - start
                 codes = shell.obs["spatial_domain"].cat.codes.to_numpy().astype(np.int64)
                 for strength in GRID["refine"]:
@@ -287,43 +356,44 @@ def _loso_rows(dataset: str, seeds: int, out: Path) -> None:
                     ari, nmi = score(adata.obs[label], labels)
                     rows.append({
                         "dataset": dataset, "neighbourhood_lambda": lam,
-                        "n_spatial_neighbors": n_neighbours,
-                        "n_top_genes": n_genes, "method": flavour, "refine": strength,
-                        "seed": seed, "ari": ari, "nmi": nmi,
+                        "smoothing_steps": steps, "target_sum": target, "clusterer": name,
+                        "refine": strength, "seed": seed, "ari": ari, "nmi": nmi,
                         "seconds": feature_seconds + cluster_seconds
                         + time.perf_counter() - start,
                     })  # fmt: skip
             pd.DataFrame(rows).to_csv(out, mode="a", header=not out.exists(), index=False)
-            print(f"  {dataset} lambda {lam} k {n_neighbours} hvg {n_genes} seed {seed}: best "
+            print(f"  {dataset} lambda {lam} steps {steps} target {target} seed {seed}: best "
                   f"ARI {max(r['ari'] for r in rows):.3f}", flush=True)  # fmt: skip
-
-
-CANDIDATE = ["neighbourhood_lambda", "n_spatial_neighbors", "n_top_genes", "method", "refine"]
 
 
 def loso_table(rows: pd.DataFrame) -> pd.DataFrame:
     """For each held-out DLPFC section: the candidate with the best mean ARI on the others.
 
     Selection score: the mean over the other two DLPFC sections and the bulb of each
-    dataset's seed-mean ARI. Reported: the chosen candidate's held-out ARI, the current
-    default's held-out ARI, and the best candidate in hindsight (an upper bound).
+    dataset's seed-mean ARI. Reported: the chosen candidate's held-out ARI and seed SD,
+    the shipped default's held-out ARI, and the best candidate in hindsight (an upper
+    bound, not a result).
     """
+    rows = rows.astype({"target_sum": str})
     per = rows.groupby(["dataset", *CANDIDATE])["ari"].agg(["mean", "std"]).reset_index()
     wide = per.pivot_table(index=CANDIDATE, columns="dataset", values="mean")
-    default = (0.8, 15, 2000, "gmm", 0.0)
+    spread = per.pivot_table(index=CANDIDATE, columns="dataset", values="std")
     out = []
     for held in DLPFC:
         others = [d for d in SELECTION if d != held and d in wide.columns]
         if held not in wide.columns:
             continue
-        chosen = wide[others].mean(axis=1).idxmax()
+        complete = wide[[*others, held]].dropna()  # candidates run on every dataset
+        selection = complete[others].mean(axis=1)
+        chosen = selection.idxmax()
         out.append({
             "held_out": held, **dict(zip(CANDIDATE, chosen, strict=True)),
-            "selection_score": float(wide[others].mean(axis=1).max()),
+            "selection_score": float(selection.max()),
             "held_out_ari": float(wide.loc[chosen, held]),
-            "default_held_out_ari": float(wide.loc[default, held]) if default in wide.index
+            "held_out_seed_sd": float(spread.loc[chosen, held]),
+            "default_held_out_ari": float(wide.loc[DEFAULT, held]) if DEFAULT in wide.index
             else float("nan"),
-            "oracle_held_out_ari": float(wide[held].max()),
+            "oracle_held_out_ari": float(complete[held].max()),
         })  # fmt: skip
     return pd.DataFrame(out)
 
@@ -368,36 +438,58 @@ def _dense(matrix) -> np.ndarray:
     return np.asarray(matrix.toarray() if hasattr(matrix, "toarray") else matrix, dtype=float)
 
 
-def signatures(seeds: int, out: Path) -> None:
-    """cluster with and without reference-layer scores on each DLPFC section."""
+def signatures(seeds: int, gnn_seeds: int, out: Path) -> None:
+    """cluster and gnn with and without reference-layer scores on each DLPFC section.
+
+    The graph network is trained once per seed (``extra_features`` does not enter the
+    training, so the embedding is the same) and its embedding clustered with each weight
+    by the clustering step of :func:`spatiome.domains.gnn`.
+    """
+    from spatiome.domains.gnn import _cluster as gnn_cluster
+
     warnings.simplefilter("ignore")
     rows = []
+    weights = (0.0, 0.5, 1.0, 2.0)
     for target_name in DLPFC:
         target, label, n_domains = load(target_name)
         reference, ref_label, _ = load(REFERENCE[target_name])
         sm.pp.normalize(target)
         sm.pp.normalize(reference)
         scores = layer_scores(reference, target, ref_label)
-        for seed in range(seeds):
-            sm.domains.cluster(target, n_domains, random_state=seed)
-            base = target.obsm["X_spatial_domain"].copy()
-            for flavour, weight in itertools.product(("gmm", "kmeans"), (0.0, 0.5, 2.0)):
-                shell = AnnData(np.zeros((target.n_obs, 1)))
-                shell.obsm["spatial"] = target.obsm["spatial"]
-                shell.obsm["f"] = base
-                extra = {"extra_features": scores, "extra_weight": weight} if weight else {}
+        runs = [("cluster", seed) for seed in range(seeds)]
+        runs += [("gnn", seed) for seed in range(gnn_seeds)]
+        for method, seed in runs:
+            start = time.perf_counter()
+            if method == "cluster":
+                sm.domains.cluster(target, n_domains, random_state=seed)
+                base = target.obsm["X_spatial_domain"].copy()
+            else:
+                sm.domains.gnn(target, n_domains, random_state=seed)
+                base = target.obsm["X_gnn"].copy()
+            base_seconds = time.perf_counter() - start
+            for weight in weights:
                 start = time.perf_counter()
-                sm.domains.cluster(shell, n_domains, method=flavour, use_rep="f",
-                                   random_state=seed, **extra)  # fmt: skip
-                ari, nmi = score(target.obs[label], shell.obs["spatial_domain"].to_numpy())
+                if method == "cluster":
+                    shell = AnnData(np.zeros((target.n_obs, 1)))
+                    shell.obsm["spatial"] = target.obsm["spatial"]
+                    shell.obsm["f"] = base
+                    extra = {"extra_features": scores, "extra_weight": weight} if weight else {}
+                    sm.domains.cluster(shell, n_domains, use_rep="f", random_state=seed, **extra)
+                    labels = shell.obs["spatial_domain"].to_numpy()
+                else:
+                    labels = gnn_cluster(
+                        base, n_domains, "gmm", "tied", None, 5, seed,
+                        (scores, weight) if weight else None,
+                    )  # fmt: skip
+                ari, nmi = score(target.obs[label], labels)
                 rows.append({"dataset": target_name, "reference": REFERENCE[target_name],
-                             "method": flavour, "extra_weight": weight, "seed": seed,
+                             "method": method, "extra_weight": weight, "seed": seed,
                              "ari": ari, "nmi": nmi,
-                             "seconds": time.perf_counter() - start})  # fmt: skip
-                print(f"  {target_name} <- {REFERENCE[target_name]} {flavour} weight {weight} "
+                             "seconds": base_seconds + time.perf_counter() - start})  # fmt: skip
+                print(f"  {target_name} <- {REFERENCE[target_name]} {method} weight {weight} "
                       f"seed {seed}: ARI {ari:.3f}", flush=True)  # fmt: skip
+            pd.DataFrame(rows).to_csv(out, index=False)
     table = pd.DataFrame(rows)
-    table.to_csv(out, index=False)
     print(table.groupby(["dataset", "method", "extra_weight"])["ari"]
           .agg(["mean", "std"]).round(3).to_string())  # fmt: skip
 
@@ -425,23 +517,26 @@ def _aligned_votes(runs: list[np.ndarray], n_domains: int) -> np.ndarray:
 
 
 def consensus(seeds: int, out: Path) -> None:
-    """ARI of each seed and of the majority vote over ``seeds`` runs of cluster."""
+    """ARI of each seed and of the majority vote over ``seeds`` runs of cluster.
+
+    With the mixture's default 10 starts (the best likelihood kept) and with one.
+    """
     warnings.simplefilter("ignore")
     rows = []
-    for name in ("dlpfc_151675", "mouse_ob_rep11", "dlpfc_151674"):
+    for name in REAL:
         adata, label, n_domains = load(name)
         sm.pp.normalize(adata)
-        for n_genes in (3000, 2000):
+        for n_init in (10, 1):
             runs, seconds = [], []
             for seed in range(seeds):
                 start = time.perf_counter()
-                result = sm.domains.cluster(adata, n_domains, n_top_genes=n_genes, refine=5.0,
+                result = sm.domains.cluster(adata, n_domains, n_init=n_init,
                                             random_state=seed, copy=True)  # fmt: skip
                 seconds.append(time.perf_counter() - start)
                 runs.append(result.obs["spatial_domain"].cat.codes.to_numpy())
             voted = _aligned_votes(runs, n_domains).argmax(axis=1)
             aris = [score(adata.obs[label], labels)[0] for labels in runs]
-            rows.append({"dataset": name, "n_top_genes": n_genes, "refine": 5.0,
+            rows.append({"dataset": name, "n_init": n_init,
                          "seed_aris": " ".join(f"{a:.3f}" for a in aris),
                          "mean": np.mean(aris), "sd": np.std(aris, ddof=1),
                          "consensus": score(adata.obs[label], voted)[0],
@@ -450,9 +545,114 @@ def consensus(seeds: int, out: Path) -> None:
     pd.DataFrame(rows).to_csv(out, index=False)
 
 
+# ---------------------------------------------------------------------------------------
+# The pipeline's default domains, QC removal and chosen number of domains included.
+
+PIPELINE_RESULTS = RESULTS_DIR / "domains_sections_pipeline.csv"
+
+
+def pipeline(out: Path) -> None:
+    """``run_pipeline`` with default settings on each real dataset: domain ARI and time.
+
+    Twice per dataset: the number of domains chosen from the data (the default), and the
+    true number. Only the statistics the domains do not depend on are left out (SVG
+    tests, modules, UMAP), which changes nothing upstream of the domains.
+    """
+    import tempfile
+
+    from spatiome.workflow.pipeline import PipelineConfig, run_pipeline
+
+    warnings.simplefilter("ignore")
+    rows = []
+    for name in REAL:
+        adata, label, n_true = load(name)
+        for n_domains in (None, n_true):
+            config = PipelineConfig(n_domains=n_domains, svg_methods=("moran",),
+                                    module_methods=(), umap=False)  # fmt: skip
+            with tempfile.TemporaryDirectory() as folder:
+                start = time.perf_counter()
+                result = run_pipeline(adata, folder, config, cache=False, progress=False)
+                seconds = time.perf_counter() - start
+                steps = json.loads((Path(folder) / "provenance.json").read_text())
+            labels = result.adata.obs["domain_cluster"].astype(object)
+            kept = labels.notna().to_numpy()
+            truth = adata.obs[label][kept]
+            ari, nmi = score(truth, labels[kept].astype(str).to_numpy())
+            rows.append({
+                "dataset": name, "n_domains_given": n_domains or 0,
+                "n_domains_found": int(labels[kept].nunique()), "true_k": n_true,
+                "spots_analysed": int(kept.sum()), "spots": adata.n_obs, "ari": ari,
+                "nmi": nmi, "domain_seconds": _step_seconds(steps, "domains_cluster"),
+                "n_domains_seconds": _step_seconds(steps, "n_domains"),
+                "run_seconds": seconds, "machine": machine(),
+            })  # fmt: skip
+            print(rows[-1], flush=True)
+            pd.DataFrame(rows).to_csv(out, index=False)
+
+
+def _step_seconds(provenance: dict, step: str) -> float:
+    for entry in provenance.get("steps", []):
+        if isinstance(entry, dict) and entry.get("name") == step:
+            return float(entry.get("seconds", float("nan")))
+    return float("nan")
+
+
+# ---------------------------------------------------------------------------------------
+# Scale: 100,000 spots on a Visium-like hexagonal lattice.
+
+SCALE_RESULTS = RESULTS_DIR / "domains_sections_scale.csv"
+
+
+def _scale_child(method: str, n_spots: int) -> None:
+    """Child process: one method on a simulated tissue of ``n_spots``; one JSON line."""
+    warnings.simplefilter("ignore")
+    adata = sm.datasets.simulate_tissue(n_spots=n_spots, n_genes=500, n_domains=5, random_state=0)
+    sm.pp.normalize(adata)
+    baseline = _rss_gb()
+    start = time.perf_counter()
+    if method == "cluster":
+        sm.domains.cluster(adata, 5, key_added="labels")
+    elif method == "cnn":
+        sm.domains.cnn(adata, 5, key_added="labels")
+    else:  # a few epochs of the graph network: the time per epoch
+        sm.domains.gnn(adata, 5, n_epochs=SCALE_GNN_EPOCHS, key_added="labels")
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    print("RESULT " + json.dumps({
+        "method": method, "n_spots": n_spots, "seconds": seconds,
+        "epochs": SCALE_GNN_EPOCHS if method == "gnn" else None,
+        "ari": score(adata.obs["domain"], adata.obs["labels"])[0],
+        "peak_rss_added_gb": max(peak - baseline, 0.0),
+    }), flush=True)  # fmt: skip
+
+
+SCALE_GNN_EPOCHS = 3
+
+
+def scale(n_spots: int, out: Path) -> None:
+    """cluster, cnn (300 epochs) and 3 epochs of gnn on ``n_spots`` simulated spots."""
+    rows = []
+    for method in ("cluster", "cnn", "gnn"):
+        command = [sys.executable, __file__, "--scale-child", method, str(n_spots)]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        lines = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")]
+        if not lines:
+            print(f"  {method}: failed\n{result.stderr[-2000:]}", flush=True)
+            continue
+        row = json.loads(lines[-1][7:])
+        row.update(load_average_1min=os.getloadavg()[0], machine=machine())
+        rows.append(row)
+        print(f"  {n_spots} spots {method}: {row['seconds']:.1f} s, ARI {row['ari']:.3f}, "
+              f"{row['peak_rss_added_gb']:.2f} GB", flush=True)  # fmt: skip
+    pd.DataFrame(rows).to_csv(out, mode="a", header=not out.exists(), index=False)
+
+
 def main() -> None:
     if len(sys.argv) == 5 and sys.argv[1] == "--child":
         _child(sys.argv[2], sys.argv[3], [int(s) for s in sys.argv[4].split(",")])
+        return
+    if len(sys.argv) == 4 and sys.argv[1] == "--scale-child":
+        _scale_child(sys.argv[2], int(sys.argv[3]))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="seeds of the cheap methods")
@@ -461,6 +661,9 @@ def main() -> None:
     parser.add_argument("--loso", action="store_true")
     parser.add_argument("--signatures", action="store_true")
     parser.add_argument("--consensus", action="store_true")
+    parser.add_argument("--pipeline", action="store_true")
+    parser.add_argument("--scale", type=int, default=None, metavar="N_SPOTS",
+                        help="cluster, cnn and gnn epochs on N_SPOTS simulated spots")  # fmt: skip
     parser.add_argument("--datasets", default=None, help="comma-separated subset")
     parser.add_argument("--summary", action="store_true", help="only print the tables")
     parser.add_argument("--out", type=Path, default=None)
@@ -473,8 +676,14 @@ def main() -> None:
     if args.consensus:
         consensus(args.seeds, args.out or CONSENSUS_RESULTS)
         return
+    if args.pipeline:
+        pipeline(args.out or PIPELINE_RESULTS)
+        return
+    if args.scale:
+        scale(args.scale, args.out or SCALE_RESULTS)
+        return
     if args.signatures:
-        signatures(args.seeds, args.out or SIGNATURE_RESULTS)
+        signatures(args.seeds, args.gnn_seeds, args.out or SIGNATURE_RESULTS)
         return
     out = args.out or RESULTS
     methods = args.methods.split(",") if args.methods else list(METHODS)
@@ -487,6 +696,7 @@ def main() -> None:
     table = pd.read_csv(out)
     print(summary(table).round(3).to_string())
     print(dlpfc_overview(table).round(3).to_string())
+    print(markdown_table(table))
 
 
 if __name__ == "__main__":

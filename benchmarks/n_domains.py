@@ -1,14 +1,14 @@
 """Choosing the number of spatial domains: chosen k, ARI at the chosen and the true k, time.
 
-Criteria, all on the features of ``domains.cluster`` (BANKSY-style neighbourhood-augmented
-PCA, lambda = 0.8, 2,000 highly variable genes, 20 components):
+Criteria, all on the default features of ``domains.cluster`` (30 principal components of
+3,000 Seurat v3 genes next to their three-step neighbourhood mean, lambda = 0.5):
 
 - ``auto``: ``domains.choose_n_domains`` (default): the eigengap where it is clear, the
   BIC elbow otherwise;
 - ``eigengap``: ``choose_n_domains(method="eigengap")``, the largest eigengap of the
   normalized Laplacian of the sqrt(n)-nearest-neighbour graph of the spots;
 - ``bic``, ``bic_elbow``: ``choose_n_domains(method=...)``, the lowest BIC of the Gaussian
-  mixtures (started from the cuts of one Ward tree), or the smallest k within 8% of the
+  mixtures (started from the cuts of one Ward tree), or the smallest k within 30% of the
   BIC drop from 1 component to the lowest BIC;
 - ``silhouette``: the k whose mixture labels have the highest silhouette on the features;
 - ``leiden_res1``: the number of Leiden clusters at resolution 1 on the expression PCA
@@ -79,8 +79,8 @@ SIMULATED = [
 ]
 NEIGHBOUR_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
 SEEDS = (0, 1, 2)
-ELBOW = 0.08  # choose_n_domains' elbow fraction
-ELBOW_FRACTIONS = (0.02, 0.03, 0.05, 0.08, 0.1, 0.15)
+ELBOW = 0.3  # choose_n_domains' elbow fraction
+ELBOW_FRACTIONS = (0.02, 0.03, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3)
 
 
 def _load_real(name: str) -> AnnData:
@@ -181,9 +181,9 @@ def run_dataset(name: str, adata: AnnData, label: str | None, k_true: int | None
     k_auto, auto_record, auto_seconds = choose("auto")
     k_eig, record, eig_seconds = choose("eigengap")
     # A mixture needs fewer parameters than spots: on ~250 spots not even 2 components
-    # with full covariances in 20 dimensions, so there is no BIC; up to 3,464 spots the
-    # BIC criteria consider fewer than 15 components, and auto does not use them.
-    largest = _largest_mixture(adata.n_obs, 20)
+    # with one shared covariance in 60 dimensions (30 components and their smoothed
+    # copies), so there is no BIC there.
+    largest = _largest_mixture(adata.n_obs, 60)
     mixture = largest >= K_RANGE[0]
     k_bic, bic_record, bic_seconds = choose("bic") if mixture else (None, {}, float("nan"))
     k_elbow, _, elbow_seconds = choose("bic_elbow") if mixture else (None, {}, float("nan"))

@@ -212,8 +212,8 @@ def test_cluster_with_neighbourhood_beats_expression_alone(method):
     before = adata.copy()
     spatial = cluster(adata, 4, method=method, n_top_genes=None, n_comps=10, copy=True)
     plain = cluster(
-        adata, 4, method=method, neighbourhood_lambda=0.0, n_top_genes=None, n_comps=10,
-        copy=True,
+        adata, 4, method=method, neighbourhood_lambda=0.0, refine=0.0, n_top_genes=None,
+        n_comps=10, copy=True,
     )  # fmt: skip
     truth = adata.obs["domain"]
     assert adjusted_rand_score(truth, spatial.obs["spatial_domain"]) > 0.8
@@ -345,21 +345,21 @@ def test_cluster_min_domain_size_is_checked(tissue):
 
 
 @pytest.mark.parametrize(
-    ("name", "n_domains"),
-    # Measured: with min_domain_size=1 the mixture returns a one-spot domain at these
-    # numbers (a spot with 20% of the median library size on the breast cancer section;
-    # one to three cells with 10-15% of the median count on the seqFISH field).
-    [("breast_cancer_layer2", 5), ("breast_cancer_layer2", 6), ("seqfish_field43", 7)],
-)
-def test_cluster_returns_no_tiny_domain_on_real_sections(shared_data, name, n_domains):
+    ("name", "n_domains", "options"),
+    # Measured: with min_domain_size=1 the mixture returns four one-cell domains on the
+    # seqFISH field (cells with 10-15% of the median count); six refits clear them. (On
+    # the breast cancer section the smoothed features give no domain under 17 spots.)
+    [("seqfish_field43", 5, {}), ("seqfish_field43", 6, {}), ("seqfish_field43", 7, {})],
+)  # fmt: skip
+def test_cluster_returns_no_tiny_domain_on_real_sections(shared_data, name, n_domains, options):
     import spatiome as sm
     from spatiome.domains import cluster
 
     adata = sm.datasets.load(name, data_dir=shared_data, download=False)
     normalize(adata)
-    raw = cluster(adata, n_domains, min_domain_size=1, copy=True)
+    raw = cluster(adata, n_domains, min_domain_size=1, copy=True, **options)
     assert raw.obs["spatial_domain"].value_counts().min() <= 2
-    cluster(adata, n_domains)
+    cluster(adata, n_domains, **options)
     sizes = adata.obs["spatial_domain"].value_counts()
     assert len(sizes) == n_domains and sizes.min() >= 5
     assert adata.uns["spatiome"]["spatial_domain"]["refits"] >= 1
@@ -432,3 +432,59 @@ def test_merge_small_domains_errors_and_all_small():
     with pytest.warns(UserWarning, match="nothing was merged"):
         merge_small_domains(adata, "domain", min_size=100)
     assert adata.obs["domain"].iloc[5] == "c"
+
+
+def test_smooth_features_is_a_random_walk_on_the_symmetric_knn_graph():
+    from spatiome.domains.cluster import smooth_features
+
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(size=(200, 2))
+    features = rng.normal(size=(200, 3))
+    # Constants stay constant, and the mean over spots moves little.
+    np.testing.assert_allclose(smooth_features(np.ones((200, 2)), xy, 6, 3), 1.0)
+    once = smooth_features(features, xy, 6, 1)
+    twice = smooth_features(features, xy, 6, 2)
+    np.testing.assert_allclose(smooth_features(once, xy, 6, 1), twice)
+    # Each step averages: the spread shrinks.
+    assert twice.std(axis=0).max() < once.std(axis=0).max() < features.std(axis=0).max()
+    # By hand for one spot: itself, its 6 nearest, and spots that count it among theirs.
+    from scipy.spatial import cKDTree
+
+    near = cKDTree(xy).query(xy, 7)[1][:, 1:]
+    linked = {0, *near[0], *np.flatnonzero((near == 0).any(axis=1))}
+    np.testing.assert_allclose(once[0], features[sorted(linked)].mean(axis=0))
+
+
+def test_cluster_feature_choices_are_recorded_and_checked(tissue):
+    from spatiome.domains import cluster
+
+    result = cluster(tissue, 4, copy=True)
+    record = result.uns["spatiome"]["spatial_domain"]
+    assert record["neighbourhood"] == {
+        "lambda": 0.5, "n_spatial_neighbors": 6, "smoothing_steps": 3
+    }  # fmt: skip
+    assert record["hvg_flavor"] in ("seurat_v3", "all") and record["n_comps"] <= 30
+    assert record["clusterer"]["covariance_type"] == "tied"
+    assert result.obsm["X_spatial_domain"].shape[1] == 2 * record["n_comps"]
+    for bad, match in (
+        ({"smoothing_steps": 0}, "smoothing_steps"),
+        ({"smoothing_steps": 1.5}, "smoothing_steps"),
+        ({"n_init": 0}, "n_init"),
+        ({"covariance_type": "EEE"}, "covariance_type"),
+        ({"n_spatial_neighbors": 0}, "n_spatial_neighbors"),
+    ):
+        with pytest.raises(SpatiomeInputError, match=match):
+            cluster(tissue, 4, **bad)
+
+
+def test_cluster_target_sum_reads_the_counts(tissue):
+    from spatiome.domains import cluster
+
+    n_genes = tissue.n_vars - 5  # genes selected on the counts
+    scaled = cluster(tissue, 4, n_top_genes=n_genes, target_sum=1e4, copy=True)
+    as_normalized = cluster(tissue, 4, n_top_genes=n_genes, target_sum=None, copy=True)
+    every_gene = cluster(tissue, 4, n_top_genes=None, target_sum=1e4, copy=True)
+    assert every_gene.uns["spatiome"]["spatial_domain"]["target_sum"] is None
+    assert scaled.uns["spatiome"]["spatial_domain"]["target_sum"] == 1e4
+    assert as_normalized.uns["spatiome"]["spatial_domain"]["target_sum"] is None
+    assert not np.allclose(scaled.obsm["X_spatial_domain"], as_normalized.obsm["X_spatial_domain"])

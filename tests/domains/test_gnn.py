@@ -102,6 +102,21 @@ def test_other_clusterings(tissue, method):
     assert out.obs["gnn"].nunique() == 3
 
 
+def test_extra_features_join_the_embedding(tissue):
+    # A barely trained network (2 epochs) and strong per-spot domain scores: the scores
+    # carry the clustering, and the embedding is the same with or without them.
+    truth = tissue.obs["domain"].cat.codes.to_numpy()
+    scores = np.eye(4)[truth] + np.random.default_rng(0).normal(scale=0.2, size=(600, 4))
+    small = {"hidden_dims": (8, 2), "n_epochs": 2, "n_top_genes": None, "n_jobs": 1}
+    plain = gnn(tissue, 4, copy=True, **small)
+    guided = gnn(tissue, 4, copy=True, extra_features=scores, extra_weight=4.0, **small)
+    assert adjusted_rand_score(truth, plain.obs["gnn"]) < 0.5
+    assert adjusted_rand_score(truth, guided.obs["gnn"]) > 0.9
+    np.testing.assert_array_equal(plain.obsm["X_gnn"], guided.obsm["X_gnn"])
+    record = guided.uns["spatiome"]["gnn"]
+    assert record["extra_features"] == 4 and record["extra_weight"] == 4.0
+
+
 def test_precomputed_graph_and_radius(tissue):
     from spatiome.graph import spatial_neighbors
 
@@ -135,6 +150,9 @@ def test_precomputed_graph_and_radius(tissue):
         ({"reconstruction_weight": -1.0}, "reconstruction_weight"),
         ({"graph_key": "nope"}, "obsp"),
         ({"layer": "nope"}, "layers"),
+        ({"extra_features": "nope"}, "extra_features"),
+        ({"extra_features": np.zeros((5, 2))}, "one row per spot"),
+        ({"extra_features": np.zeros((600, 2)), "extra_weight": 0.0}, "extra_weight"),
     ],
 )
 def test_invalid_arguments(tissue, kwargs, match):

@@ -14,6 +14,7 @@ from .cluster import (
     leiden,
     merge_small_domains,
 )
+from .cnn import cnn
 from .gnn import gnn
 from .markers import markers, top_markers
 from .n_domains import choose_n_domains
@@ -22,6 +23,7 @@ __all__ = [
     "bison",
     "choose_n_domains",
     "cluster",
+    "cnn",
     "gaussian_mixture",
     "gnn",
     "hierarchical",

@@ -74,6 +74,8 @@ def gnn(
     n_pcs: int | None = None,
     n_init: int = 5,
     refine_neighbors: int | None = None,
+    extra_features: str | np.ndarray | None = None,
+    extra_weight: float = 1.0,
     random_state: int = 0,
     n_jobs: int | None = None,
     key_added: str = "gnn",
@@ -223,6 +225,14 @@ def gnn(
     refine_neighbors
         Relabel each spot by the majority of its ``refine_neighbors`` nearest spots after
         clustering (GraphST uses 50 on Visium); ``None`` (default) for no refinement.
+    extra_features
+        Per-spot features clustered next to the embedding (or its ``n_pcs`` components):
+        an ``adata.obsm`` key or an ``(n_obs, m)`` array, for instance cell-type
+        fractions from :func:`spatiome.deconv.deconvolve` or layer-marker scores. Each
+        column is standardized and the block scaled to ``extra_weight`` times the total
+        variance of the embedding, as in :func:`spatiome.domains.cluster`.
+    extra_weight
+        Total variance of the ``extra_features`` block relative to the embedding's.
     random_state
         Seed of the weight initialization, of the shuffles and of the clustering.
     n_jobs
@@ -309,6 +319,11 @@ def gnn(
         weight_decay, gradient_clip, reconstruction_weight, cluster_method, covariance_type,
         n_pcs, n_comps, n_init, refine_neighbors, n_jobs, key_added, embedding_key,
     )  # fmt: skip
+    from .cluster import _extra_block
+
+    extra = None if extra_features is None else _extra_block(adata, extra_features)
+    if not float(extra_weight) > 0.0:
+        raise SpatiomeInputError(f"extra_weight must be positive, got {extra_weight!r}")
     torch = import_torch("spatiome.domains.gnn")
     layer = "counts" if layer is None and "counts" in adata.layers else layer
     warn_near_empty(adata, layer=layer, caller="domains.gnn")
@@ -346,8 +361,9 @@ def gnn(
             )
     seconds = time.perf_counter() - start
     labels = _cluster(
-        embedding, int(n_domains), cluster_method, covariance_type, n_pcs, n_init, random_state
-    )
+        embedding, int(n_domains), cluster_method, covariance_type, n_pcs, n_init, random_state,
+        None if extra is None else (extra, float(extra_weight)),
+    )  # fmt: skip
     if refine_neighbors is not None:
         labels = refine_labels(
             np.asarray(adata.obsm[spatial_key], dtype=np.float64), labels, int(refine_neighbors)
@@ -379,6 +395,8 @@ def gnn(
         "n_pcs": -1 if n_pcs is None else int(n_pcs),
         "n_init": int(n_init),
         "refine_neighbors": -1 if refine_neighbors is None else int(refine_neighbors),
+        "extra_features": 0 if extra is None else int(extra.shape[1]),
+        "extra_weight": float(extra_weight),
         "random_state": random_state,
         "embedding_key": embedding_key,
         "torch": str(torch.__version__),
@@ -627,12 +645,17 @@ def _cluster(
     n_pcs: int | None,
     n_init: int,
     random_state: int,
+    extra: tuple[np.ndarray, float] | None = None,
 ) -> np.ndarray:
     features = embedding.astype(np.float64)
     if n_pcs is not None:
         from sklearn.decomposition import PCA
 
         features = PCA(n_components=n_pcs, random_state=random_state).fit_transform(features)
+    if extra is not None:
+        from .cluster import _append_scaled
+
+        features = _append_scaled(features, *extra)
     if method == "gmm":
         from sklearn.mixture import GaussianMixture
 

@@ -19,16 +19,17 @@ logger = logging.getLogger("spatiome")
 _METHODS = ("auto", "eigengap", "bic", "bic_elbow")
 
 # Largest eigengap over the median gap from which the gap is called clear. Measured with
-# the defaults (benchmarks/n_domains.py): 1.8-3.8 on the three DLPFC sections, the
-# olfactory bulb, the breast cancer and the seqFISH sections, 13.8-63 on seven simulated
-# tissues with 4-7 distinct domains (11.2 on one of 10,000 spots); 7 lies in the middle of
-# the empty interval on a log scale.
+# the defaults (benchmarks/n_domains.py): 2.3-5.0 on the three DLPFC sections, the
+# olfactory bulb and the breast cancer section, 9.4 on the seqFISH field (257 cells, too
+# few for a mixture: the eigengap decides there either way), 34-146 on eight simulated
+# tissues with 4-7 distinct domains.
 _CLEAR_GAP_RATIO = 7.0
 
 # bic_elbow: the smallest k whose BIC is within this fraction of the BIC drop from one
 # component to the lowest BIC. Leaving each of the four labelled tissues out in turn, the
-# other three chose 0.08 three times and 0.15 once (of 0.02, 0.03, 0.05, 0.08, 0.1, 0.15).
-_ELBOW_FRACTION = 0.08
+# other three chose 0.3 every time (of 0.02, 0.03, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3: the
+# largest tried; shared-covariance mixtures keep lowering the BIC up to 15 components).
+_ELBOW_FRACTION = 0.3
 
 # Fewest neighbours of a spot in the feature graph; otherwise sqrt(number of spots).
 _MIN_GRAPH_NEIGHBORS = 10
@@ -40,10 +41,12 @@ def choose_n_domains(
     method: str = "auto",
     k_range: tuple[int, int] = (2, 15),
     use_rep: str | None = None,
-    neighbourhood_lambda: float = 0.8,
-    n_comps: int = 20,
-    n_top_genes: int | None = 2000,
-    n_spatial_neighbors: int = 15,
+    neighbourhood_lambda: float = 0.5,
+    smoothing_steps: int = 3,
+    target_sum: float | None = 1e4,
+    n_comps: int = 30,
+    n_top_genes: int | None = 3000,
+    n_spatial_neighbors: int = 6,
     spatial_key: str = "spatial",
     max_spots: int = 5000,
     key_added: str = "n_domains",
@@ -52,7 +55,7 @@ def choose_n_domains(
     """Choose the number of domains for :func:`spatiome.domains.cluster` from the data.
 
     The spots are described by the features :func:`~spatiome.domains.cluster` clusters
-    (each spot's expression next to the mean of its spatial neighbours, BANKSY-style,
+    (each spot's principal components next to their spatial neighbourhood mean,
     reduced to ``n_comps`` principal components; the same parameters give the same
     features) or by ``adata.obsm[use_rep]``. Two criteria look at them:
 
@@ -62,29 +65,29 @@ def choose_n_domains(
       is chosen: ``k`` loosely joined groups of spots give ``k`` eigenvalues near 0, then
       a jump. The gap is clear when it is at least 7 times the median gap over
       ``k_range``.
-    - ``"bic_elbow"``: Gaussian mixtures with full covariances (the clusterer of
+    - ``"bic_elbow"``: Gaussian mixtures with one shared covariance (the clusterer of
       :func:`~spatiome.domains.cluster`) are fitted for every ``k``, each started from the
-      cut of one Ward tree of the spots, and the smallest ``k`` whose BIC is within 8% of
+      cut of one Ward tree of the spots, and the smallest ``k`` whose BIC is within 30% of
       the drop from one component to the lowest BIC is chosen (the elbow that
       BayesSpace's ``qTune`` plot is read for). ``"bic"`` takes the lowest BIC
       (mclust's choice). Mixtures with more parameters than spots are left out.
 
     ``"auto"`` (default) takes the eigengap when it is clear, and the BIC elbow otherwise,
     provided every mixture in ``k_range`` has fewer parameters than there are spots
-    (3,465 spots for 15 components in 20 dimensions); on smaller data the eigengap
+    (2,745 spots for 15 components in 60 dimensions); on smaller data the eigengap
     decides anyway. Where domains are distinct, the eigengap finds their number exactly
-    (7 of 7 simulated tissues with 4-7 domains, where the BIC elbow chose too few in 6);
-    where they grade into each other, as cortical layers do, its largest gap is one of
-    many similar ones and jumps with the graph's size (5, 9 or 2 on one DLPFC section for
-    0.5 to 2 sqrt(n) neighbours), while the elbow moves little and in one direction with
-    its fraction. Measured with the defaults (``benchmarks/n_domains.py``): 7, 8 and
-    5 on the three DLPFC sections (7 manual layers; :func:`cluster`'s ARI at the chosen
-    number 0.42, 0.42, 0.20 against 0.42, 0.33, 0.28 at 7) and 3 on the olfactory bulb (5
-    layers; 0.45 against 0.42; by the eigengap, as no 15-component mixture fits 262
-    spots). On tissues like these the number is uncertain by one or
+    (8 of 8 simulated tissues with 4-7 domains); where they grade into each other, as
+    cortical layers do, its largest gap is one of many similar ones and jumps with the
+    graph's size (2, 9 and 7 on the three DLPFC sections), while the elbow moves little
+    and in one direction with its fraction. Measured with the defaults
+    (``benchmarks/n_domains.py``; the fraction chosen leaving each labelled tissue out):
+    7, 7 and 9 on the three DLPFC sections (7 manual layers; :func:`cluster`'s ARI at the
+    chosen number 0.607, 0.600, 0.511 against 0.607, 0.600, 0.582 at 7) and 5 on the
+    olfactory bulb (5 layers; by the eigengap, as no mixture fits 262 spots in 60
+    dimensions). On tissues like these the number is uncertain by one or
     two either way; the stored reason says which case applies. Nothing is random but the
     features' PCA and, above ``max_spots``, the spot sample; a DLPFC section (3,600
-    spots) took 8-20 s on two shared cores, features included.
+    spots) took 15-28 s on two shared cores, features included.
 
     Parameters
     ----------
@@ -157,6 +160,8 @@ def choose_n_domains(
         features, details = _domain_features(
             adata,
             neighbourhood_lambda=float(neighbourhood_lambda),
+            smoothing_steps=int(smoothing_steps),
+            target_sum=target_sum,
             n_comps=n_comps,
             n_top_genes=n_top_genes,
             n_spatial_neighbors=n_spatial_neighbors,
@@ -184,14 +189,14 @@ def choose_n_domains(
             decided_by = "eigengap"
             record["reason"] = (
                 f"{extra['reason']}; the BIC elbow could not decide instead: a mixture of "
-                f"{high} components with full covariances in {features.shape[1]} dimensions "
+                f"{high} components with a shared covariance in {features.shape[1]} dimensions "
                 f"has more parameters than the {features.shape[0]} spots"
             )
     if decided_by != "eigengap":
         if largest < low:
             raise SpatiomeInputError(
                 f"{features.shape[0]} spots cannot fit a mixture of {low} components with "
-                f"full covariances in {features.shape[1]} dimensions (more parameters than "
+                f"a shared covariance in {features.shape[1]} dimensions (more parameters than "
                 "spots): use method='eigengap' or fewer n_comps"
             )
         ks = ks[ks <= largest]
@@ -290,9 +295,10 @@ def _laplacian_spectrum(
 
 
 def _largest_mixture(n_obs: int, n_features: int) -> int:
-    """Most components of a full-covariance mixture with fewer parameters than spots."""
-    # k components: k * (means, covariances, weight) - 1 free parameters.
-    return int(n_obs // (n_features + n_features * (n_features + 1) // 2 + 1))
+    """Most components of a tied-covariance mixture with fewer parameters than spots."""
+    # k components: k * (mean, weight) - 1 + one shared covariance.
+    shared = n_features * (n_features + 1) // 2
+    return int(max(n_obs - shared, 0) // (n_features + 1))
 
 
 def _bic(features: np.ndarray, ks: np.ndarray, method: str) -> tuple[int, np.ndarray, dict]:
@@ -311,7 +317,7 @@ def _bic(features: np.ndarray, ks: np.ndarray, method: str) -> tuple[int, np.nda
             f"(at k = {int(ks[best])})"
         )
     reason = (
-        f"{chosen} domains: {rule} of Gaussian mixtures with full covariances on "
+        f"{chosen} domains: {rule} of Gaussian mixtures with a shared covariance on "
         f"{features.shape[0]} spots"
     )
     return chosen, scores, {"bic_one_component": one, "reason": reason}
@@ -337,7 +343,7 @@ def _bic_scan(features: np.ndarray, ks: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def _mixture_from(features: np.ndarray, labels: np.ndarray, ridge: float):
-    """Gaussian mixture (full covariances) fitted by EM from the groups in ``labels``."""
+    """Gaussian mixture (one shared covariance) fitted by EM from the groups in ``labels``."""
     from sklearn.mixture import GaussianMixture
 
     _, labels = np.unique(labels, return_inverse=True)
@@ -346,14 +352,12 @@ def _mixture_from(features: np.ndarray, labels: np.ndarray, ridge: float):
     means = np.zeros((n_groups, n_features))
     np.add.at(means, labels, features)
     means /= sizes[:, None]
-    precisions = np.empty((n_groups, n_features, n_features))
-    for group in range(n_groups):
-        centred = features[labels == group] - means[group]
-        covariance = centred.T @ centred / sizes[group] + ridge * np.eye(n_features)
-        precisions[group] = np.linalg.inv(covariance)
+    centred = features - means[labels]
+    covariance = centred.T @ centred / features.shape[0] + ridge * np.eye(n_features)
+    precisions = np.linalg.inv(covariance)
     return GaussianMixture(
         n_components=n_groups,
-        covariance_type="full",
+        covariance_type="tied",
         reg_covar=ridge,
         weights_init=sizes / sizes.sum(),
         means_init=means,

@@ -3,7 +3,7 @@
 Several samples (``obs[config.sample_key]`` with two or more values, as made by
 :func:`spatiome.integrate.concat_samples`): the PCA embedding is corrected for sample
 effects (:func:`spatiome.integrate.harmonize`) before the expression graph, UMAP and
-Leiden, and BANKSY-style domain features are corrected the same way before they are
+Leiden, and the domain features of ``cluster`` are corrected the same way before they are
 clustered. A second modality (``config.modality``): :func:`spatiome.integrate.multimodal`
 integrates it with the RNA into ``obs["domain_multimodal"]`` and per-spot modality weights.
 """

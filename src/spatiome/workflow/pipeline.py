@@ -85,7 +85,9 @@ class PipelineConfig:
     target_sum
         Library size after normalization (None: the median total count).
     n_comps, n_top_genes, umap
-        PCA components, highly variable genes (None: all genes), whether to run UMAP.
+        PCA components, highly variable genes (None: all genes), whether to run UMAP, for
+        the expression embedding. The domain methods keep their own benchmark-chosen
+        features (``domains.cluster``: 3,000 genes, 30 components).
     graph_method
         Spatial graph: "auto" (the 10x array grid when array_row/array_col exist: hex for
         Visium, square for Visium HD bins; else kNN),
@@ -121,7 +123,9 @@ class PipelineConfig:
         resolution: Xenium input, or a median nearest-neighbour distance under 20 um).
     domain_methods
         Spatial domain methods, in order; the first one drives the markers. Any of
-        "cluster" (BANKSY-style features + Gaussian mixture), "bison", "gnn" (needs torch).
+        "cluster" (smoothed principal components + Gaussian mixture; the default, the best
+        and fastest method across three DLPFC sections, see docs/domains.md), "bison",
+        "gnn" (needs torch).
         Each writes ``obs[f"domain_{method}"]``; the number of domains is ``n_domains``,
         or the number of Leiden clusters when that is None.
     n_gene_groups
@@ -150,7 +154,7 @@ class PipelineConfig:
     batch_correction
         How sample effects are corrected: "harmony" (default), "mnn", "cca" or "none". The
         PCA embedding is corrected before the expression graph, UMAP and Leiden; the
-        BANKSY-style features of the "cluster" domain method are corrected the same way.
+        features of the "cluster" domain method are corrected the same way.
     label_key
         ``obs`` column of biological labels against which the report measures how well
         correction keeps them apart (default: simulated domains, else the first domain
@@ -518,10 +522,7 @@ def run_domain_method(
 
     key = f"domain_{method}"
     if method == "cluster":
-        domains.cluster(
-            data, n_domains, n_top_genes=config.n_top_genes, key_added=key,
-            random_state=config.seed,
-        )  # fmt: skip
+        domains.cluster(data, n_domains, key_added=key, random_state=config.seed)
         corrected = correct_domain_features(data, key, config)
         if corrected is not None:
             domains.cluster(
@@ -568,9 +569,7 @@ def run_choose_n_domains(data: AnnData, config: PipelineConfig) -> tuple[int, li
     """
     from .. import domains
 
-    chosen = domains.choose_n_domains(
-        data, n_top_genes=config.n_top_genes, random_state=config.seed
-    )
+    chosen = domains.choose_n_domains(data, random_state=config.seed)
     reason = str(data.uns["spatiome"]["n_domains"].get("reason", "")).rstrip(".")
     reason = reason.removeprefix(f"{chosen} domains:").strip()
     note = f"{chosen} domains, a number chosen from the data" + (f": {reason}" if reason else "")

@@ -448,8 +448,10 @@ def methods_paragraph(
         )
     if "domains_cluster" in used:
         parts.append(
-            "Spatial domains were found by a Gaussian mixture on the principal components of "
-            f"neighbourhood-augmented expression (BANKSY-style, lambda 0.8) {cite('banksy')}."
+            "Spatial domains were found by a Gaussian mixture with one shared covariance on "
+            "the principal components of the expression next to their three-step spatial "
+            f"neighbourhood mean (BANKSY-style, lambda 0.5) {cite('banksy')}, with a Potts "
+            "smoothing of the labels."
         )
     if "domains_bison" in used:
         parts.append(
@@ -468,7 +470,7 @@ def methods_paragraph(
                  "alignment followed by mutual nearest neighbours"}  # fmt: skip
         parts.append(
             f"Sample effects in the PCA embedding were corrected by {names[method]} "
-            f"{cite(method)}; the expression graph, UMAP, Leiden clusters and BANKSY-style "
+            f"{cite(method)}; the expression graph, UMAP, Leiden clusters and the "
             "domain features used the corrected embedding. Batch mixing (LISI-style) and "
             f"label conservation (silhouette) were measured before and after {cite('lisi')}."
         )
