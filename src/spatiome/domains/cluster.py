@@ -535,10 +535,11 @@ def cluster(
     section's choice, made on the other two and the bulb, was this one. Measured, mean of 5
     seeds: adjusted Rand index 0.607, 0.596 and 0.575 on DLPFC 151673, 151674 and 151675 (7
     manual layers; seed standard deviation at most 0.004) and 0.54 on the olfactory bulb (5
-    layers; 0.48-0.60 by seed), 5-15 s per section on two cores. What mattered, each alone: the shared
-    covariance (k-means on the same features: 0.32-0.37), counts scaled to 10,000 rather
-    than to the median library size (+0.05 to +0.18), three smoothing steps rather than
-    one (+0.01 to +0.03 on DLPFC, +0.11 on the bulb); the Potts smoothing adds 0-0.004.
+    layers; 0.48-0.60 by seed), 5-15 s per section on two cores. What mattered, each
+    alone: the shared covariance (full covariances on the same features: 0.39-0.41;
+    k-means: 0.36-0.37), counts scaled to 10,000 rather than to the median library size
+    (+0.05 to +0.18), three smoothing steps rather than one (+0.01 to +0.03 on DLPFC, +0.11
+    on the bulb); the Potts smoothing adds 0-0.004.
 
     Nothing in ``adata`` other than the outputs changes: genes are selected on a lightweight
     view, and the expression graph of :func:`spatiome.pp.reduce` is not replaced.
