@@ -72,3 +72,18 @@ def write_csv(table: pd.DataFrame, path: Path) -> Path:
         table.to_csv(tmp, index=False)
     print(f"wrote {path}")
     return path
+
+
+def domain_scores(truth: pd.Series, labels) -> tuple[float, float]:
+    """ARI and NMI of ``labels`` on the spots with a ``truth`` label (NaN for no labels)."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    if labels is None:
+        return float("nan"), float("nan")
+    keep = truth.notna().to_numpy()
+    truth_kept = truth[keep].astype(str).to_numpy()
+    labels_kept = np.asarray(labels)[keep].astype(str)
+    return (
+        float(adjusted_rand_score(truth_kept, labels_kept)),
+        float(normalized_mutual_info_score(truth_kept, labels_kept)),
+    )

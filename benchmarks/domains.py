@@ -43,12 +43,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 import spatiome as sm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, environment_line, with_environment, write_csv  # noqa: E402
+from _common import domain_scores as score  # noqa: E402
 
 RESULTS = RESULTS_DIR / "domains.csv"
 N_GENE_GROUPS = 4  # BISON's discriminating gene groups, the pipeline's default
@@ -158,18 +158,6 @@ def measure(dataset: str, data_seed: int, method: str, seed: int) -> dict:
         if line.startswith("RESULT "):
             return json.loads(line[7:])
     return {"error": f"exit {done.returncode}: {done.stderr.strip()[-300:]}"}
-
-
-def score(truth: pd.Series, labels) -> tuple[float, float]:
-    if labels is None:
-        return float("nan"), float("nan")
-    keep = truth.notna().to_numpy()
-    truth_kept = truth[keep].astype(str).to_numpy()
-    labels_kept = np.asarray(labels)[keep].astype(str)
-    return (
-        float(adjusted_rand_score(truth_kept, labels_kept)),
-        float(normalized_mutual_info_score(truth_kept, labels_kept)),
-    )
 
 
 def _real_datasets() -> list[str]:

@@ -55,12 +55,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 import spatiome as sm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, environment_line, machine, package_version  # noqa: E402
+from _common import domain_scores as score  # noqa: E402
 
 RESULTS = RESULTS_DIR / "domains_sections.csv"
 LOSO_RESULTS = RESULTS_DIR / "domains_sections_loso.csv"
@@ -86,17 +86,6 @@ def load(dataset: str) -> tuple[AnnData, str, int]:
     label = "layer" if dataset == "mouse_ob_rep11" else "layer_guess"
     adata = sm.datasets.load(dataset, data_dir=SHARED, download=False)
     return adata, label, int(adata.obs[label].dropna().nunique())
-
-
-def score(truth: pd.Series, labels) -> tuple[float, float]:
-    """ARI and NMI on the labelled spots."""
-    keep = truth.notna().to_numpy()
-    truth_kept = truth[keep].astype(str).to_numpy()
-    labels_kept = np.asarray(labels)[keep].astype(str)
-    return (
-        float(adjusted_rand_score(truth_kept, labels_kept)),
-        float(normalized_mutual_info_score(truth_kept, labels_kept)),
-    )
 
 
 def _cluster(**options) -> Callable:

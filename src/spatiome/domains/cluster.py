@@ -383,7 +383,11 @@ def hierarchical(
 
 
 def _fit_gmm(
-    features: np.ndarray, n_clusters: int, covariance_type: str, random_state: int, n_init: int
+    features: np.ndarray,
+    n_clusters: int,
+    covariance_type: str,
+    random_state: int | np.random.RandomState,
+    n_init: int,
 ):
     """scikit-learn's mixture with the ridge of :func:`gaussian_mixture`."""
     from sklearn.mixture import GaussianMixture
@@ -1149,16 +1153,10 @@ def _fit_gmm_sized(features: np.ndarray, n_domains: int, clusterer: dict, random
     that does not is preferred over a slightly more likely one that does. Without such a
     start, the most likely one.
     """
-    from sklearn.mixture import GaussianMixture
-
-    ridge = 1e-4 * float(np.mean(np.var(features, axis=0))) + 1e-12
     state = np.random.RandomState(random_state)
     best, best_sized = None, None
     for _ in range(int(clusterer["n_init"])):
-        model = GaussianMixture(
-            n_components=n_domains, covariance_type=clusterer["covariance_type"],
-            reg_covar=ridge, random_state=state,
-        ).fit(features)  # fmt: skip
+        model = _fit_gmm(features, n_domains, clusterer["covariance_type"], state, 1)
         sizes = np.bincount(model.predict(features), minlength=n_domains)
         sized = sizes.min() >= clusterer["min_size"]
         if best is None or model.lower_bound_ > best.lower_bound_:

@@ -183,7 +183,6 @@ def cnn(
         _check_n_clusters,
         _domain_features,
         _drop_small_domains,
-        _labels_by_size,
         _refine_domains,
         _run_clusterer,
     )
@@ -239,7 +238,6 @@ def cnn(
     if refine > 0:
         record.update(_refine_domains(adata, embedding_key, key_added, spatial_key,
                                       float(refine), int(min_domain_size)))  # fmt: skip
-    adata.obs[key_added] = _labels_by_size(adata.obs[key_added].cat.codes.to_numpy())
     adata.uns["spatiome"][key_added] = record
     logger.info(
         "cnn: %d epochs on a %s lattice of %d x %d in %.1f s, %d domains",
