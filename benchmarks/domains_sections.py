@@ -549,6 +549,7 @@ def pipeline(out: Path) -> None:
     """
     import tempfile
 
+    from spatiome.workflow.names import domain_key
     from spatiome.workflow.pipeline import PipelineConfig, run_pipeline
 
     warnings.simplefilter("ignore")
@@ -563,7 +564,7 @@ def pipeline(out: Path) -> None:
                 result = run_pipeline(adata, folder, config, cache=False, progress=False)
                 seconds = time.perf_counter() - start
                 steps = json.loads((Path(folder) / "provenance.json").read_text())
-            labels = result.adata.obs["domain_cluster"].astype(object)
+            labels = result.adata.obs[domain_key(config, "cluster")].astype(object)
             kept = labels.notna().to_numpy()
             truth = adata.obs[label][kept]
             ari, nmi = score(truth, labels[kept].astype(str).to_numpy())

@@ -684,3 +684,66 @@ def test_few_spots_knn_with_a_possible_n_neighbors(n):
     adata = few_spots(n)
     spatial_neighbors(adata, n_neighbors=n - 1)
     assert adata.obsp["spatial_connectivities"].nnz == n * (n - 1)
+
+
+def two_samples(seed=11, n=(70, 50)):
+    """Two sections whose coordinates overlap, the second interleaved with the first."""
+    rng = np.random.default_rng(seed)
+    coords = rng.random((sum(n), 2))
+    adata = make_adata(coords)
+    sample = np.array(["a"] * n[0] + ["b"] * n[1])
+    adata.obs["sample"] = pd.Categorical(rng.permutation(sample))
+    return adata
+
+
+def edges(graph):
+    coo = sp.coo_matrix(graph)
+    return set(zip(coo.row.tolist(), coo.col.tolist(), strict=True))
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        # squidpy's kNN graph is directed: each row lists the spot's own k neighbours.
+        ({"method": "knn", "n_neighbors": 6, "symmetric": False}, {"n_neighs": 6}),
+        ({"method": "radius", "radius": 0.2}, {"radius": 0.2}),
+        ({"method": "delaunay"}, {"delaunay": True}),
+    ],
+)
+def test_library_key_matches_squidpy(ours, theirs):
+    sq = pytest.importorskip("squidpy")
+    adata = two_samples()
+    reference = adata.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spatial_neighbors(adata, library_key="sample", **ours)
+        sq.gr.spatial_neighbors(reference, library_key="sample", coord_type="generic", **theirs)
+    graph = adata.obsp["spatial_connectivities"]
+    assert edges(graph) == edges(reference.obsp["spatial_connectivities"])
+    distances = adata.obsp["spatial_distances"]
+    assert np.allclose(
+        distances.toarray(), reference.obsp["spatial_distances"].toarray(), atol=1e-12
+    )
+    sample = adata.obs["sample"].to_numpy()
+    rows, cols = graph.nonzero()
+    assert np.all(sample[rows] == sample[cols])
+    assert adata.uns["spatial_neighbors"]["libraries"] == ["a", "b"]
+    for name in ("a", "b"):
+        alone = adata[sample == name].copy()
+        spatial_neighbors(alone, **ours)
+        block = graph[sample == name][:, sample == name]
+        assert (block != alone.obsp["spatial_connectivities"]).nnz == 0
+
+
+def test_library_key_keeps_grid_sections_apart():
+    rows, cols = np.divmod(np.arange(36), 6)
+    section = make_adata(np.c_[cols, rows] * 10.0)
+    section.obs["array_row"], section.obs["array_col"] = rows, cols
+    both = anndata.concat([section, section], label="sample", index_unique="-")
+    with pytest.raises(SpatiomeInputError, match="library_key"):
+        spatial_neighbors(both, method="grid")
+    spatial_neighbors(both, method="grid", library_key="sample")
+    graph = both.obsp["spatial_connectivities"]
+    assert graph[:36, 36:].nnz == 0 and graph.nnz == 2 * 2 * (2 * 6 * 5)
+    with pytest.raises(SpatiomeInputError, match="not a column"):
+        spatial_neighbors(both, library_key="section")

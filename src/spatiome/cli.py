@@ -108,6 +108,12 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-umap", action="store_true", help="skip UMAP")
     parser.add_argument(
+        "--output-format",
+        choices=("h5ad", "spatialdata", "both"),
+        help="write the annotated data as results.h5ad (default), as a SpatialData store "
+        "results.zarr, or both",
+    )
+    parser.add_argument(
         "--keep-low-quality",
         action="store_true",
         help="keep spots flagged by quality control in the statistics (default: they are "
@@ -145,8 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--input",
         action="append",
-        help="Space Ranger outs/, Xenium folder, .h5ad, a folder with a counts table and "
-        "coords.csv, or a registered dataset name (see 'spatiome datasets list'; an existing "
+        help="Space Ranger outs/, Xenium, MERSCOPE, CosMx, Stereo-seq or CODEX folder, .h5ad, "
+        "SpatialData .zarr store, a folder with a counts table and coords.csv, or a registered "
+        "dataset name (see 'spatiome datasets list'; an existing "
         "path wins); repeat for several samples (combined, sample effects corrected)",
     )
     run.add_argument(
@@ -190,6 +197,7 @@ _OPTION_FIELDS = {
     "seed": ("seed", None),
     "n_domains": ("n_domains", None),
     "no_umap": ("umap", lambda flag: not flag),
+    "output_format": ("output_format", None),
     "keep_low_quality": ("qc_remove", lambda flag: not flag),
     "svg": ("svg_methods", "names"),
     "domains": ("domain_methods", "names"),

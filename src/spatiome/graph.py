@@ -54,6 +54,7 @@ def spatial_neighbors(
     square_neighbors: int = 4,
     symmetric: bool = True,
     spatial_key: str = "spatial",
+    library_key: str | None = None,
     key_added: str = "spatial",
     copy: bool = False,
 ) -> AnnData | None:
@@ -99,6 +100,11 @@ def spatial_neighbors(
     spatial_key
         Coordinates in ``adata.obsm``. For ``"grid"`` they are optional: without them the
         distances are in units of the spot (or bin) centre-to-centre spacing.
+    library_key
+        Column of ``adata.obs`` naming each spot's sample (section, library). The graph is
+        then built for every sample on its own and the graphs are joined block-diagonally:
+        no edge links two samples, even when their coordinates overlap. squidpy's
+        ``library_key`` does the same. ``None``: one graph over all spots.
     key_added
         Graph names: ``obsp[f"{key_added}_connectivities"]``,
         ``obsp[f"{key_added}_distances"]`` and ``uns[f"{key_added}_neighbors"]``.
@@ -114,8 +120,10 @@ def spatial_neighbors(
         ``uns[f"{key_added}_neighbors"]`` with ``connectivities_key``, ``distances_key``,
         ``params`` (the method actually used, and the lattice for ``"grid"``),
         ``n_isolated`` (spots without any neighbour) and ``n_colocated`` (spots joined to
-        another spot at the same position). A warning gives the number of isolated spots
-        when there are some, and of co-located ones when they are more than a tenth.
+        another spot at the same position), and with ``library_key`` also
+        ``params["library_key"]`` and ``libraries`` (the samples, in order). A warning
+        gives the number of isolated spots when there are some, and of co-located ones
+        when they are more than a tenth.
 
     Examples
     --------
@@ -140,6 +148,15 @@ def spatial_neighbors(
     ('grid', 'square')
     >>> np.diff(bins.obsp["spatial_connectivities"].indptr).reshape(5, 5)[2].tolist()
     [3, 4, 4, 4, 3]
+
+    Two sections on the same coordinates stay apart with ``library_key``:
+
+    >>> both = anndata.concat([adata, adata], label="sample", index_unique="-")
+    >>> spatial_neighbors(both, n_neighbors=6, library_key="sample")
+    >>> graph = both.obsp["spatial_connectivities"]
+    >>> int(graph[:100, 100:].nnz), int(graph.nnz) == 2 * int(adata.obsp[
+    ...     "spatial_connectivities"].nnz)
+    (0, True)
     """
     check_adata(adata)
     if not isinstance(key_added, str) or not key_added:
@@ -155,6 +172,7 @@ def spatial_neighbors(
         square_neighbors=square_neighbors,
         symmetric=symmetric,
         spatial_key=spatial_key,
+        library_key=library_key,
     )
     used = info["params"]["method"]
     if info["n_isolated"]:
@@ -198,6 +216,7 @@ def build_graph(
     square_neighbors: int = 4,
     symmetric: bool = True,
     spatial_key: str = "spatial",
+    library_key: str | None = None,
 ) -> tuple[sp.csr_matrix, sp.csr_matrix, dict]:
     """Compute a spatial graph without storing it (parameters as :func:`spatial_neighbors`).
 
@@ -217,6 +236,35 @@ def build_graph(
     >>> int(conn.nnz), info["n_isolated"], float(dist[1, 2]).__round__(3)
     (6, 1, 1.414)
     """
+    options = {
+        "method": method,
+        "n_neighbors": n_neighbors,
+        "radius": radius,
+        "delaunay_max_quantile": delaunay_max_quantile,
+        "n_rings": n_rings,
+        "lattice": lattice,
+        "square_neighbors": square_neighbors,
+        "symmetric": symmetric,
+        "spatial_key": spatial_key,
+    }
+    if library_key is not None:
+        return _library_graphs(adata, library_key, options)
+    return _one_graph(adata, **options)
+
+
+def _one_graph(
+    adata: AnnData,
+    *,
+    method: str,
+    n_neighbors: int,
+    radius: float | None,
+    delaunay_max_quantile: float | None,
+    n_rings: int,
+    lattice: str,
+    square_neighbors: int,
+    symmetric: bool,
+    spatial_key: str,
+) -> tuple[sp.csr_matrix, sp.csr_matrix, dict]:
     method = _check_params(
         adata,
         method,
@@ -268,6 +316,70 @@ def build_graph(
         "n_edges": int(connectivities.nnz),
     }
     return connectivities, distances, info
+
+
+def _library_graphs(
+    adata: AnnData, library_key: str, options: dict
+) -> tuple[sp.csr_matrix, sp.csr_matrix, dict]:
+    """One graph per sample of ``obs[library_key]``, joined block-diagonally."""
+    codes, names = _library_codes(adata, library_key)
+    rows, cols, lengths, infos = [], [], [], []
+    for code, name in enumerate(names):
+        spots = np.flatnonzero(codes == code)
+        try:
+            conn, dist, info = _one_graph(adata[spots], **options)
+        except SpatiomeInputError as err:
+            raise SpatiomeInputError(f"sample {name!r} of obs[{library_key!r}]: {err}") from None
+        rows.append(spots[np.repeat(np.arange(spots.size), np.diff(conn.indptr))])
+        cols.append(spots[conn.indices])
+        lengths.append(dist.data)
+        infos.append(info)
+    connectivities, distances = _joined(
+        np.concatenate(rows), np.concatenate(cols), np.concatenate(lengths), adata.n_obs
+    )
+    params = {**infos[0]["params"], "library_key": library_key}
+    if len({info["params"]["lattice"] for info in infos}) > 1:
+        params["lattice"] = [info["params"]["lattice"] for info in infos]
+    info = {
+        "params": params,
+        "libraries": [str(name) for name in names],
+        "n_isolated": sum(info["n_isolated"] for info in infos),
+        "n_colocated": sum(info["n_colocated"] for info in infos),
+        "n_edges": int(connectivities.nnz),
+    }
+    return connectivities, distances, info
+
+
+def _library_codes(adata: AnnData, library_key: str) -> tuple[np.ndarray, list]:
+    if not isinstance(library_key, str) or library_key not in adata.obs.columns:
+        raise SpatiomeInputError(
+            f"library_key {library_key!r} is not a column of adata.obs (columns: "
+            f"{list(adata.obs.columns)[:10]}): name the column holding each spot's sample"
+        )
+    labels = pd.Categorical(adata.obs[library_key])
+    if (labels.codes < 0).any():
+        raise SpatiomeInputError(
+            f"adata.obs[{library_key!r}] has {int((labels.codes < 0).sum())} missing values: "
+            "every spot needs a sample"
+        )
+    used = np.unique(labels.codes)
+    return np.searchsorted(used, labels.codes), [labels.categories[c] for c in used]
+
+
+def _joined(
+    rows: np.ndarray, cols: np.ndarray, lengths: np.ndarray, n_obs: int
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Binary adjacency and edge lengths, both CSR with one sorted sparsity pattern."""
+    order = np.lexsort((cols, rows))
+    index_dtype = np.int32 if rows.size < 2**31 and n_obs < 2**31 else np.int64
+    cols = cols[order].astype(index_dtype)
+    indptr = np.zeros(n_obs + 1, dtype=index_dtype)
+    np.cumsum(np.bincount(rows, minlength=n_obs), out=indptr[1:])
+    connectivities = sp.csr_matrix((np.ones(cols.size), cols, indptr), shape=(n_obs, n_obs))
+    distances = sp.csr_matrix(
+        (lengths[order].astype(np.float64), cols.copy(), indptr.copy()), shape=(n_obs, n_obs)
+    )
+    return connectivities, distances
 
 
 def row_normalize(weights: sp.spmatrix | np.ndarray) -> sp.csr_matrix:
@@ -638,7 +750,8 @@ def _grid_positions(adata: AnnData) -> np.ndarray:
     if np.unique(keys).size != keys.size:
         raise SpatiomeInputError(
             "adata.obs ['array_row', 'array_col'] has duplicated grid positions: each spot "
-            "must occupy its own position (were several sections concatenated?)"
+            "must occupy its own position (were several sections concatenated? then pass "
+            "library_key=<the obs column of the sections>)"
         )
     return lattice
 

@@ -67,8 +67,13 @@ def test_bad_arguments(tissue):
         inject_artifacts(tissue, dry_patch_fraction=0.9)
     with pytest.raises(SpatiomeInputError, match="doublet_mode"):
         inject_artifacts(tissue, doublet_mode="close")
-    with pytest.raises(SpatiomeInputError, match="raw counts"):
+    with pytest.raises(SpatiomeInputError, match=r"adata.layers\['nope'\] is missing"):
         inject_artifacts(tissue, layer="nope")
+    normalized = tissue.copy()
+    del normalized.layers["counts"]
+    normalized.X = normalized.X.astype(float) / 2.5
+    with pytest.raises(SpatiomeInputError, match="no raw counts found for layer=None"):
+        inject_artifacts(normalized)
 
 
 def test_low_depth_patch_keeps_the_mito_share(tissue):

@@ -138,6 +138,7 @@ def test_spots_left_out_get_missing_labels():
     counts = adata.X.tolil()
     counts[:5] = 0
     adata.X = counts.tocsr()
+    adata.layers["counts"] = adata.X  # the layer bison reads by default
     bison(adata, 3, 2, n_iterations=20, min_gene_fraction=0.0, genes=adata.var_names[:40])
     assert adata.obs["bison"].isna().sum() == 5
     assert adata.obs["bison"].iloc[:5].isna().all()
@@ -171,10 +172,10 @@ def small():
 def test_errors_say_what_to_fix(small, change, kwargs, message):
     adata = small.copy()
     if change == "fractions":
-        adata.X = adata.X * 0.5
+        adata.layers["counts"] = adata.X * 0.5
     elif change == "negative":
-        adata.X = adata.X.copy()
-        adata.X.data[0] = -1
+        adata.layers["counts"] = adata.X.copy()
+        adata.layers["counts"].data[0] = -1
     elif change == "no_coordinates":
         del adata.obsm["spatial"]
         adata.obs = adata.obs.drop(columns=["array_row", "array_col"])

@@ -1,4 +1,4 @@
-"""AnnData built outside spatiome.io: the errors about a missing counts layer say what to do."""
+"""AnnData built outside spatiome.io: raw counts in X are found, and errors say what to do."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ def _foreign(values) -> ad.AnnData:
 
 
 @pytest.mark.parametrize("function", [pp.qc_metrics, pp.normalize])
-def test_raw_counts_in_x_get_both_fixes(function):
+def test_raw_counts_in_x_are_read_by_default_and_named_layers_get_both_fixes(function):
     adata = _foreign([[1, 0, 3], [2, 5, 0]])
+    function(adata.copy())  # layer=None finds the counts in X
     with pytest.raises(SpatiomeInputError) as err:
-        function(adata)
+        function(adata, layer="counts")
     message = str(err.value)
     assert "adata.layers['counts'] is missing" in message
     assert "not made by spatiome.io" in message
@@ -28,17 +29,26 @@ def test_raw_counts_in_x_get_both_fixes(function):
     # both fixes the message gives work
     function(adata.copy(), layer=None)
     adata.layers["counts"] = adata.X.copy()
-    function(adata)
+    function(adata, layer="counts")
 
 
 def test_normalized_x_is_not_offered_as_counts():
     adata = _foreign([[0.5, 0.0], [1.2, 3.0]])
     adata.raw = adata.copy()
     with pytest.raises(SpatiomeInputError) as err:
-        pp.qc_metrics(adata)
+        pp.qc_metrics(adata, layer="counts")
     message = str(err.value)
     assert "adata.X is not raw counts" in message and "layer=None would not do" in message
     assert "adata.raw.X.copy()" in message
+    with pytest.raises(SpatiomeInputError) as err:
+        pp.qc_metrics(adata)
+    message = str(err.value)
+    assert "no raw counts found for layer=None" in message
+    assert "adata.X holds non-integer values (e.g. 0.5)" in message
+    assert "adata.raw" not in message  # it holds the same normalized values
+    adata.raw = _foreign([[1, 0], [2, 3]])
+    with pytest.raises(SpatiomeInputError, match=r"= adata.raw.X.copy\(\) \(adata.raw holds"):
+        pp.qc_metrics(adata)
 
 
 def test_other_layers_are_listed_and_offered():

@@ -276,3 +276,42 @@ def test_truncated_gzip_table(table_files, tmp_path):
     with pytest.raises(SpatiomeInputError) as err:
         read_table(broken, coords_path)
     assert str(broken) in str(err.value)
+
+
+def test_table_data_plot_with_scanpy_and_squidpy(tmp_path):
+    """uns['spatial'] without an image is enough for scanpy's and squidpy's spot plots."""
+    import matplotlib.pyplot as plt
+
+    sc = pytest.importorskip("scanpy")
+    sq = pytest.importorskip("squidpy")
+    counts, spots, genes, coords = _truth(n_spots=30)
+    coords["x"], coords["y"] = np.divmod(np.arange(30), 6)
+    coords["x"] *= 20.0
+    coords["y"] *= 20.0
+    _write_table(tmp_path / "counts.csv", counts, spots, genes, "spots_x_genes", ",")
+    coords.to_csv(tmp_path / "coords.csv", index=False)
+    adata = read_table(tmp_path / "counts.csv", tmp_path / "coords.csv", library_id="s1")
+    entry = adata.uns["spatial"]["s1"]
+    assert entry["images"] == {}
+    assert entry["scalefactors"]["spot_diameter_fullres"] == 20.0  # grid spacing
+    assert entry["scalefactors"]["tissue_hires_scalef"] == 1.0
+    sq.pl.spatial_scatter(adata, color="Gene0", img=False)
+    sc.pl.spatial(adata, color="Gene0", spot_size=None, img_key=None, show=False)
+    plt.close("all")
+    adata.write_h5ad(tmp_path / "back.h5ad")
+    import anndata
+
+    back = anndata.read_h5ad(tmp_path / "back.h5ad")
+    assert back.uns["spatial"]["s1"]["scalefactors"]["spot_diameter_fullres"] == 20.0
+
+
+def test_slideseq_beads_get_their_diameter_in_micrometres(tmp_path):
+    counts, spots, genes, coords = _truth()
+    _write_table(tmp_path / "dge.csv", counts, spots, genes, "genes_x_spots", ",")
+    coords.rename(columns={"x": "xcoord", "y": "ycoord"}).to_csv(
+        tmp_path / "beads.csv", index=False
+    )
+    beads = read_slideseq(tmp_path / "dge.csv", tmp_path / "beads.csv", spatial_unit="um")
+    (entry,) = beads.uns["spatial"].values()
+    assert entry["scalefactors"]["spot_diameter_fullres"] == 10.0
+    assert next(iter(beads.uns["spatial"])) == tmp_path.resolve().name

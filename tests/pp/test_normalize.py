@@ -100,5 +100,9 @@ def test_bad_arguments():
         normalize(_adata(), target_sum=-1)
     adata = _adata()
     adata.X = adata.X.astype(float) * 0.3
+    adata.layers["scaled"] = adata.X
     with pytest.raises(SpatiomeInputError, match="non-integer"):
-        normalize(adata, layer=None)
+        normalize(adata, layer="scaled")
+    del adata.layers["counts"]
+    with pytest.raises(SpatiomeInputError, match="no raw counts found.*non-integer"):
+        normalize(adata)

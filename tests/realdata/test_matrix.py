@@ -97,7 +97,11 @@ def test_default_run_on_every_real_dataset(
     if "--reference" in options:
         assert not steps["deconvolution"].get("skipped")
         assert (tmp_path / "out" / "cell_type_fractions.csv").is_file()
-    labels = [k for k in results.obs if k.startswith("domain_") and k.count("_") == 1]
+    labels = [
+        k
+        for k in results.obs
+        if k == "spatial_domain" or (k.startswith("domain_") and k.count("_") == 1)
+    ]
     assert labels, list(results.obs)
     for key in labels:
         assert results.obs[key].value_counts().min() >= 2, key  # no one-spot domains

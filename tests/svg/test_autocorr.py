@@ -320,6 +320,52 @@ def test_agrees_with_squidpy_when_installed():
     assert np.allclose(ref["pval_norm"][positive], table["pval"].iloc[:-1][positive], rtol=1e-8)
 
 
+@pytest.mark.parametrize(
+    ("method", "key", "stat"), [("moran", "moranI", "I"), ("geary", "gearyC", "C")]
+)
+def test_uns_table_in_squidpys_layout(method, key, stat):
+    """uns["moranI"]/uns["gearyC"] as sq.gr.spatial_autocorr writes them, on the same graph.
+
+    The statistics agree to 1e-10 (they differ by summation order only). pval_norm agrees
+    to rtol 1e-8 with atol 1e-15: squidpy computes the upper tail as 1 - norm.cdf(z), which
+    has absolute rounding error of about 1e-16 and is 0 below it, where norm.sf keeps full
+    relative precision. The permutation columns are compared by name only: squidpy shuffles
+    the rows of W alone, a different null from permuting the spots' values.
+    """
+    sq = pytest.importorskip("squidpy")
+    adata = tissue(n_spots=200, n_genes=8)
+    getattr(sm.svg, method)(adata, check_depth=False)
+    ours = adata.uns[key]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = sq.gr.spatial_autocorr(
+            adata, mode=method, copy=True, genes=list(adata.var_names[:-1])
+        )
+    assert list(ours.columns) == list(reference.columns)
+    assert set(ours.index) == set(adata.var_names)
+    assert list(ours.index[:-1]) == list(reference.index)  # same order; the constant gene last
+    assert np.isnan(ours.iloc[-1][stat])
+    tested = ours.iloc[:-1]
+    assert np.allclose(tested[stat], reference[stat], rtol=0, atol=1e-10)
+    assert np.allclose(tested["pval_norm"], reference["pval_norm"], rtol=1e-8, atol=1e-15)
+    assert np.allclose(tested["var_norm"], reference["var_norm"], rtol=1e-12)
+    getattr(sm.svg, method)(adata, n_permutations=19, check_depth=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        permuted = sq.gr.spatial_autocorr(
+            adata, mode=method, n_perms=19, seed=0, copy=True, show_progress_bar=False
+        )
+    assert list(adata.uns[key].columns) == list(permuted.columns)
+    assert {"pval_z_sim", "pval_sim", "var_sim", "pval_sim_fdr_bh"} <= set(permuted.columns)
+    assert adata.uns[key]["pval_sim"].min() >= 1 / 20
+
+
+def test_uns_table_not_written_with_copy():
+    adata = tissue(n_spots=60, n_genes=3)
+    moran(adata, copy=True, check_depth=False)
+    assert "moranI" not in adata.uns
+
+
 def test_spatial_depth_pattern_warns_for_log_normalized_values_only():
     adata = sm.datasets.simulate_tissue(
         n_spots=800, n_genes=40, frac_spatial=0.0, depth_gradient=1.0, random_state=7

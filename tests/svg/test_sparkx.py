@@ -195,8 +195,11 @@ def test_normalized_input_is_rejected_with_a_fix():
     adata = counts_tissue()
     normalized = anndata.AnnData(adata.X / 3.0, obsm={"spatial": adata.obsm["spatial"]})
     normalized.var_names = adata.var_names
-    with pytest.raises(SpatiomeInputError, match="raw counts.*layer='counts'"):
+    with pytest.raises(SpatiomeInputError, match="no raw counts found.*require_counts=False"):
         sparkx(normalized, copy=True)
+    normalized.layers["scaled"] = normalized.X
+    with pytest.raises(SpatiomeInputError, match="raw counts.*layer='counts'"):
+        sparkx(normalized, layer="scaled", copy=True)
     with pytest.raises(SpatiomeInputError, match="missing_layer"):
         sparkx(adata, layer="missing_layer", copy=True)
     # With a counts layer, it is used by default even when X is normalized.

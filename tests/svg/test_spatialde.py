@@ -338,7 +338,7 @@ def test_model_search_classifies_trends():
         ({"genes": ["nope"]}, "not in adata.var_names"),
         ({"length_scales": [1.0, -2.0]}, "positive"),
         ({"n_inducing": 0}, "n_inducing"),
-        ({"layer": None}, "raw counts"),
+        ({"layer": "scaled"}, "raw counts"),
         ({"spatial_key": "xy"}, "obsm\\['xy'\\] is missing"),
         ({"normalize": None, "total_counts_key": "x"}, "only used with normalize='naive_de'"),
         ({"fidelity": "yes"}, "fidelity"),
@@ -347,6 +347,7 @@ def test_model_search_classifies_trends():
 def test_bad_arguments(kwargs, message):
     adata = tissue(n_spots=100, n_genes=10)
     adata.X = adata.X.toarray() * 0.5 + 0.25
+    adata.layers["scaled"] = adata.X
     with pytest.raises(SpatiomeInputError, match=message):
         spatialde(adata, **kwargs)
 

@@ -66,7 +66,7 @@ def test_restored_results_equal_a_fresh_run(tissue, tmp_path):
     restored = run_pipeline(tissue, out, PipelineConfig(**BASE), progress=False)
     assert _cached(out)["moran"] and not _cached(out)["leiden"]
     assert _tables(tmp_path / "fresh") == _tables(out)
-    for column in ("leiden", "domain_cluster", "low_quality"):
+    for column in ("leiden", "spatial_domain", "low_quality"):
         pd.testing.assert_series_equal(fresh.adata.obs[column], restored.adata.obs[column])
     np.testing.assert_array_equal(fresh.adata.X.toarray(), restored.adata.X.toarray())
 

@@ -147,4 +147,4 @@ def test_same_config_and_seed_give_identical_tables(configured):
     a = sm.io.read_h5ad(first / "results.h5ad")
     b = sm.io.read_h5ad(out / "results.h5ad")
     assert (a.obs["leiden"] == b.obs["leiden"]).all()
-    assert (a.obs["domain_cluster"] == b.obs["domain_cluster"]).all()
+    assert (a.obs["spatial_domain"] == b.obs["spatial_domain"]).all()

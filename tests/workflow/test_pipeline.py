@@ -41,6 +41,31 @@ def test_demo_recovers_truth(demo_run):
     assert len(table) == adata.n_vars
 
 
+@pytest.mark.slow
+def test_squidpy_reads_the_results_as_they_are(demo_run):
+    """The run's results.h5ad in squidpy: our graph keys, domain key and Moran table."""
+    import matplotlib.pyplot as plt
+
+    sq = pytest.importorskip("squidpy")
+    adata = sm.io.read_h5ad(demo_run / "results.h5ad")
+    assert adata.uns["spatial_neighbors"]["connectivities_key"] == "spatial_connectivities"
+    assert adata.uns["spatial_neighbors"]["distances_key"] == "spatial_distances"
+    assert {"spatial_connectivities", "spatial_distances"} <= set(adata.obsp)
+    assert "spatial_domain" in adata.obs and not any(key.startswith("domain_") for key in adata.obs)
+    assert list(adata.uns["moranI"].columns[:3]) == ["I", "pval_norm", "var_norm"]
+    analysed = adata[adata.obs["spatial_domain"].notna()].copy()  # quality control kept
+    analysed.obs["spatial_domain"] = analysed.obs["spatial_domain"].astype("category")
+    sq.pl.spatial_scatter(analysed, color="spatial_domain", shape=None)
+    plt.close("all")
+    sq.gr.nhood_enrichment(
+        analysed, cluster_key="spatial_domain", n_perms=20, seed=0, show_progress_bar=False
+    )
+    zscore = analysed.uns["spatial_domain_nhood_enrichment"]["zscore"]
+    n_domains = analysed.obs["spatial_domain"].nunique()
+    assert zscore.shape == (n_domains, n_domains)
+    assert np.all(np.diag(zscore) > 0)  # a spatial domain's spots neighbour each other
+
+
 def test_provenance_records_versions_inputs_steps(demo_run):
     record = json.loads((demo_run / "provenance.json").read_text())
     assert record["command"] == "demo"

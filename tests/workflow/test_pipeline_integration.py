@@ -67,9 +67,9 @@ def test_several_samples_are_combined_corrected_and_reported(two_sample_run):
     assert after["batch_mixing"] > before["batch_mixing"] + 0.3
     assert after["label_purity"] > 0.7  # the domains stay apart
     # one domain set across both sections: the corrected features are clustered together
-    analysed = adata.obs["domain_cluster"].notna().to_numpy()  # quality control kept them
+    analysed = adata.obs["spatial_domain"].notna().to_numpy()  # quality control kept them
     assert analysed.mean() > 0.95
-    ari = adjusted_rand_score(adata.obs["domain"][analysed], adata.obs["domain_cluster"][analysed])
+    ari = adjusted_rand_score(adata.obs["domain"][analysed], adata.obs["spatial_domain"][analysed])
     assert ari > 0.6
     record = json.loads((out / "provenance.json").read_text())
     steps = [s["name"] for s in record["steps"]]

@@ -63,8 +63,8 @@ def test_results_keep_every_spot_with_missing_statistics(removed_run):
     # Counts and coordinates are kept; statistics are missing on the removed spots.
     assert (saved.layers["counts"] != tissue.layers["counts"]).nnz == 0
     np.testing.assert_array_equal(saved.obsm["spatial"], tissue.obsm["spatial"])
-    assert saved.obs.loc[flagged, "domain_cluster"].isna().all()
-    assert saved.obs.loc[~flagged, "domain_cluster"].notna().all()
+    assert saved.obs.loc[flagged, "spatial_domain"].isna().all()
+    assert saved.obs.loc[~flagged, "spatial_domain"].notna().all()
     assert np.isnan(saved.obsm["X_pca"][flagged]).all()
     assert np.isfinite(saved.obsm["X_pca"][~flagged]).all()
     graph = saved.obsp["spatial_connectivities"]
@@ -94,7 +94,7 @@ def test_remove_false_keeps_every_spot_in_the_statistics(tmp_path):
     assert "n_obs_removed" not in result.summary
     assert result.summary["n_spots"] == tissue.n_obs
     assert result.adata.obs.loc[empty, "low_quality"].all()
-    assert result.adata.obs["domain_cluster"].notna().all()
+    assert result.adata.obs["spatial_domain"].notna().all()
     assert "no spot was removed" in (tmp_path / "report.html").read_text()
 
 
@@ -103,7 +103,7 @@ def test_cache_keys_follow_the_removal(tmp_path):
     first = run_pipeline(tissue, tmp_path, PipelineConfig(**FAST), progress=False)
     again = run_pipeline(tissue, tmp_path, PipelineConfig(**FAST, qc_remove=False), progress=False)
     assert first.summary["n_spots"] < again.summary["n_spots"] == tissue.n_obs
-    assert again.adata.obs["domain_cluster"].notna().all()
+    assert again.adata.obs["spatial_domain"].notna().all()
 
 
 def test_config_qc_table_sets_remove():

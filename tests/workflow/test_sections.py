@@ -104,9 +104,9 @@ def run():
     sm.pp.normalize(data)
     data.obs["pct_counts_mt"] = 0.0  # a panel without mitochondrial genes
     data.obs["leiden"] = pd.Categorical(data.obs["domain"].cat.codes.astype(str))
-    data.obs["domain_cluster"] = data.obs["domain"].astype(str)
+    data.obs["spatial_domain"] = data.obs["domain"].astype(str)
     data.obs["local_outlier"] = np.arange(data.n_obs) % 50 == 0
-    markers = sm.domains.markers(data, "domain_cluster")
+    markers = sm.domains.markers(data, "spatial_domain")
     genes = list(data.var_names)
     moran = pd.DataFrame(
         {

@@ -159,6 +159,112 @@ def get_matrix(
     return np.asarray(matrix)
 
 
+def resolve_counts_layer(
+    adata: AnnData,
+    layer: str | None = None,
+    *,
+    argument: str = "layer",
+    require_counts: bool = True,
+) -> str | None:
+    """Name the layer that holds the raw counts: ``layer``, ``"counts"``, or None for X.
+
+    An explicit ``layer`` is returned as is (a missing one raises the error of
+    :func:`get_matrix`). With ``layer=None`` the raw counts are looked for where the
+    usual readers leave them: ``adata.layers["counts"]`` when present (spatiome's readers),
+    else ``adata.X`` when its stored values are finite, non-negative whole numbers, not all
+    zero (scanpy, squidpy and spatialdata-io keep the raw counts there). Otherwise one
+    :class:`SpatiomeInputError` says what was looked at and how to point at the counts.
+    With ``require_counts=False`` (methods that also accept normalized values) ``adata.X``
+    is used whatever it holds when there is no counts layer.
+
+    Parameters
+    ----------
+    adata
+        The data the method was given.
+    layer
+        The caller's layer argument.
+    argument
+        The caller's parameter naming the layer, quoted in the errors.
+    require_counts
+        Whether ``adata.X`` must hold counts to be used.
+
+    Returns
+    -------
+    str or None
+        The layer to pass to :func:`get_matrix`: a name, or None for ``adata.X``.
+
+    Examples
+    --------
+    >>> import anndata, numpy as np
+    >>> adata = anndata.AnnData(np.array([[3.0, 0.0], [1.0, 2.0]]))
+    >>> resolve_counts_layer(adata) is None
+    True
+    >>> adata.layers["counts"] = adata.X.copy()
+    >>> adata.X = np.log1p(adata.X)
+    >>> resolve_counts_layer(adata)
+    'counts'
+    >>> del adata.layers["counts"]
+    >>> try:
+    ...     resolve_counts_layer(adata)
+    ... except SpatiomeInputError as err:
+    ...     print(str(err).split(":")[0])
+    no raw counts found for layer=None
+    """
+    if layer is not None:
+        if layer not in adata.layers:
+            raise SpatiomeInputError(_missing_layer(adata, layer, argument))
+        return layer
+    if "counts" in adata.layers:
+        return "counts"
+    if not require_counts or _holds_some_counts(adata.X):
+        return None
+    raise SpatiomeInputError(_no_counts(adata, argument))
+
+
+def _no_counts(adata: AnnData, argument: str) -> str:
+    """Why ``layer=None`` found no raw counts, and how to point at them."""
+    present = sorted(adata.layers.keys())
+    listed = f"layers present: {present}" if present else "no layers present"
+    held = "is empty (None)" if adata.X is None else f"holds {_not_counts(adata.X)}"
+    source = "<the raw counts, spots x genes>"
+    raw = adata.raw is not None and adata.raw.shape == adata.shape
+    if raw and _holds_counts(adata.raw.X):
+        source = "adata.raw.X.copy() (adata.raw holds whole numbers of the same shape)"
+    example = f" (e.g. {argument}={present[0]!r})" if present else ""
+    return (
+        f"no raw counts found for {argument}=None: adata.layers['counts'] is missing "
+        f"({listed}) and adata.X {held}, so it is not raw counts (normalized data?). "
+        f"To fix: set adata.layers['counts'] = {source}, or pass {argument}= naming the "
+        f"layer that holds the raw counts{example}"
+    )
+
+
+def _holds_some_counts(matrix: object) -> bool:
+    """Counts with at least one positive value: an all-zero X is a placeholder."""
+    if not _holds_counts(matrix):
+        return False
+    values = _values(matrix)  # type: ignore[arg-type]
+    return bool(values.size and values.max() > 0)
+
+
+def _not_counts(matrix: sp.spmatrix | np.ndarray) -> str:
+    """What in ``matrix`` is not a count, with an example value."""
+    values = _values(matrix)
+    if not np.issubdtype(values.dtype, np.number):
+        return f"values of dtype {values.dtype}"
+    if values.size == 0:
+        return "no positive value (an empty placeholder?)"
+    finite = np.isfinite(values)
+    if not finite.all():
+        return f"NaN or infinite values ({int((~finite).sum())} entries)"
+    if values.min() < 0:
+        return f"negative values (min {values.min():g})"
+    fractional = values[np.mod(values, 1) != 0]
+    if fractional.size:
+        return f"non-integer values (e.g. {fractional[0]:g})"
+    return "no positive value (an empty placeholder?)"
+
+
 def _missing_layer(adata: AnnData, layer: str, argument: str) -> str:
     """What to do when ``adata.layers[layer]`` is missing, from what the object holds."""
     present = sorted(adata.layers.keys())

@@ -30,7 +30,14 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .._core.random import check_random_state
-from .._core.validate import SpatiomeInputError, check_adata, check_counts, get_spatial
+from .._core.validate import (
+    SpatiomeInputError,
+    check_adata,
+    check_counts,
+    get_matrix,
+    get_spatial,
+    resolve_counts_layer,
+)
 
 INJECTED = ("none", "dry_patch", "low_quality_edge", "doublet", "scattered_failure")
 DOUBLET_MODES = ("adjacent", "random")
@@ -49,7 +56,7 @@ def inject_artifacts(
     scattered_depth: float = 0.1,
     doublet_fraction: float = 0.0,
     doublet_mode: str = "adjacent",
-    layer: str = "counts",
+    layer: str | None = None,
     random_state: int | np.random.Generator | None = 0,
 ) -> AnnData:
     """Return a copy of ``adata`` with a dry patch, a low-quality edge, failed spots, doublets.
@@ -57,8 +64,8 @@ def inject_artifacts(
     Parameters
     ----------
     adata
-        Spots (or cells) x genes with raw counts in ``adata.layers[layer]`` and
-        coordinates in ``obsm['spatial']``. Not modified.
+        Spots (or cells) x genes with raw counts (see ``layer``) and coordinates in
+        ``obsm['spatial']``. Not modified.
     dry_patch_fraction
         Share of the spots in the dry patch (the spots nearest to a random centre); 0 for
         none.
@@ -89,7 +96,9 @@ def inject_artifacts(
         ``"adjacent"``: merge with the nearest cell not yet used (segmentation merge);
         ``"random"``: merge with a random cell (droplet-like).
     layer
-        Layer with the raw counts; ``X`` of the result holds the same counts.
+        Layer with the raw counts; ``X`` of the result holds the same counts. ``None``
+        (default): ``adata.layers["counts"]`` when present, else ``adata.X`` when it holds
+        counts (the result then has no counts layer either).
     random_state
         Seed or generator.
 
@@ -136,12 +145,9 @@ def inject_artifacts(
         raise SpatiomeInputError(
             f"doublet_mode must be one of {DOUBLET_MODES}, got {doublet_mode!r}"
         )
-    if layer not in adata.layers:
-        raise SpatiomeInputError(
-            f"adata.layers[{layer!r}] is missing: inject_artifacts needs the raw counts"
-        )
-    counts = sp.csr_matrix(adata.layers[layer], copy=True)
-    check_counts(counts, where=f"adata.layers[{layer!r}]")
+    layer = resolve_counts_layer(adata, layer)
+    counts = sp.csr_matrix(get_matrix(adata, layer), copy=True)
+    check_counts(counts, where="adata.X" if layer is None else f"adata.layers[{layer!r}]")
     coords = get_spatial(adata).copy()
     rng = check_random_state(random_state)
     n = adata.n_obs
@@ -179,7 +185,8 @@ def inject_artifacts(
     result = adata[keep].copy()
     counts = counts[keep]
     counts.eliminate_zeros()
-    result.layers[layer] = counts
+    if layer is not None:
+        result.layers[layer] = counts
     result.X = counts.copy()
     result.obsm["spatial"] = coords[keep]
     result.obs["injected"] = pd.Categorical.from_codes(label[keep], categories=list(INJECTED))

@@ -12,7 +12,13 @@ from anndata import AnnData
 
 from .._core.progress import Progress
 from .._core.random import check_random_state
-from .._core.validate import SpatiomeInputError, check_adata, check_counts, get_matrix
+from .._core.validate import (
+    SpatiomeInputError,
+    check_adata,
+    check_counts,
+    get_matrix,
+    resolve_counts_layer,
+)
 from ._irls import Penalty, fit_weights
 from ._pln import log_probability, pln_table
 from ._solvers import nnls_shared
@@ -105,8 +111,8 @@ def deconvolve(
     labels
         Cell-type column when ``reference`` is an AnnData.
     layer
-        Layer of ``adata_sp`` with raw counts; ``None`` uses ``layers["counts"]`` when
-        present, else X.
+        Layer of ``adata_sp`` with raw counts. ``None`` (default): ``layers["counts"]`` when
+        present, else ``X`` when it holds counts.
     mode
         ``"full"`` (any number of types per spot) or ``"doublet"`` (``"rctd"`` only).
     smoothing
@@ -222,9 +228,7 @@ def _signatures(reference, labels) -> pd.DataFrame:
 
 
 def _inputs(adata_sp: AnnData, signatures: pd.DataFrame, layer: str | None) -> _Inputs:
-    if layer is None and "counts" in adata_sp.layers:
-        layer = "counts"
-    matrix = get_matrix(adata_sp, layer)
+    matrix = get_matrix(adata_sp, resolve_counts_layer(adata_sp, layer))
     check_counts(matrix, where="the spatial counts")
     if not adata_sp.var_names.is_unique:
         raise SpatiomeInputError("adata_sp has duplicated gene names: make var_names unique")

@@ -11,7 +11,13 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._core.validate import SpatiomeInputError, check_adata, check_counts, get_matrix
+from .._core.validate import (
+    SpatiomeInputError,
+    check_adata,
+    check_counts,
+    get_matrix,
+    resolve_counts_layer,
+)
 
 logger = logging.getLogger("spatiome")
 
@@ -52,7 +58,8 @@ def reference_signatures(
     labels
         Column of ``adata_sc.obs`` with the cell types.
     layer
-        Layer holding raw counts; ``None`` uses ``layers["counts"]`` when present, else X.
+        Layer holding raw counts. ``None`` (default): ``layers["counts"]`` when present,
+        else ``X`` when it holds counts.
     method
         ``"mean"`` or ``"nb"``.
     batch_key
@@ -131,9 +138,7 @@ def _reference_inputs(adata_sc: AnnData, labels: str, layer: str | None, min_cel
             f"adata_sc.obs[{labels!r}] is missing: pass labels= naming the cell-type column "
             f"(columns: {list(adata_sc.obs.columns)[:10]})"
         )
-    if layer is None and "counts" in adata_sc.layers:
-        layer = "counts"
-    counts = get_matrix(adata_sc, layer)
+    counts = get_matrix(adata_sc, resolve_counts_layer(adata_sc, layer))
     check_counts(counts, where="the reference counts")
     counts = sp.csr_matrix(counts, dtype=np.float64)
     series = adata_sc.obs[labels]

@@ -15,6 +15,7 @@ from .._core.validate import (
     check_counts,
     get_matrix,
     get_spatial,
+    resolve_counts_layer,
 )
 
 TRUTH_KEY = "cell_type_proportions"
@@ -119,7 +120,8 @@ def pseudo_spots(
     gene_effect_sd
         Standard deviation of the natural-log per-gene platform factor.
     layer
-        Layer with raw counts; ``None`` uses ``layers["counts"]`` when present, else X.
+        Layer with raw counts. ``None`` (default): ``layers["counts"]`` when present, else
+        ``X`` when it holds counts.
     random_state
         Seed.
 
@@ -148,8 +150,7 @@ def pseudo_spots(
     check_adata(adata_sc, name="adata_sc")
     if labels not in adata_sc.obs:
         raise SpatiomeInputError(f"adata_sc.obs[{labels!r}] is missing: pass labels=")
-    if layer is None and "counts" in adata_sc.layers:
-        layer = "counts"
+    layer = resolve_counts_layer(adata_sc, layer)
     counts = sp.csr_matrix(get_matrix(adata_sc, layer), dtype=np.float64)
     check_counts(counts, where="the reference counts")
     if not depth > 0 or not gene_effect_sd >= 0:

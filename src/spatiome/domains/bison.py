@@ -53,6 +53,7 @@ from .._core.validate import (
     check_adata,
     check_counts,
     get_matrix,
+    resolve_counts_layer,
     resolve_genes,
 )
 from ..graph import build_graph, default_method, row_normalize, symmetrize
@@ -130,7 +131,8 @@ def bison(
     n_gene_groups
         Number of groups R of discriminating genes (1 to the number of modelled genes).
     layer
-        Layer holding the counts (``None``: ``adata.X``).
+        Layer holding the raw counts. ``None`` (default): ``adata.layers["counts"]`` when
+        present, else ``adata.X`` when it holds counts.
     genes
         Genes to model; ``None`` selects them as described above.
     n_top_genes
@@ -265,6 +267,7 @@ def bison(
     )  # fmt: skip
     # Spots under min_spot_counts (and without counts) are left out of the model.
     ignore_below = max(float(min_spot_counts), 1.0)
+    layer = resolve_counts_layer(adata, layer)
     warn_near_empty(adata, layer=layer, caller="domains.bison", ignore_below=ignore_below)
     counts = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"

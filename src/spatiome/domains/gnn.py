@@ -19,7 +19,13 @@ from anndata import AnnData
 from .._core.near_empty import warn_near_empty
 from .._core.progress import Progress
 from .._core.torch_session import import_torch
-from .._core.validate import SpatiomeInputError, check_adata, check_counts, get_matrix
+from .._core.validate import (
+    SpatiomeInputError,
+    check_adata,
+    check_counts,
+    get_matrix,
+    resolve_counts_layer,
+)
 from ..graph import build_graph, default_method
 from .cluster import _labels_by_size, kmeans, leiden
 
@@ -168,8 +174,8 @@ def gnn(
     n_domains
         Number of domains (clusters) to find.
     layer
-        Raw integer counts: ``adata.layers[layer]``. Default: ``adata.layers["counts"]``
-        when present, else ``adata.X``.
+        Raw integer counts: ``adata.layers[layer]``. ``None`` (default):
+        ``adata.layers["counts"]`` when present, else ``adata.X`` when it holds counts.
     n_top_genes
         Number of highly variable genes given to the model; ``None`` (or at least the
         number of genes) uses all genes.
@@ -325,7 +331,7 @@ def gnn(
     if not float(extra_weight) > 0.0:
         raise SpatiomeInputError(f"extra_weight must be positive, got {extra_weight!r}")
     torch = import_torch("spatiome.domains.gnn")
-    layer = "counts" if layer is None and "counts" in adata.layers else layer
+    layer = resolve_counts_layer(adata, layer)
     warn_near_empty(adata, layer=layer, caller="domains.gnn")
     counts = get_matrix(adata, layer)
     check_counts(counts, where="adata.X" if layer is None else f"adata.layers[{layer!r}]")

@@ -25,6 +25,7 @@ from .._core.validate import (
     check_unique,
     get_matrix,
     get_spatial,
+    resolve_counts_layer,
 )
 from ..graph import build_graph
 
@@ -126,7 +127,7 @@ def multimodal(
         clustering.
     rna_layer, other_layer
         Matrices to use: ``adata.layers[...]``. Default: ``layers["counts"]`` when present,
-        else ``X``.
+        else ``X`` (for the RNA, only when ``X`` holds counts).
     n_top_genes
         Highly variable genes of the RNA; ``None`` keeps all genes.
     min_cells
@@ -234,7 +235,7 @@ def multimodal(
     )  # fmt: skip
     order = _aligned_spots(adata_rna, adata_other)
     coordinates = get_spatial(adata_rna, spatial_key)
-    rna_layer = "counts" if rna_layer is None and "counts" in adata_rna.layers else rna_layer
+    rna_layer = resolve_counts_layer(adata_rna, rna_layer, argument="rna_layer")
     other_layer = (
         "counts" if other_layer is None and "counts" in adata_other.layers else other_layer
     )

@@ -12,6 +12,11 @@ from anndata import AnnData
 
 from .._core.validate import SpatiomeInputError, check_coordinates, check_counts, check_unique
 
+#: Spot or bead diameters fixed by the platform, in micrometres.
+PLATFORM_DIAMETER_UM = {"slideseq": 10.0, "visium": 55.0}
+#: Visium spots are 55 um wide on a 100 um centre-to-centre lattice.
+VISIUM_DIAMETER_PER_SPACING = 0.55
+
 
 def build_anndata(
     counts: sp.spmatrix | np.ndarray,
@@ -77,6 +82,105 @@ def build_anndata(
     adata.uns["spatial_unit"] = spatial_unit
     adata.uns["spatiome"] = {"source": dict(source or {})}
     return adata
+
+
+def spot_diameter(
+    coordinates: np.ndarray, *, platform: str | None = None, spatial_unit: str = "unknown"
+) -> float:
+    """The diameter to draw a spot with, in the units of its coordinates.
+
+    The rule: the platform's own spot or bead size when the coordinates are in
+    micrometres (Slide-seq beads 10 um, Visium spots 55 um); for Visium in other units
+    0.55 times the median distance between neighbouring spots (55 um spots, 100 um
+    apart); otherwise the median distance from each spot to its nearest neighbour, so
+    that neighbouring spots just touch. Spots sharing a position are counted once; with
+    fewer than two positions the diameter is 1.
+
+    Parameters
+    ----------
+    coordinates
+        (n_spots, 2|3) coordinates.
+    platform
+        ``"slideseq"``, ``"visium"`` or None (any other source).
+    spatial_unit
+        Unit of the coordinates (``"um"``, ``"pixel"``, ``"array"``, ``"unknown"``).
+
+    Returns
+    -------
+    float
+        The diameter, positive.
+
+    Examples
+    --------
+    >>> grid = np.array([[x, y] for x in range(5) for y in range(5)], dtype=float) * 20.0
+    >>> spot_diameter(grid), spot_diameter(grid, platform="slideseq", spatial_unit="um")
+    (20.0, 10.0)
+    >>> spot_diameter(grid, platform="visium", spatial_unit="pixel")
+    11.0
+    """
+    if platform in PLATFORM_DIAMETER_UM and spatial_unit == "um":
+        return PLATFORM_DIAMETER_UM[platform]
+    spacing = _median_spacing(np.asarray(coordinates, dtype=np.float64))
+    return spacing * VISIUM_DIAMETER_PER_SPACING if platform == "visium" else spacing
+
+
+def _median_spacing(coordinates: np.ndarray) -> float:
+    from scipy.spatial import cKDTree
+
+    positions = np.unique(coordinates[np.isfinite(coordinates).all(axis=1)], axis=0)
+    if positions.shape[0] < 2:
+        return 1.0
+    distances, _ = cKDTree(positions).query(positions, k=2)
+    spacing = float(np.median(distances[:, 1]))
+    return spacing if spacing > 0 else 1.0
+
+
+def add_spatial_entry(
+    adata: AnnData,
+    library_id: str,
+    *,
+    diameter: float,
+    metadata: Mapping[str, Any] | None = None,
+) -> None:
+    """Give ``adata.uns["spatial"][library_id]`` the minimal entry plotting tools read.
+
+    The entry is ``{"images": {}, "scalefactors": {"spot_diameter_fullres": diameter,
+    "tissue_hires_scalef": 1.0, "tissue_lowres_scalef": 1.0}, "metadata": {...}}``: no
+    tissue image, coordinates used as they are. scanpy's ``sc.pl.spatial(adata,
+    color=..., img_key=None)`` and squidpy's ``sq.pl.spatial_scatter(adata, color=...,
+    img=False)`` then draw the spots at their size; both need those arguments because
+    their defaults draw the ``"hires"`` image. An existing entry is left as it is.
+
+    Parameters
+    ----------
+    adata
+        Modified in place.
+    library_id
+        Name of the sample in ``uns["spatial"]``.
+    diameter
+        Spot diameter in coordinate units (see :func:`spot_diameter`).
+    metadata
+        Extra facts about the sample (e.g. the diameter rule), stored under ``metadata``.
+
+    Examples
+    --------
+    >>> adata = AnnData(np.ones((2, 1)))
+    >>> add_spatial_entry(adata, "s1", diameter=10.0)
+    >>> adata.uns["spatial"]["s1"]["scalefactors"]["spot_diameter_fullres"]
+    10.0
+    """
+    libraries = adata.uns.setdefault("spatial", {})
+    if library_id in libraries:
+        return
+    libraries[library_id] = {
+        "images": {},
+        "scalefactors": {
+            "spot_diameter_fullres": float(diameter),
+            "tissue_hires_scalef": 1.0,
+            "tissue_lowres_scalef": 1.0,
+        },
+        "metadata": dict(metadata or {}),
+    }
 
 
 def _make_unique(names: pd.Index) -> list[str]:

@@ -22,7 +22,13 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .._core.validate import SpatiomeInputError, check_counts, check_unique
-from ._build import _make_unique, _smallest_int_dtype, build_anndata
+from ._build import (
+    _make_unique,
+    _smallest_int_dtype,
+    add_spatial_entry,
+    build_anndata,
+    spot_diameter,
+)
 from ._tenx import find_first, match_ids, numeric_columns, read_feature_table, read_mtx, source
 from ._tenx import read_name_list as _read_names
 
@@ -77,6 +83,7 @@ def read_table(
     genes: str | os.PathLike[str] | None = None,
     barcodes: str | os.PathLike[str] | None = None,
     spatial_unit: str = "unknown",
+    library_id: str | None = None,
 ) -> AnnData:
     """Read a count table or Matrix Market matrix and join it to a coordinate table.
 
@@ -107,12 +114,19 @@ def read_table(
         and the spot id list; found beside the matrix when None.
     spatial_unit
         Unit of the coordinates, stored in ``uns['spatial_unit']``.
+    library_id
+        Name of the sample in ``uns['spatial']``; default: the name of the folder holding
+        the count table (the Matrix Market folder itself when a folder is given).
 
     Returns
     -------
     AnnData
         Spots x genes with raw counts, ``obsm['spatial']`` from ``x``/``y`` (and ``z``),
-        in the row order of the count matrix.
+        in the row order of the count matrix, and ``uns['spatial'][library_id]`` as
+        :func:`spatiome.io._build.add_spatial_entry` writes it: no image, scale factors
+        of 1 and ``spot_diameter_fullres`` the median distance from a spot to its nearest
+        neighbour, so that scanpy's ``sc.pl.spatial(adata, color=..., img_key=None)`` and
+        squidpy's ``sq.pl.spatial_scatter(adata, color=..., img=False)`` draw the spots.
 
     Examples
     --------
@@ -127,6 +141,8 @@ def read_table(
     ([[3, 1], [0, 7]], [[0.5, 4.0], [1.0, 2.0]])
     >>> adata.obs["region"].tolist()
     ['b', 'a']
+    >>> adata.uns["spatial"][folder.name]["scalefactors"]["spot_diameter_fullres"]
+    2.0615528128088303
 
     A semicolon-separated coordinate table with decimal commas, as European spreadsheets
     save it:
@@ -161,7 +177,7 @@ def read_table(
     columns = [x, y] if z is None else [x, y, z]
     _check_decimal_marks(spot_table, columns, coords_path)
     coordinates = numeric_columns(spot_table, columns, where=str(coords_path))
-    return build_anndata(
+    adata = build_anndata(
         matrix,
         obs_names=spots,
         var_names=genes_index,
@@ -177,6 +193,14 @@ def read_table(
         spatial_unit=spatial_unit,
         where=where,
     )
+    folder = counts_path if counts_path.is_dir() else counts_path.parent
+    add_spatial_entry(
+        adata,
+        library_id or folder.resolve().name,
+        diameter=spot_diameter(coordinates, spatial_unit=spatial_unit),
+        metadata={"spot_diameter_rule": "median nearest-neighbour distance"},
+    )
+    return adata
 
 
 def read_slideseq(
@@ -186,6 +210,7 @@ def read_slideseq(
     orientation: Orientation = "auto",
     sep: str | None = None,
     spatial_unit: str = "unknown",
+    library_id: str | None = None,
 ) -> AnnData:
     """Read Slide-seq beads: a count table (either orientation, or Matrix Market) + locations.
 
@@ -202,11 +227,16 @@ def read_slideseq(
         Field separator of both tables; detected when None (see :func:`read_table`).
     spatial_unit
         Unit of the bead coordinates (puck pixels in the original release).
+    library_id
+        Name of the puck in ``uns['spatial']`` (default as in :func:`read_table`).
 
     Returns
     -------
     AnnData
-        Beads x genes with raw counts and the bead positions in ``obsm['spatial']``.
+        Beads x genes with raw counts and the bead positions in ``obsm['spatial']``;
+        ``uns['spatial']`` as in :func:`read_table`, with the beads' 10 um diameter as
+        ``spot_diameter_fullres`` when ``spatial_unit="um"`` (else the median distance
+        between neighbouring beads).
 
     Examples
     --------
@@ -242,7 +272,14 @@ def read_slideseq(
         y=y_name,
         sep=sep,
         spatial_unit=spatial_unit,
+        library_id=library_id,
     )
+    if spatial_unit == "um":
+        library = adata.uns["spatial"][next(iter(adata.uns["spatial"]))]
+        library["scalefactors"]["spot_diameter_fullres"] = spot_diameter(
+            adata.obsm["spatial"], platform="slideseq", spatial_unit="um"
+        )
+        library["metadata"]["spot_diameter_rule"] = "Slide-seq bead diameter, 10 um"
     adata.uns["spatiome"]["source"]["reader"] = "read_slideseq"
     adata.uns["spatiome"]["source"]["format"] = "slideseq"
     return adata

@@ -12,7 +12,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._core.validate import SpatiomeInputError
-from ._build import build_anndata
+from ._build import build_anndata, spot_diameter
 from ._tenx import (
     TenxMatrix,
     check_matrix,
@@ -71,6 +71,10 @@ def read_visium(
         ``obs`` columns ``in_tissue``, ``array_row``, ``array_col``, gene ids in
         ``var['gene_ids']``, non-gene features (e.g. antibodies) in ``obsm['protein']``.
         Positions for barcodes that the matrix does not hold (spots off tissue) are dropped.
+        ``uns['spatial'][library_id]`` holds the images, the scale factors and metadata
+        as squidpy and scanpy read them; without ``scalefactors_json.json`` the spot
+        diameter is 0.55 times the median spacing of neighbouring spots (55 um spots on
+        a 100 um lattice), and without images the scale factors are 1.
 
     Examples
     --------
@@ -317,6 +321,14 @@ def _assemble(
     if other is not None:
         other.index = adata.obs_names
         adata.obsm["protein"] = other
+    if "spot_diameter_fullres" not in scalefactors:
+        # Space Ranger's scalefactors_json.json gives it; without that file, 55 um spots
+        # on their 100 um lattice, measured in full-resolution pixels.
+        platform = "visium" if reader == "read_visium" else None  # HD bins touch
+        scalefactors["spot_diameter_fullres"] = spot_diameter(coords, platform=platform)
+    if not images:
+        scalefactors.setdefault("tissue_hires_scalef", 1.0)
+        scalefactors.setdefault("tissue_lowres_scalef", 1.0)
     adata.uns["spatial"] = {
         library_id: {
             "images": images,

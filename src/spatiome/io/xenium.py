@@ -9,7 +9,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._core.validate import SpatiomeInputError
-from ._build import build_anndata
+from ._build import add_spatial_entry, build_anndata, spot_diameter
 from ._tenx import (
     check_matrix,
     find_first,
@@ -41,7 +41,10 @@ def read_xenium(path: str | os.PathLike[str]) -> AnnData:
         centroids (µm) in ``obsm['spatial']``, the other cell-table columns in ``obs``,
         and the counts of control probes and codewords (every feature type other than
         "Gene Expression") in ``obsm['control_counts']``, one column per feature, with
-        their feature types in ``uns['control_feature_types']``.
+        their feature types in ``uns['control_feature_types']``. ``uns['spatial']``
+        holds the folder's name with no image and ``spot_diameter_fullres`` the median
+        distance (µm) between neighbouring cell centroids (see
+        :func:`spatiome.io.read_table`).
 
     Examples
     --------
@@ -94,6 +97,12 @@ def read_xenium(path: str | os.PathLike[str]) -> AnnData:
         ),
         spatial_unit="um",
         where=str(matrix.path),
+    )
+    add_spatial_entry(
+        adata,
+        folder.resolve().name,
+        diameter=spot_diameter(coords, spatial_unit="um"),
+        metadata={"spot_diameter_rule": "median nearest-neighbour distance"},
     )
     if controls is not None:
         controls.index = adata.obs_names

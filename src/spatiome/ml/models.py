@@ -33,7 +33,12 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, SVR
 
-from .._core.validate import SpatiomeInputError, check_adata, get_matrix
+from .._core.validate import (
+    SpatiomeInputError,
+    check_adata,
+    get_matrix,
+    resolve_counts_layer,
+)
 from .folds import spatial_folds
 
 MODELS = ("random_forest", "svm", "gradient_boosting")
@@ -315,6 +320,8 @@ def feature_matrix(adata: AnnData, features, n_genes: int):
 def log_expression(adata: AnnData) -> sp.csr_matrix:
     """log1p of counts scaled to 10,000 per spot (CSR), from ``layers['counts']`` or X.
 
+    X is used only when it holds counts; otherwise the error says where to put them.
+
     Examples
     --------
     >>> import numpy as np, anndata, scipy.sparse as sp
@@ -323,7 +330,7 @@ def log_expression(adata: AnnData) -> sp.csr_matrix:
     array([[7.824, 8.923],
            [0.   , 9.21 ]])
     """
-    counts = get_matrix(adata, "counts" if "counts" in adata.layers else None)
+    counts = get_matrix(adata, resolve_counts_layer(adata))
     counts = sp.csr_matrix(counts, dtype=np.float64)
     totals = np.asarray(counts.sum(axis=1)).ravel()
     scaled = sp.diags(1e4 / np.maximum(totals, 1.0)) @ counts

@@ -41,6 +41,7 @@ from .._core.validate import (
     check_adata,
     get_matrix,
     get_spatial,
+    resolve_counts_layer,
     resolve_genes,
 )
 from ..svg._result import write_result
@@ -143,7 +144,8 @@ def aeh(
         Length scale ``l`` of the pattern fields, in the unit of the coordinates. A value
         a bit above the median fitted SpatialDE length scale of the genes is typical.
     layer
-        Layer to use (``None``: ``adata.X``).
+        Layer to use. ``None`` (default): ``adata.X``; with ``normalize="naive_de"``,
+        ``adata.layers["counts"]`` when present, else ``adata.X`` when it holds counts.
     genes
         Genes to group. Default: those with ``adata.var["spatialde_qval"] <
         qval_threshold`` when :func:`spatiome.svg.spatialde` has run, else all genes.
@@ -244,6 +246,8 @@ def aeh(
     if n < 4:
         raise SpatiomeInputError(f"AEH needs at least 4 spots, got {n}")
     positions = _default_genes(adata, genes, qval_threshold)
+    if normalize == "naive_de":
+        layer = resolve_counts_layer(adata, layer)
     matrix = get_matrix(adata, layer)
     if normalize == "auto":
         normalize = "naive_de" if _looks_like_counts(_select(matrix, positions)) else None

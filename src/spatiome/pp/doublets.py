@@ -34,6 +34,7 @@ from .._core.validate import (
     check_counts,
     get_matrix,
     get_spatial,
+    resolve_counts_layer,
 )
 
 #: Fewest cells :func:`doublets` accepts.
@@ -85,7 +86,7 @@ CLASSIFIER_PHASES = ("classifier round 1", "classifier round 2")
 def doublets(
     adata: AnnData,
     *,
-    layer: str | None = "counts",
+    layer: str | None = None,
     expected_rate: float = 0.05,
     sim_ratio: float = 2.0,
     spatial_k: int = 6,
@@ -148,7 +149,8 @@ def doublets(
     adata
         Cells x genes with raw counts and cell centroids in ``obsm['spatial']``.
     layer
-        Layer with the raw integer counts; ``None`` uses ``adata.X``.
+        Layer holding raw integer counts. ``None`` (default): ``adata.layers["counts"]``
+        when present, else ``adata.X`` when it holds counts.
     expected_rate
         Expected doublet rate, in (0, 0.5).
     sim_ratio
@@ -231,6 +233,7 @@ def doublets(
     True
     """
     check_adata(adata)
+    layer = resolve_counts_layer(adata, layer)
     counts = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     check_counts(counts, where=where)

@@ -281,8 +281,8 @@ def _validation_counts(adata: AnnData, record: dict | None) -> tuple[sp.csr_matr
     layer = record.get("layer", "counts")
     if layer == "X":
         raise SpatiomeInputError(
-            "the raw counts were normalized in place (layer=None), so none are left to hold "
-            "out: keep them in adata.layers['counts'] and normalize from there, or pass "
+            "the raw counts were normalized in place (recorded layer 'X'), so none are left to "
+            "hold out: keep them in adata.layers['counts'] and normalize from there, or pass "
             "validate=False"
         )
     counts = get_matrix(adata, layer)

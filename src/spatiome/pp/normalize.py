@@ -9,7 +9,13 @@ import scanpy as sc
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .._core.validate import SpatiomeInputError, check_adata, check_counts, get_matrix
+from .._core.validate import (
+    SpatiomeInputError,
+    check_adata,
+    check_counts,
+    get_matrix,
+    resolve_counts_layer,
+)
 
 # Pearson residuals are dense: above this many matrix entries (about 400 MB as float64)
 # the user is warned and pointed to gene selection first.
@@ -23,12 +29,16 @@ def normalize(
     *,
     method: str = "log1p",
     target_sum: float | None = None,
-    layer: str | None = "counts",
+    layer: str | None = None,
     theta: float = 100.0,
     clip: float | None = None,
     copy: bool = False,
 ) -> AnnData | None:
     """Normalize raw counts into ``adata.X``, leaving the counts layer untouched.
+
+    When the counts are read from ``adata.X`` (no counts layer, as in objects made by
+    scanpy, squidpy or spatialdata-io), they are first moved to ``adata.layers["counts"]``
+    so that the methods that need them still find them after ``adata.X`` is overwritten.
 
     ``method="log1p"`` scales each spot to ``target_sum`` total counts with
     :func:`scanpy.pp.normalize_total` and applies :func:`scanpy.pp.log1p`; the result stays
@@ -48,7 +58,8 @@ def normalize(
         Library size after scaling (``"log1p"`` only). ``None`` uses the median total count
         of the spots with at least one count.
     layer
-        Layer holding raw integer counts; ``None`` uses ``adata.X``.
+        Layer holding raw integer counts. ``None`` (default): ``adata.layers["counts"]``
+        when present, else ``adata.X`` when it holds counts.
     theta
         Negative binomial overdispersion for ``"pearson"`` (100 is near-Poisson).
     clip
@@ -78,10 +89,16 @@ def normalize(
     check_adata(adata)
     if method not in _METHODS:
         raise SpatiomeInputError(f"method must be one of {_METHODS}, got {method!r}")
+    layer = resolve_counts_layer(adata, layer)
     counts = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     check_counts(counts, where=where)
     adata = adata.copy() if copy else adata
+    if layer is None:
+        # The counts are about to be overwritten: keep them (the same matrix, no copy)
+        # where every method that reads counts looks for them.
+        adata.layers["counts"] = adata.X
+        layer = "counts"
     if method == "log1p":
         matrix, params = _log1p(counts, target_sum)
         adata.uns["log1p"] = {"base": None}
@@ -92,7 +109,7 @@ def normalize(
     adata.uns.setdefault("spatiome", {})
     adata.uns["spatiome"]["normalize"] = {
         "method": method,
-        "layer": "X" if layer is None else layer,
+        "layer": layer,
         **params,
     }
     return adata if copy else None

@@ -33,6 +33,7 @@ from .._core.validate import (
     check_counts,
     get_matrix,
     get_spatial,
+    resolve_counts_layer,
 )
 
 # Gene-name conventions: HGNC symbols are upper case, MGI symbols are capitalized.
@@ -45,7 +46,7 @@ SPECIES_PREFIXES: dict[str, dict[str, object]] = {
 def qc_metrics(
     adata: AnnData,
     *,
-    layer: str | None = "counts",
+    layer: str | None = None,
     mito_prefix: str | None = None,
     ribo_prefix: str | Sequence[str] | None = None,
     hb_pattern: str | None = None,
@@ -66,7 +67,8 @@ def qc_metrics(
     adata
         Spots x genes data.
     layer
-        Layer holding raw integer counts; ``None`` uses ``adata.X``.
+        Layer holding raw integer counts. ``None`` (default): ``adata.layers["counts"]``
+        when present, else ``adata.X`` when it holds counts.
     mito_prefix
         Prefix of mitochondrial gene names (case-sensitive). Default from ``species``:
         ``"MT-"`` (human) or ``"mt-"`` (mouse).
@@ -103,6 +105,7 @@ def qc_metrics(
     'human'
     """
     check_adata(adata)
+    layer = resolve_counts_layer(adata, layer)
     counts = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     check_counts(counts, where=where)
@@ -255,7 +258,8 @@ def local_outliers(
     metrics
         Numeric columns of ``adata.obs``. Missing columns that :func:`qc_metrics` computes
         (``total_counts``, ``n_genes_by_counts``, ``pct_counts_mt``, ...) are computed first
-        from ``adata.layers["counts"]``, which also adds its other columns.
+        from the raw counts (``adata.layers["counts"]``, else ``adata.X`` when it holds
+        counts), which also adds its other columns.
     directions
         Per metric (or one for all): ``"lower"``, ``"higher"`` or ``"both"``. ``None``:
         ``"higher"`` for percentages (``pct_*`` columns), ``"lower"`` otherwise; for the
@@ -438,7 +442,8 @@ def find_artifacts(
         Spots x genes data with coordinates in ``adata.obsm["spatial"]``.
     mito_key, mito_counts_key
         obs columns with the mitochondrial percentage and counts; computed with
-        :func:`qc_metrics` from ``adata.layers["counts"]`` when missing.
+        :func:`qc_metrics` from the raw counts (``adata.layers["counts"]``, else ``adata.X``
+        when it holds counts) when missing.
     n_order
         Number of neighbourhood sizes (rings).
     grid
@@ -702,6 +707,15 @@ def _check_sample_sizes(
             )
 
 
+def _counts_found(adata: AnnData) -> bool:
+    """Whether ``layer=None`` finds raw counts (see :func:`resolve_counts_layer`)."""
+    try:
+        resolve_counts_layer(adata)
+    except SpatiomeInputError:
+        return False
+    return True
+
+
 def _ensure_obs_columns(
     adata: AnnData, columns: Sequence[str], *, caller: str, argument: str
 ) -> None:
@@ -709,7 +723,7 @@ def _ensure_obs_columns(
     missing = [c for c in columns if c not in adata.obs.columns]
     if not missing:
         return
-    if all(c in _QC_OBS_COLUMNS for c in missing) and "counts" in adata.layers:
+    if all(c in _QC_OBS_COLUMNS for c in missing) and _counts_found(adata):
         qc_metrics(adata)
         return
     raise SpatiomeInputError(

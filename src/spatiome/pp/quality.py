@@ -34,6 +34,7 @@ from .._core.validate import SpatiomeInputError, check_adata, get_spatial
 from .qc import (
     MAD_SCALE,
     _check_count,
+    _counts_found,
     _ensure_obs_columns,
     _metric_matrix,
     _robust_z,
@@ -187,7 +188,8 @@ def quality_flags(
         Spots (or cells) x genes with coordinates in ``adata.obsm["spatial"]`` (needed by
         the local and regional tests). The obs columns ``total_counts``,
         ``n_genes_by_counts`` and ``pct_counts_mt`` are computed with
-        :func:`~spatiome.pp.qc_metrics` from ``adata.layers["counts"]`` when missing;
+        :func:`~spatiome.pp.qc_metrics` from the raw counts (``adata.layers["counts"]``,
+        else ``adata.X`` when it holds counts) when missing;
         without ``pct_counts_mt`` and without counts the mitochondrial tests are skipped.
     min_counts, min_genes
         Floors on library size and detected genes; None: 1% of the sample's median, at
@@ -364,14 +366,14 @@ def _quality_metrics(adata: AnnData) -> tuple[np.ndarray, list[str]]:
     """(n_obs, 3) raw values of the three metrics; NaN mitochondrial share when unknown."""
     columns = [column for _, column, _, _ in METRICS]
     missing = [c for c in columns if c not in adata.obs.columns]
-    if missing and "counts" in adata.layers:
+    if missing and _counts_found(adata):
         _ensure_obs_columns(adata, columns, caller="quality_flags", argument="obs")
         missing = []
     needed = [c for c in missing if c != "pct_counts_mt"]
     if needed:
         raise SpatiomeInputError(
             f"quality_flags needs adata.obs columns {needed}: keep the raw counts in "
-            "adata.layers['counts'] so that they are computed, or run "
+            "adata.layers['counts'] (or adata.X) so that they are computed, or run "
             "spatiome.pp.qc_metrics(adata) first"
         )
     notes = []

@@ -57,6 +57,7 @@ from .._core.validate import (
     check_counts,
     get_matrix,
     get_spatial,
+    resolve_counts_layer,
 )
 
 ADJUSTMENTS = ("logpac", "pearson", "meanbio", "medbio")
@@ -96,7 +97,7 @@ _LOG_TINY = -700.0
 def spanorm(
     adata: AnnData,
     *,
-    layer: str | None = "counts",
+    layer: str | None = None,
     spatial_key: str = "spatial",
     df_tps: int | Sequence[int] = 6,
     lambda_a: float | Sequence[float] = 1e-2,
@@ -132,7 +133,8 @@ def spanorm(
         few spots fit poorly; filter them first (the original's vignette keeps genes
         detected in 10-20% of spots).
     layer
-        Layer holding raw integer counts; ``None`` uses ``adata.X``.
+        Layer holding raw integer counts. ``None`` (default): ``adata.layers["counts"]``
+        when present, else ``adata.X`` when it holds counts.
     spatial_key
         Key of the (n_spots, 2) coordinates in ``adata.obsm``. Each axis is rescaled to
         [-0.5, 0.5] before the splines are built, as in the original.
@@ -257,6 +259,7 @@ def spanorm(
         tol, step_factor, maxit_nb, maxit_psi, max_dispersion_spots, chunk_size,
     )  # fmt: skip
     workers = resolve_n_jobs(n_jobs)
+    layer = resolve_counts_layer(adata, layer)
     counts = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     check_counts(counts, where=where)

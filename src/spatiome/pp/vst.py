@@ -28,6 +28,7 @@ from .._core.validate import (
     check_counts,
     check_finite,
     get_matrix,
+    resolve_counts_layer,
 )
 
 #: The covariate name that is computed from the counts when it is not a column of ``obs``.
@@ -37,7 +38,7 @@ LOG_TOTAL_COUNTS = "log_total_counts"
 def stabilize(
     adata: AnnData,
     *,
-    layer: str | None = "counts",
+    layer: str | None = None,
     key_added: str = "stabilized",
     copy: bool = False,
 ) -> AnnData | None:
@@ -57,7 +58,8 @@ def stabilize(
     adata
         Spots x genes data.
     layer
-        Layer holding raw integer counts; ``None`` uses ``adata.X``.
+        Layer holding raw integer counts. ``None`` (default): ``adata.layers["counts"]``
+        when present, else ``adata.X`` when it holds counts.
     key_added
         Name of the output layer.
     copy
@@ -91,6 +93,7 @@ def stabilize(
     """
     check_adata(adata)
     _check_key(key_added, "key_added")
+    layer = resolve_counts_layer(adata, layer)
     counts = get_matrix(adata, layer)
     check_counts(counts, where=_where(layer))
     phi = fit_overdispersion(counts)
@@ -115,7 +118,7 @@ def regress_out(
     *,
     layer: str | None = "stabilized",
     key_added: str = "regressed",
-    counts_layer: str | None = "counts",
+    counts_layer: str | None = None,
     copy: bool = False,
 ) -> AnnData | None:
     """Remove per-spot covariates from every gene by least squares, keeping the intercept.
@@ -141,7 +144,8 @@ def regress_out(
     key_added
         Name of the output layer.
     counts_layer
-        Layer of raw counts used to compute ``"log_total_counts"`` (``None``: ``adata.X``).
+        Layer of raw counts used to compute ``"log_total_counts"``. ``None`` (default):
+        ``adata.layers["counts"]`` when present, else ``adata.X`` when it holds counts.
     copy
         Return a modified copy instead of writing into ``adata``.
 
@@ -228,7 +232,7 @@ def fit_overdispersion(counts: sp.spmatrix | np.ndarray) -> float:
 
 
 def covariate_matrix(
-    adata: AnnData, keys: str | Sequence[str], *, counts_layer: str | None = "counts"
+    adata: AnnData, keys: str | Sequence[str], *, counts_layer: str | None = None
 ) -> np.ndarray:
     """The (n_obs, n_keys) float64 covariates named by ``keys`` (see :func:`regress_out`)."""
     names = [keys] if isinstance(keys, str) else list(keys)
@@ -256,8 +260,12 @@ def covariate_matrix(
     return np.column_stack(columns)
 
 
-def log_total_counts(adata: AnnData, counts_layer: str | None = "counts") -> np.ndarray:
-    """Log of each spot's total count over all genes of ``counts_layer``."""
+def log_total_counts(adata: AnnData, counts_layer: str | None = None) -> np.ndarray:
+    """Log of each spot's total count over all genes of ``counts_layer``.
+
+    ``None``: ``adata.layers["counts"]`` when present, else ``adata.X`` when it holds counts.
+    """
+    counts_layer = resolve_counts_layer(adata, counts_layer, argument="counts_layer")
     counts = get_matrix(adata, counts_layer)
     check_counts(counts, where=_where(counts_layer))
     totals = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()

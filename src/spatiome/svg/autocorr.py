@@ -40,6 +40,7 @@ from scipy import stats
 from .._core.near_empty import warn_near_empty
 from .._core.parallel import default_chunk_size, map_gene_chunks, resolve_n_jobs
 from .._core.random import check_random_state
+from .._core.stats import bh_adjust
 from .._core.validate import (
     SpatiomeInputError,
     check_adata,
@@ -52,12 +53,17 @@ from ._result import add_qvalues, pvalue_columns, write_result
 
 DEFAULT_CONNECTIVITY_KEY = "spatial_connectivities"
 TRANSFORMATIONS = ("row", "none")
+#: Where squidpy's ``sq.gr.spatial_autocorr`` keeps its table, and the statistic's column.
+SQUIDPY_KEYS = {"moran": ("moranI", "I"), "geary": ("gearyC", "C")}
 #: Permutations generated per random block; blocks have their own seeds, so results do
 #: not depend on how genes are chunked or on the number of workers.
 PERMUTATION_BLOCK = 64
 
 # Per-gene sums returned by the kernels, one row per gene.
 _MEAN, _M2, _M4, _ZWZ, _GEARY, _RANGE = range(6)
+# Per-gene permutation summaries: permutations at least as extreme as observed (the
+# p-value's tail), permutations >= observed, sum and sum of squares of (null - observed).
+_EXTREME, _AT_LEAST, _SHIFT, _SHIFT2 = range(4)
 
 
 @dataclass(frozen=True)
@@ -161,7 +167,13 @@ def moran(
 
         Constant genes get NaN statistics and p-values. Unless ``copy=True`` the columns
         are also written to ``adata.var[f"moran_{column}"]`` and the parameters to
-        ``adata.uns["spatiome"]["moran"]``.
+        ``adata.uns["spatiome"]["moran"]``, and ``adata.uns["moranI"]`` gets the table
+        squidpy's ``sq.gr.spatial_autocorr`` writes (this module's ``squidpy_table``):
+        ``I``, ``pval_norm``, ``var_norm``, with permutations
+        ``pval_z_sim``, ``pval_sim``, ``var_sim``, and ``pval_*_fdr_bh``, sorted by I
+        descending. Its ``var_sim`` comes
+        from permuting the spots' values, so it estimates ``variance_rand``; squidpy
+        shuffles the rows of W only and gets a different null.
 
     Notes
     -----
@@ -197,6 +209,8 @@ def moran(
     True
     >>> "moran_statistic" in adata.var
     True
+    >>> adata.uns["moranI"].columns.tolist()
+    ['I', 'pval_norm', 'var_norm', 'pval_norm_fdr_bh']
     """
     return _autocorrelation(
         "moran",
@@ -254,7 +268,8 @@ def geary(
         negative z-scores; the one-sided ``pval`` is ``norm.cdf(zscore)`` (the tail of
         positive autocorrelation) and ``log10_pval`` its logarithm. Written to
         ``adata.var[f"geary_{column}"]`` and ``adata.uns["spatiome"]["geary"]`` unless
-        ``copy=True``.
+        ``copy=True``, and in squidpy's layout to ``adata.uns["gearyC"]`` (column ``C``,
+        sorted ascending; see :func:`moran`).
 
     Notes
     -----
@@ -335,11 +350,12 @@ def _autocorrelation(
         )
     )
     table = _table(method, sums, weights, adata.n_obs, two_tailed)
+    permuted = None
     if n_permutations:
         seeds = _block_seeds(random_state, n_permutations)
-        extreme = np.concatenate(
+        permuted = np.concatenate(
             map_gene_chunks(
-                lambda start, stop: _chunk_permutation_counts(
+                lambda start, stop: _chunk_permutation_summaries(
                     method, matrix, weights, sums, start, stop, seeds, n_permutations, two_tailed
                 ),
                 n_genes,
@@ -348,8 +364,8 @@ def _autocorrelation(
                 client=client,
             )
         )
-        pval_perm = (extreme + 1.0) / (n_permutations + 1.0)
-        pval_perm[~np.isfinite(table["statistic"].to_numpy())] = np.nan
+        permuted[~np.isfinite(table["statistic"].to_numpy())] = np.nan
+        pval_perm = (permuted[:, _EXTREME] + 1.0) / (n_permutations + 1.0)
         table.insert(table.columns.get_loc("log10_pval"), "pval_perm", pval_perm)
     add_qvalues(table)
     table.index = adata.var_names[positions]
@@ -369,7 +385,91 @@ def _autocorrelation(
             "weights_s0": weights.s0,
         }
         write_result(adata, method, table, params, positions=positions)
+        uns_key, _ = SQUIDPY_KEYS[method]
+        variance_norm = _variance_norm(method, weights, adata.n_obs)
+        adata.uns[uns_key] = squidpy_table(
+            method, table, variance_norm, permuted, n_permutations, two_tailed
+        )
     return table
+
+
+def squidpy_table(
+    method: str,
+    table: pd.DataFrame,
+    variance_norm: float,
+    permuted: np.ndarray | None = None,
+    n_permutations: int = 0,
+    two_tailed: bool = False,
+) -> pd.DataFrame:
+    """The result in the layout of squidpy's ``sq.gr.spatial_autocorr``.
+
+    squidpy stores ``uns["moranI"]``/``uns["gearyC"]``, a table indexed by gene with the
+    columns ``I`` (or ``C``), ``pval_norm``, ``var_norm``, after permutations
+    ``pval_z_sim``, ``pval_sim``, ``var_sim``, then the Benjamini-Hochberg adjusted
+    ``{column}_fdr_bh`` of every p-value column in that order, sorted by the statistic
+    (I descending, C ascending, NaN last). Its p-values are one-sided in the direction of
+    the observed deviation and doubled when ``two_tailed``; ``pval_z_sim`` and
+    ``pval_sim`` are always one-sided in that direction, as in squidpy.
+
+    Parameters
+    ----------
+    method
+        ``"moran"`` or ``"geary"``.
+    table
+        The table of :func:`moran` or :func:`geary`, indexed by gene.
+    variance_norm
+        Variance of the statistic under normality, the same for every gene.
+    permuted
+        Per-gene permutation summaries (columns: count at least as extreme, count >= the
+        observed statistic, sum and sum of squares of the null minus the observed value),
+        or None without permutations.
+    n_permutations
+        The number of permutations behind ``permuted``.
+    two_tailed
+        Whether the run asked for two-sided p-values.
+
+    Returns
+    -------
+    pandas.DataFrame
+        squidpy's table. Constant genes get NaN throughout (squidpy leaves their
+        p-values undefined).
+
+    Examples
+    --------
+    >>> table = pd.DataFrame({"statistic": [0.1, 0.6], "zscore": [1.0, 6.0]}, index=["a", "b"])
+    >>> out = squidpy_table("moran", table, variance_norm=0.01)
+    >>> list(out.columns), list(out.index)
+    (['I', 'pval_norm', 'var_norm', 'pval_norm_fdr_bh'], ['b', 'a'])
+    """
+    _, statistic = SQUIDPY_KEYS[method]
+    zscore = table["zscore"].to_numpy(dtype=np.float64)
+    pval_norm = stats.norm.sf(np.abs(zscore)) * (2.0 if two_tailed else 1.0)
+    columns = {
+        statistic: table["statistic"].to_numpy(dtype=np.float64),
+        "pval_norm": pval_norm,
+        "var_norm": np.where(np.isnan(zscore), np.nan, variance_norm),
+    }
+    if permuted is not None:
+        columns.update(_simulation_columns(permuted, n_permutations))
+    frame = pd.DataFrame(columns, index=table.index)
+    for column in [c for c in frame.columns if "pval" in c]:
+        frame[f"{column}_fdr_bh"] = bh_adjust(frame[column].to_numpy())
+    return frame.sort_values(statistic, ascending=method == "geary")
+
+
+def _simulation_columns(permuted: np.ndarray, n_permutations: int) -> dict[str, np.ndarray]:
+    """squidpy's ``pval_z_sim``, ``pval_sim`` and ``var_sim`` from permutation summaries."""
+    mean_shift = permuted[:, _SHIFT] / n_permutations
+    var_sim = np.maximum(permuted[:, _SHIFT2] / n_permutations - mean_shift**2, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z_sim = -mean_shift / np.sqrt(var_sim)
+    at_least = permuted[:, _AT_LEAST]
+    larger = np.minimum(at_least, n_permutations - at_least)
+    return {
+        "pval_z_sim": stats.norm.sf(np.abs(z_sim)),
+        "pval_sim": (larger + 1.0) / (n_permutations + 1.0),
+        "var_sim": var_sim,
+    }
 
 
 def _warn_if_depth_patterned(
@@ -629,6 +729,15 @@ def _sparse_sums(
         out[row, 5] = high - low
 
 
+def _variance_norm(method: str, weights: _Weights, n: int) -> float:
+    """Variance of I or C under normality (Cliff and Ord 1981): it depends on W only."""
+    s0, s1, s2 = weights.s0, weights.s1, weights.s2
+    s02 = s0 * s0
+    if method == "moran":
+        return (n * n * s1 - n * s2 + 3 * s02) / ((n * n - 1) * s02) - 1.0 / (n - 1) ** 2
+    return ((2 * s1 + s2) * (n - 1) - 4 * s02) / (2 * (n + 1) * s02)
+
+
 def _moments(method: str, sums: np.ndarray, weights: _Weights, n: int) -> dict[str, np.ndarray]:
     """Statistic, expectation and variances under normality and randomization."""
     s0, s1, s2 = weights.s0, weights.s1, weights.s2
@@ -637,10 +746,10 @@ def _moments(method: str, sums: np.ndarray, weights: _Weights, n: int) -> dict[s
         m2 = np.where(constant, np.nan, sums[:, _M2])
         kurtosis = n * sums[:, _M4] / (m2 * m2)
         s02 = s0 * s0
+        var_norm = _variance_norm(method, weights, n)
         if method == "moran":
             statistic = n / s0 * sums[:, _ZWZ] / m2
             expected = -1.0 / (n - 1)
-            var_norm = (n * n * s1 - n * s2 + 3 * s02) / ((n * n - 1) * s02) - expected**2
             var_rand = (
                 n * ((n * n - 3 * n + 3) * s1 - n * s2 + 3 * s02)
                 - kurtosis * ((n * n - n) * s1 - 2 * n * s2 + 6 * s02)
@@ -648,7 +757,6 @@ def _moments(method: str, sums: np.ndarray, weights: _Weights, n: int) -> dict[s
         else:
             statistic = (n - 1) * sums[:, _GEARY] / (2.0 * s0 * m2)
             expected = 1.0
-            var_norm = ((2 * s1 + s2) * (n - 1) - 4 * s02) / (2 * (n + 1) * s02)
             var_rand = (
                 (n - 1) * s1 * (n * n - 3 * n + 3 - (n - 1) * kurtosis)
                 - 0.25 * (n - 1) * s2 * (n * n + 3 * n - 6 - (n * n - n + 2) * kurtosis)
@@ -709,7 +817,7 @@ def _permutation_block(seed: int, n_obs: int, size: int) -> np.ndarray:
     return rng.permuted(np.tile(np.arange(n_obs, dtype=np.int64), (size, 1)), axis=1)
 
 
-def _chunk_permutation_counts(
+def _chunk_permutation_summaries(
     method: str,
     matrix: sp.csc_matrix | np.ndarray,
     weights: _Weights,
@@ -720,7 +828,12 @@ def _chunk_permutation_counts(
     n_permutations: int,
     two_tailed: bool,
 ) -> np.ndarray:
-    """For each gene in the chunk, how many permutations are at least as extreme."""
+    """Per gene of the chunk: counts of extreme permutations and moments of the null.
+
+    Columns ``_EXTREME`` (at least as extreme as observed, in the tail of ``pval``),
+    ``_AT_LEAST`` (null >= observed), ``_SHIFT`` and ``_SHIFT2`` (sums of null - observed
+    and of its square; shifted by the observed value so that the variance keeps its digits).
+    """
     n_obs = weights.matrix.shape[0]
     chunk = sums[start:stop]
     centred = _centred_columns(matrix, chunk[:, _MEAN], start, stop)
@@ -728,7 +841,7 @@ def _chunk_permutation_counts(
         method, chunk, chunk[:, _ZWZ], chunk[:, _GEARY], n_obs, weights.s0
     )
     expected = -1.0 / (n_obs - 1) if method == "moran" else 1.0
-    counts = np.zeros(stop - start)
+    summaries = np.zeros((stop - start, 4))
     w = weights.matrix
     done = 0
     for seed in seeds:
@@ -738,9 +851,16 @@ def _chunk_permutation_counts(
         geary = np.empty((stop - start, size))
         _permuted_numerators(centred, permutations, w.indptr, w.indices, w.data, zwz, geary)
         null = _statistic_from_numerator(method, chunk[:, None], zwz, geary, n_obs, weights.s0)
-        counts += _count_extreme(method, observed[:, None], null, expected, two_tailed)
+        summaries[:, _EXTREME] += _count_extreme(
+            method, observed[:, None], null, expected, two_tailed
+        )
+        shift = null - observed[:, None]
+        # Same tolerance as _count_extreme: the identity permutation counts as >= observed.
+        summaries[:, _AT_LEAST] += (shift >= -1e-10 * (np.abs(observed[:, None]) + 1e-12)).sum(1)
+        summaries[:, _SHIFT] += shift.sum(axis=1)
+        summaries[:, _SHIFT2] += (shift * shift).sum(axis=1)
         done += size
-    return counts
+    return summaries
 
 
 def _centred_columns(

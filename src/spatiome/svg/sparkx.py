@@ -53,6 +53,7 @@ from .._core.validate import (
     check_counts,
     get_matrix,
     get_spatial,
+    resolve_counts_layer,
     resolve_genes,
 )
 from ._depth import DEPTH_WARNING_PVALUE
@@ -94,9 +95,10 @@ def sparkx(
     adata
         Spots x genes with coordinates in ``adata.obsm[spatial_key]`` (2-D or 3-D).
     layer
-        Raw integer counts: ``adata.layers[layer]``. Default: ``adata.layers["counts"]``
-        when present, else ``adata.X``. SPARK-X is defined on raw counts; normalized
-        values are rejected with an error naming the layer to use.
+        Raw integer counts: ``adata.layers[layer]``. ``None`` (default):
+        ``adata.layers["counts"]`` when present, else ``adata.X`` when it holds counts
+        (with ``require_counts=False``: whatever it holds). SPARK-X is defined on raw
+        counts; normalized values are rejected with an error naming the layer to use.
     genes
         Gene names to test (default: all).
     covariates
@@ -215,7 +217,14 @@ def sparkx(
             f"pvalue_method must be one of {PVALUE_METHODS}, got {pvalue_method!r}"
         )
     workers = resolve_n_jobs(n_jobs)
-    layer_used = _counts_layer(adata, layer)
+    try:
+        layer_used = resolve_counts_layer(adata, layer, require_counts=require_counts)
+    except SpatiomeInputError as err:
+        if layer is not None:
+            raise
+        raise SpatiomeInputError(
+            f"{err}; or pass require_counts=False to test normalized values"
+        ) from None
     # Spots without counts are left out of the test below, so only the others count.
     warn_near_empty(adata, layer=layer_used, caller="svg.sparkx", ignore_below=1)
     positions = resolve_genes(adata, genes)
@@ -529,12 +538,6 @@ def _depth_pvalue(spot_totals: np.ndarray, design: _Design, names: Sequence[str]
     _, log_pvalues, _ = _kernel_tests(cross, squares, design, "exact")
     _, log_combined = cauchy_combination(log_pvalues)
     return float(np.exp(log_combined[0]))
-
-
-def _counts_layer(adata: AnnData, layer: str | None) -> str | None:
-    if layer is None and "counts" in adata.layers:
-        return "counts"
-    return layer
 
 
 def _count_matrix(

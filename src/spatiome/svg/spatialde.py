@@ -74,6 +74,7 @@ from .._core.validate import (
     check_finite,
     get_matrix,
     get_spatial,
+    resolve_counts_layer,
     resolve_genes,
 )
 from ..pp.vst import covariate_matrix, fit_overdispersion
@@ -174,7 +175,7 @@ class _Spectrum:
 def spatialde(
     adata: AnnData,
     *,
-    layer: str | None = "counts",
+    layer: str | None = None,
     genes: str | list[str] | None = None,
     normalize: str | None = "naive_de",
     total_counts_key: str | None = None,
@@ -207,10 +208,11 @@ def spatialde(
     adata
         Spots x genes with coordinates in ``adata.obsm[spatial_key]``.
     layer
-        Layer to use (``None``: ``adata.X``). With ``normalize="naive_de"`` (default) it
-        must hold raw counts (default ``"counts"``); with ``normalize=None`` it must hold
-        already variance-stabilized values, e.g. the output of
-        :func:`spatiome.pp.stabilize` and :func:`spatiome.pp.regress_out`.
+        Layer to use. With ``normalize="naive_de"`` (default) it must hold raw counts;
+        ``None`` (default) then reads ``adata.layers["counts"]`` when present, else
+        ``adata.X`` when it holds counts. With ``normalize=None`` it must hold already
+        variance-stabilized values, e.g. the output of :func:`spatiome.pp.stabilize` and
+        :func:`spatiome.pp.regress_out`, and ``None`` reads ``adata.X``.
     genes
         Gene names to test (default: all).
     normalize
@@ -336,6 +338,8 @@ def spatialde(
     )
     if adata.n_obs < 4:
         raise SpatiomeInputError(f"SpatialDE needs at least 4 spots, got {adata.n_obs}")
+    if normalize == "naive_de":
+        layer = resolve_counts_layer(adata, layer)
     warn_near_empty(adata, layer=layer, caller="svg.spatialde")
     workers = resolve_n_jobs(n_jobs)
     coordinates = get_spatial(adata, spatial_key)
@@ -385,7 +389,7 @@ def spatialde(
 def spatialde_model_search(
     adata: AnnData,
     *,
-    layer: str | None = "counts",
+    layer: str | None = None,
     genes: str | list[str] | None = None,
     qval_threshold: float = 0.05,
     normalize: str | None = "naive_de",
@@ -478,6 +482,8 @@ def spatialde_model_search(
             f"kernels, above exact_max_spots={exact_max_spots}: subsample the spots or raise "
             "exact_max_spots"
         )
+    if normalize == "naive_de":
+        layer = resolve_counts_layer(adata, layer)
     warn_near_empty(adata, layer=layer, caller="svg.spatialde_model_search")
     workers = resolve_n_jobs(n_jobs)
     coordinates = get_spatial(adata, spatial_key)

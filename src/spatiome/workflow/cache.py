@@ -47,8 +47,9 @@ STEP_PARAMETERS: dict[str, tuple[str, ...]] = {
     "integration": ("batch_correction", "sample_key", "umap", "seed"),
     "leiden": ("resolution", "n_domains", "seed"),
     "n_domains": ("n_domains", "n_top_genes", "seed"),
+    # domain_methods: one method writes obs["spatial_domain"], several obs["domain_<method>"]
     "domains_": ("n_domains", "n_top_genes", "n_gene_groups", "batch_correction", "sample_key",
-                 "seed"),
+                 "seed", "domain_methods"),
     "markers": ("domain_methods",),
     "multimodal": ("modality", "modality_input", "n_domains", "seed"),
     "deconvolution": ("reference", "reference_labels", "deconv_method", "deconv_smoothing",

@@ -20,6 +20,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._core.validate import SpatiomeInputError
+from .names import MULTIMODAL_DOMAIN_KEY, domain_key
 from .report import Section
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -161,15 +162,15 @@ def run_multimodal(
     if not other.obs_names.equals(data.obs_names) and data.obs_names.isin(other.obs_names).all():
         other = other[data.obs_names].copy()  # the spots quality control kept
     multimodal(
-        data, other, modality=config.modality, n_domains=n_domains, cluster_key="domain_multimodal",
-        random_state=config.seed,
+        data, other, modality=config.modality, n_domains=n_domains,
+        cluster_key=MULTIMODAL_DOMAIN_KEY, random_state=config.seed,
     )  # fmt: skip
     weights = data.obsm["X_multimodal_weights"]
     mean = weights.mean(axis=0)
     info = data.uns["spatiome"]["X_multimodal"]
     return [
         f"RNA + {MODALITY_TITLES[config.modality]} ({other.n_vars} features): "
-        f"{int(data.obs['domain_multimodal'].nunique())} domains; mean modality weights "
+        f"{int(data.obs[MULTIMODAL_DOMAIN_KEY].nunique())} domains; mean modality weights "
         + ", ".join(f"{name} {value:.2f}" for name, value in mean.items())
         + f"; {info['n_epochs']} epochs in {info['train_seconds']:.1f} s."
     ]
@@ -184,7 +185,7 @@ def label_column(data: AnnData, config: PipelineConfig) -> str | None:
                 f"(columns: {list(data.obs.columns)[:10]})"
             )
         return config.label_key
-    for key in ("domain", *(f"domain_{m}" for m in config.domain_methods), "leiden"):
+    for key in ("domain", *(domain_key(config, m) for m in config.domain_methods), "leiden"):
         if key in data.obs:
             return key
     return None
@@ -242,7 +243,7 @@ def integration_section(
         weights = data.obsm["X_multimodal_weights"]
         section.add_html("<h3>Second modality</h3>")
         section.add_figure(
-            figure(pl.spatial(data, "domain_multimodal").figure),
+            figure(pl.spatial(data, MULTIMODAL_DOMAIN_KEY).figure),
             "Domains of the integrated RNA and second-modality embedding.",
         )
         column = f"weight_{weights.columns[0]}"

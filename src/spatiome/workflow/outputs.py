@@ -104,8 +104,9 @@ def staged_outputs(out: Path) -> Iterator[Path]:
 
 
 def publish(staging: Path, out: Path, previous: list[str]) -> dict[str, Path]:
-    """Move every file of ``staging`` into ``out``; delete outputs of an earlier run that this
-    run did not produce (``previous``: their names). Returns the final paths by file name.
+    """Move every file and folder of ``staging`` into ``out``; delete outputs of an earlier
+    run that this run did not produce (``previous``: their names). Returns the final paths by
+    name.
 
     Examples
     --------
@@ -118,17 +119,37 @@ def publish(staging: Path, out: Path, previous: list[str]) -> dict[str, Path]:
     >>> sorted(p.name for p in out.iterdir())
     ['svg.csv']
     """
-    produced = sorted(p for p in staging.iterdir() if p.is_file())
+    produced = sorted(staging.iterdir())
     names = {p.name for p in produced}
     final = {}
     for path in produced:
         target = out / path.name
-        os.replace(path, target)
+        if path.is_dir():
+            _replace_folder(path, target, staging)
+        else:
+            os.replace(path, target)
         final[path.name] = target
     for name in previous:
         if name not in names and "/" not in name and name != LOG_NAME:
-            (out / name).unlink(missing_ok=True)
+            _remove(out / name)
     return final
+
+
+def _replace_folder(folder: Path, target: Path, staging: Path) -> None:
+    """Move ``folder`` (e.g. a zarr store) to ``target``; an older one there is moved aside
+    into ``staging`` first, so that ``target`` is never half old, half new."""
+    if target.is_dir():
+        os.replace(target, staging / f".previous-{target.name}")
+    elif target.exists():
+        target.unlink()
+    os.replace(folder, target)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def previous_outputs(out: Path) -> list[str]:

@@ -53,8 +53,11 @@ from .names import (
     DOMAIN_TITLES,
     MODULE_METHODS,
     MODULE_TITLES,
+    MULTIMODAL_DOMAIN_KEY,
+    OUTPUT_FORMATS,
     SVG_METHODS,
     SVG_TITLES,
+    domain_key,
 )
 from .outputs import (
     LOG_NAME,
@@ -126,8 +129,10 @@ class PipelineConfig:
         "cluster" (smoothed principal components + Gaussian mixture; the default, the best
         and fastest method across three DLPFC sections, see docs/domains.md), "bison",
         "gnn" (needs torch).
-        Each writes ``obs[f"domain_{method}"]``; the number of domains is ``n_domains``,
-        or the number of Leiden clusters when that is None.
+        One method writes ``obs["spatial_domain"]`` (the API's ``key_added`` default),
+        several write ``obs[f"domain_{method}"]`` each
+        (:func:`spatiome.workflow.names.domain_key`); the number of domains is
+        ``n_domains``, or the number of Leiden clusters when that is None.
     n_gene_groups
         BISON's number of discriminating gene groups.
     n_markers
@@ -166,6 +171,10 @@ class PipelineConfig:
     modality_input
         ``.h5ad`` with the second modality (same spot names). With ``modality="image"``
         and no input, features are computed from the histology image stored with the data.
+    output_format
+        How the annotated data are written: "h5ad" (``results.h5ad``, default),
+        "spatialdata" (a SpatialData zarr store ``results.zarr`` instead, needs the
+        ``spatialdata`` extra) or "both".
     """
 
     seed: int = 0
@@ -200,8 +209,13 @@ class PipelineConfig:
     label_key: str | None = None
     modality: str | None = None
     modality_input: str | None = None
+    output_format: str = "h5ad"
 
     def __post_init__(self) -> None:
+        if self.output_format not in OUTPUT_FORMATS:
+            raise SpatiomeInputError(
+                f"output_format must be one of {OUTPUT_FORMATS}, got {self.output_format!r}"
+            )
         if self.batch_correction not in BATCH_METHODS:
             raise SpatiomeInputError(
                 f"batch_correction must be one of {BATCH_METHODS}, got {self.batch_correction!r}"
@@ -504,7 +518,10 @@ def run_doublets(data: AnnData, config: PipelineConfig) -> list[str]:
 def run_domain_method(
     data: AnnData, method: str, n_domains: int, config: PipelineConfig
 ) -> list[str]:
-    """Run one spatial domain method into ``obs[f"domain_{method}"]``; return notes.
+    """Run one spatial domain method into ``obs[domain_key(config, method)]``; return notes.
+
+    The column is ``"spatial_domain"`` when ``config`` has one domain method and
+    ``f"domain_{method}"`` when it has several (:func:`spatiome.workflow.names.domain_key`).
 
     ``"cluster"`` reads the log-normalized ``X``; BISON reads the raw counts; the graph
     attention autoencoder preprocesses the counts itself.
@@ -515,12 +532,12 @@ def run_domain_method(
     >>> tissue = sm.datasets.simulate_tissue(n_spots=300, n_genes=40, random_state=0)
     >>> sm.pp.normalize(tissue)
     >>> notes = run_domain_method(tissue, "cluster", 3, PipelineConfig())
-    >>> tissue.obs["domain_cluster"].nunique()
+    >>> tissue.obs["spatial_domain"].nunique()
     3
     """
     from .. import domains
 
-    key = f"domain_{method}"
+    key = domain_key(config, method)
     if method == "cluster":
         domains.cluster(data, n_domains, key_added=key, random_state=config.seed)
         corrected = correct_domain_features(data, key, config)
@@ -581,9 +598,9 @@ def run_markers(data: AnnData, config: PipelineConfig) -> pd.DataFrame:
     """Marker genes of the first domain method's domains (Wilcoxon, scanpy)."""
     from .. import domains
 
-    method = config.domain_methods[0]
-    bison_key = "domain_bison" if "bison" in config.domain_methods else None
-    return domains.markers(data, f"domain_{method}", bison_key=bison_key)
+    key = domain_key(config, config.domain_methods[0])
+    bison_key = domain_key(config, "bison") if "bison" in config.domain_methods else None
+    return domains.markers(data, key, bison_key=bison_key)
 
 
 def run_deconvolution(data: AnnData, reference: AnnData, config: PipelineConfig) -> list[str]:
@@ -1257,7 +1274,7 @@ def _summary(
     if n_samples > 1:
         summary["n_samples"] = n_samples
         summary["batch_correction"] = config.batch_correction
-    if "domain_multimodal" in data.obs:
+    if MULTIMODAL_DOMAIN_KEY in data.obs:
         summary["modality"] = config.modality
     if "cell_type_fractions" in data.obsm:
         summary["deconv_method"] = config.deconv_method
@@ -1272,10 +1289,11 @@ def _summary(
     from sklearn.metrics import adjusted_rand_score
 
     for method in [*config.domain_methods, *(["multimodal"] if config.modality else [])]:
-        summary[f"n_domains_{method}"] = int(data.obs[f"domain_{method}"].nunique())
+        key = domain_key(config, method)
+        summary[f"n_domains_{method}"] = int(data.obs[key].nunique())
         if truth and "domain" in data.obs:
             summary[f"domain_ari_{method}"] = float(
-                adjusted_rand_score(data.obs["domain"], data.obs[f"domain_{method}"])
+                adjusted_rand_score(data.obs["domain"], data.obs[key])
             )
     if truth:
         summary.update(evaluate_truth(data, tables[primary], fdr=config.fdr))
@@ -1305,10 +1323,10 @@ def _write_outputs(
     ``data`` holds the analysed spots; ``results`` (written to ``results.h5ad``) every
     input spot, with missing statistics on those quality control removed.
     """
-    from ..io import write_h5ad
+    from ..io import write_h5ad, write_spatialdata
 
     files = {
-        "results": out / "results.h5ad",
+        **_results_files(out, config.output_format),
         "provenance": out / "provenance.json",
         "report": out / "report.html",
     }
@@ -1335,9 +1353,7 @@ def _write_outputs(
             with atomic_path(files[f"modules_{method}"]) as tmp:
                 table.to_csv(tmp, index_label="gene")
     record.finished = None
-    record.outputs = sorted(
-        [*(p.name for p in files.values()), "results.h5ad", "provenance.json", "report.html"]
-    )
+    record.outputs = sorted(p.name for p in files.values())
     provenance = record.to_dict()
     sections = report_sections(data, tables, notes, summary, provenance, config, extra)
     write_report(files["report"], title, subtitle(summary), sections)
@@ -1345,8 +1361,21 @@ def _write_outputs(
     info = results.uns.setdefault("spatiome", {})
     info["provenance"] = json.dumps(record.to_dict(), default=str)
     info["summary"] = {k: v for k, v in summary.items() if v is not None}
-    write_h5ad(results, files["results"])
+    if "results" in files:
+        write_h5ad(results, files["results"])
+    if "results_spatialdata" in files:
+        write_spatialdata(results, files["results_spatialdata"])
     return {key: path.name for key, path in files.items()}
+
+
+def _results_files(out: Path, output_format: str) -> dict[str, Path]:
+    """The annotated data's files for ``output_format`` (see :class:`PipelineConfig`)."""
+    files = {}
+    if output_format in ("h5ad", "both"):
+        files["results"] = out / "results.h5ad"
+    if output_format in ("spatialdata", "both"):
+        files["results_spatialdata"] = out / "results.zarr"
+    return files
 
 
 def demo_tissue(seed: int = 0, n_spots: int = 3000, n_genes: int = 300) -> AnnData:

@@ -32,7 +32,7 @@ from anndata import AnnData
 
 from .._core.validate import SpatiomeInputError
 from .integration import BATCH_TITLES, MODALITY_TITLES, integration_section
-from .names import DECONV_TITLES, DOMAIN_TITLES, MODULE_TITLES, SVG_TITLES
+from .names import DECONV_TITLES, DOMAIN_TITLES, MODULE_TITLES, SVG_TITLES, domain_key
 from .report import Section, format_value, methods_paragraph, table_html
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -571,7 +571,7 @@ def _domain_section(
 
     section = Section("Spatial domains", "domains")
     for method in config.domain_methods:
-        key = f"domain_{method}"
+        key = domain_key(config, method)
         if key not in data.obs:
             continue
         section.add_figure(
@@ -582,7 +582,7 @@ def _domain_section(
         section.add_text(note)
     if markers is None:
         return section
-    first = f"domain_{config.domain_methods[0]}"
+    first = domain_key(config, config.domain_methods[0])
     try:
         section.add_figure(
             figure(pl.markers(data, markers, first, n_genes=config.n_markers)),
