@@ -23,13 +23,14 @@ def test_subpackages_do_not_load_optional_extras():
     # spatiome's subpackages load nothing of the optional extras beyond that.
     code = (
         "import sys, anndata, scanpy\n"
-        "extras = ('torch', 'dask', 'distributed', 'spatialdata')\n"
+        "extras = ('torch', 'dask', 'distributed', 'spatialdata', 'spatialdata_io', 'squidpy',\n"
+        "          'liana')\n"
         "def loaded():\n"
         "    return {m for m in sys.modules if m.split('.')[0] in extras}\n"
         "before = loaded()\n"
         "import spatiome as sm\n"
         "for name in ('io', 'datasets', 'graph', 'pp', 'svg', 'modules', 'domains', 'deconv',\n"
-        "             'integrate', 'ml', 'pl', 'workflow'):\n"
+        "             'integrate', 'interactions', 'ml', 'pl', 'workflow'):\n"
         "    getattr(sm, name)\n"
         "print(','.join(sorted(loaded() - before)))"
     )
