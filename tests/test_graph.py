@@ -747,3 +747,14 @@ def test_library_key_keeps_grid_sections_apart():
     assert graph[:36, 36:].nnz == 0 and graph.nnz == 2 * 2 * (2 * 6 * 5)
     with pytest.raises(SpatiomeInputError, match="not a column"):
         spatial_neighbors(both, library_key="section")
+
+
+@pytest.mark.parametrize("method", ["radius", "delaunay"])
+def test_undirected_methods_list_both_directions_whatever_symmetric_says(method):
+    rng = np.random.default_rng(4)
+    adata = anndata.AnnData(np.zeros((60, 1)), obsm={"spatial": rng.uniform(0, 10, size=(60, 2))})
+    options = {"radius": 2.0} if method == "radius" else {}
+    one = build_graph(adata, method=method, symmetric=False, **options)[0]
+    both = build_graph(adata, method=method, symmetric=True, **options)[0]
+    assert (one != one.T).nnz == 0
+    assert (one != both).nnz == 0

@@ -294,7 +294,9 @@ def _one_graph(
             rows, cols = _radius_edges(coords, radius)
         else:
             rows, cols = _delaunay_edges(coords, delaunay_max_quantile)
-    connectivities = _adjacency(rows, cols, adata.n_obs, symmetric=symmetric)
+    # radius and Delaunay list each pair once: only kNN (and its radius cap) is directed
+    undirected = symmetric or method in ("radius", "delaunay")
+    connectivities = _adjacency(rows, cols, adata.n_obs, symmetric=undirected)
     distances = _edge_lengths(connectivities, coords)
     info = {
         "params": {
