@@ -110,6 +110,7 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output-format",
         choices=("h5ad", "spatialdata", "both"),
+        default="h5ad",
         help="write the annotated data as results.h5ad (default), as a SpatialData store "
         "results.zarr, or both",
     )

@@ -255,32 +255,6 @@ def test_cluster_on_existing_representation_and_errors(tissue):
         cluster(raw, 4)
 
 
-@pytest.mark.parametrize(
-    ("name", "label", "min_ari"),
-    # Measured with these defaults: 0.423 (DLPFC 151673, 7 layers) and 0.418 (mouse
-    # olfactory bulb, 5 layers); expression alone (lambda 0) gives 0.23 on DLPFC.
-    [("dlpfc_151673", "layer_guess", 0.38), ("mouse_ob_rep11", "layer", 0.35)],
-)
-def test_cluster_on_real_layers(shared_data, name, label, min_ari):
-    import spatiome as sm
-    from spatiome.domains import cluster
-
-    if not (shared_data / name).is_dir():
-        pytest.skip(f"{name} not in {shared_data}")
-    adata = sm.datasets.load(name, data_dir=shared_data, download=False)
-    normalize(adata)
-    truth = adata.obs[label]
-    n_domains = int(truth.dropna().nunique())
-    cluster(adata, n_domains)
-    plain = cluster(adata, n_domains, neighbourhood_lambda=0.0, copy=True)
-    keep = truth.notna().to_numpy()
-    spatial_ari = adjusted_rand_score(truth[keep], adata.obs["spatial_domain"][keep])
-    assert spatial_ari >= min_ari
-    if name == "dlpfc_151673":
-        plain_ari = adjusted_rand_score(truth[keep], plain.obs["spatial_domain"][keep])
-        assert spatial_ari > plain_ari + 0.1
-
-
 # --- small domains: refits in cluster, merge_small_domains for any labels ---------------
 
 

@@ -97,14 +97,21 @@ def test_report_is_self_contained_and_has_sections(demo_run):
     assert "http://" not in page and "https://" not in page.replace("https://doi", "")
 
 
-def test_run_on_h5ad_input_records_checksum(tmp_path):
-    tissue = sm.datasets.simulate_tissue(n_spots=400, n_genes=60, random_state=3)
-    source = tmp_path / "tissue.h5ad"
+@pytest.fixture(scope="module")
+def svg_methods_run(tmp_path_factory):
+    """`spatiome run` on an h5ad file with three SVG methods: (tissue, its file, out)."""
+    folder = tmp_path_factory.mktemp("svg_methods")
+    tissue = sm.datasets.simulate_tissue(n_spots=500, n_genes=40, random_state=4)
+    source = folder / "tissue.h5ad"
     sm.io.write_h5ad(tissue, source)
-    out = tmp_path / "out"
-    assert (
-        main(["run", "--input", str(source), "--out", str(out), "--no-umap", "--no-progress"]) == 0
-    )
+    out = folder / "out"
+    args = ["run", "--input", str(source), "--out", str(out), "--no-umap", "--no-progress"]
+    assert main([*args, "--svg", "spatialde,sparkx,moran"]) == 0
+    return tissue, source, out
+
+
+def test_run_on_h5ad_input_records_checksum(svg_methods_run):
+    _, source, out = svg_methods_run
     record = json.loads((out / "provenance.json").read_text())
     (digests,) = record["inputs"].values()
     assert digests["tissue.h5ad"] == sm._core.files.sha256_file(source)
@@ -139,13 +146,8 @@ def test_evaluate_truth_counts_false_discoveries():
     assert result["svg_fdr"] == pytest.approx(1 / (truth.sum() + 1))
 
 
-def test_run_with_several_svg_methods_writes_a_table_and_section_each(tmp_path):
-    tissue = sm.datasets.simulate_tissue(n_spots=500, n_genes=40, random_state=4)
-    source = tmp_path / "tissue.h5ad"
-    sm.io.write_h5ad(tissue, source)
-    out = tmp_path / "out"
-    args = ["run", "--input", str(source), "--out", str(out), "--no-umap", "--no-progress"]
-    assert main([*args, "--svg", "spatialde,sparkx,moran"]) == 0
+def test_run_with_several_svg_methods_writes_a_table_and_section_each(svg_methods_run):
+    tissue, _, out = svg_methods_run
     primary = pd.read_csv(out / "svg.csv", index_col=0)
     assert {"llr", "fsv", "length_scale"} <= set(primary.columns)
     for method in ("sparkx", "moran"):

@@ -26,7 +26,7 @@ def _snakemake() -> list[str]:
 def test_snakefile_runs_every_step_then_integrates(tmp_path, capsys):
     command = _snakemake()
     for k, seed in enumerate((0, 1)):
-        tissue = sm.datasets.simulate_tissue(n_spots=250, n_genes=40, random_state=seed)
+        tissue = sm.datasets.simulate_tissue(n_spots=120, n_genes=40, random_state=seed)
         sm.io.write_h5ad(tissue, tmp_path / f"section{k}.h5ad")
     (tmp_path / "samples.tsv").write_text(
         "sample\tinput\nleft\tsection0.h5ad\nright\tsection1.h5ad\n"
@@ -55,5 +55,5 @@ def test_snakefile_runs_every_step_then_integrates(tmp_path, capsys):
         assert all(step.get("cached") for step in record["steps"]), record["steps"]
         assert (folder / "report.html").stat().st_size > 0
     integrated = sm.io.read_h5ad(tmp_path / "results" / "integrated" / "results.h5ad")
-    assert integrated.obs["sample"].value_counts().to_dict() == {"left": 250, "right": 250}
+    assert integrated.obs["sample"].value_counts().to_dict() == {"left": 120, "right": 120}
     assert (tmp_path / "results" / "integrated" / "integration_metrics.csv").exists()

@@ -23,7 +23,7 @@ def _dense(matrix) -> np.ndarray:
 
 
 def test_run_on_a_store_writes_both_formats_then_drops_the_store(tmp_path):
-    tissue = sm.datasets.simulate_tissue(n_spots=300, n_genes=40, random_state=5)
+    tissue = sm.datasets.simulate_tissue(n_spots=150, n_genes=40, random_state=5)
     store = write_spatialdata(tissue, tmp_path / "sample.zarr")
     out = tmp_path / "out"
     args = ["run", "--input", str(store), "--out", str(out), *OPTIONS]
