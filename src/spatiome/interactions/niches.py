@@ -402,9 +402,9 @@ def _neighbourhood_weights(adata, radius, n_neighbors, include_self, spatial_key
             method=method,
             n_neighbors=6 if n_neighbors is None else int(n_neighbors),
             radius=radius,
-            # Directed kNN keeps exactly n_neighbors per cell. A radius graph must be
-            # symmetrised: build_graph lists each radius pair once, in one direction.
-            symmetric=method == "radius",
+            # Directed kNN keeps exactly n_neighbors per cell; a radius graph is undirected
+            # whatever this says.
+            symmetric=False,
             spatial_key=spatial_key,
             library_key=library_key,
         )

@@ -30,6 +30,7 @@ from anndata import AnnData
 
 from .._core.files import current_umask
 from .._core.validate import SpatiomeInputError, _holds_counts, check_coordinates
+from ._build import spot_diameter
 
 if TYPE_CHECKING:  # pragma: no cover
     from spatialdata import SpatialData
@@ -426,8 +427,8 @@ def write_spatialdata(
 
     The diameter is, in order: ``uns['spatial'][library]['scalefactors']
     ['spot_diameter_fullres']``; per cell, that of a disk of ``obs['cell_area']`` (Xenium,
-    MERSCOPE, CosMx); 55 µm for Visium spots in µm; else the median distance between nearest
-    neighbours.
+    MERSCOPE, CosMx); else the readers' rule, :func:`spatiome.io._build.spot_diameter` (the
+    platform's size in µm, else the spacing of neighbouring spots).
 
     Parameters
     ----------
@@ -507,21 +508,9 @@ def _diameters(adata: AnnData, coords: np.ndarray) -> np.ndarray:
         area = pd.to_numeric(adata.obs["cell_area"], errors="coerce").to_numpy(dtype=float)
         if np.all(np.isfinite(area) & (area > 0)):
             return 2 * np.sqrt(area / np.pi)
-    unit = adata.uns.get("spatial_unit")
-    platform = str(adata.uns.get("spatiome", {}).get("source", {}).get("platform", ""))
-    if unit == "um" and platform.lower() == "visium":
-        return np.full(adata.n_obs, 55.0)
-    return np.full(adata.n_obs, _nearest_spacing(coords[:, :2]))
-
-
-def _nearest_spacing(coords: np.ndarray) -> float:
-    from scipy.spatial import cKDTree
-
-    if coords.shape[0] < 2:
-        return 1.0
-    distances, _ = cKDTree(coords).query(coords, k=2)
-    spacing = float(np.median(distances[:, 1]))
-    return spacing if spacing > 0 else 1.0
+    platform = adata.uns.get("spatiome", {}).get("source", {}).get("platform")
+    unit = str(adata.uns.get("spatial_unit", "unknown"))
+    return np.full(adata.n_obs, spot_diameter(coords[:, :2], platform=platform, spatial_unit=unit))
 
 
 def _image_elements(frame: AnnData, system: str) -> dict[str, Any]:
