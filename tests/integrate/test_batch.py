@@ -73,7 +73,7 @@ def test_correction_mixes_batches_and_keeps_domains(combined, method):
     before = mixing_metrics(adata, "X_pca", label_key="domain")
     after = mixing_metrics(adata, f"X_{method}", label_key="domain")
     assert before["batch_mixing"] < 0.2  # the batch effect separates the samples
-    assert after["batch_mixing"] > before["batch_mixing"] + 0.25  # measured +0.34 to +0.54
+    assert after["batch_mixing"] > before["batch_mixing"] + 0.25  # scaled iLISI: +0.44 to +0.90
     assert after["label_purity"] > 0.6
     assert adata.uns["spatiome"][f"X_{method}"]["method"] == method
 
@@ -115,7 +115,8 @@ def test_concat_shifts_visium_grids_apart():
 @pytest.mark.parametrize("method", ["harmony", "mnn", "cca"])
 def test_weak_batch_effect_is_not_made_worse(method):
     # Averaging MNN corrections over too few anchors once collapsed a batch onto a few
-    # reference spots: mixing fell from 0.45 to 0.14 on a weak effect like this one.
+    # reference spots: mixing fell from 0.45 to 0.14 on a weak effect like this one (old
+    # neighbour Simpson score; scaled iLISI now goes 0.18 -> 0.44 to 0.91).
     a, b = _two_batches(seed=1, effect=0.15)
     adata = concat_samples({"A": a, "B": b})
     sc.pp.normalize_total(adata)

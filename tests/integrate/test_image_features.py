@@ -1,4 +1,5 @@
-"""Per-spot H&E image features (integrate.image_features): geometry, separation, errors."""
+"""Per-spot H&E image features (integrate.image_features): geometry, separation, errors,
+and equality with scikit-image's colour deconvolution, HSV and co-occurrence statistics."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from sklearn.metrics import adjusted_rand_score
 
 from spatiome._core.validate import SpatiomeInputError
 from spatiome.integrate.image import FEATURES, image_features
+
+graycoprops = pytest.importorskip("skimage.feature").graycoprops
 
 SCALE = 0.25
 DIAMETER = 60.0  # full-resolution pixels, so the patch is 15 image pixels across
@@ -81,6 +84,7 @@ def test_colour_statistics_are_exact_on_uniform_patches():
     assert features["saturation_mean"] == pytest.approx(1.0)
     assert features["gradient_mean"] == pytest.approx(0.0, abs=1e-6)
     assert features["glcm_energy"] == pytest.approx(1.0)
+    assert features["glcm_asm"] == pytest.approx(1.0)
     assert features["glcm_entropy"] == pytest.approx(0.0, abs=1e-9)
 
 
@@ -205,3 +209,86 @@ def test_bad_input(change, match):
         kwargs["n_grey_levels"] = 1
     with pytest.raises(SpatiomeInputError, match=match):
         image_features(adata, **kwargs)
+
+
+def _disc_pixels(centre_xy, scale, side, shape):
+    """(rows, cols) of the image pixels within side / 2 of the spot's pixel (odd sides)."""
+    assert side % 2 == 1
+    column, row = np.rint(np.asarray(centre_xy) * scale).astype(int)
+    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
+    inside = (rows - row) ** 2 + (cols - column) ** 2 <= (side / 2) ** 2
+    return np.nonzero(inside)
+
+
+def _glcm_reference(levels, rows, cols, n_levels):
+    """graycoprops of the disc's pixel pairs counted one by one, mean of the two angles."""
+    inside = set(zip(rows.tolist(), cols.tolist(), strict=True))
+    counts = np.zeros((n_levels, n_levels, 1, 2))
+    for angle, (step_row, step_col) in enumerate([(0, 1), (1, 0)]):
+        for row, col in inside:
+            if (row + step_row, col + step_col) in inside:
+                first, second = levels[row, col], levels[row + step_row, col + step_col]
+                counts[first, second, 0, angle] += 1
+                counts[second, first, 0, angle] += 1  # symmetric
+    props = ("contrast", "homogeneity", "ASM", "energy", "correlation", "entropy")
+    return {p: float(graycoprops(counts, p).mean()) for p in props}
+
+
+def _ihc_tile():
+    data = pytest.importorskip("skimage.data")
+    return data.immunohistochemistry()  # shipped with scikit-image: an IHC stained section
+
+
+STAIN_COLUMNS = [f"{c}_{s}" for c in ("hematoxylin", "eosin", "dab") for s in ("mean", "sd")]
+
+
+@pytest.mark.parametrize("as_float", [False, True])
+def test_stains_hsv_and_texture_equal_scikit_image_on_a_stained_section(as_float):
+    from skimage.color import rgb2hed, rgb2hsv
+
+    image = _ihc_tile()  # (512, 512, 3) uint8
+    if as_float:  # a float tile in [0, 1]
+        image = image[100:400, 50:450].astype(np.float64) / 255.0
+    reference_image = image.astype(np.float64) / (1.0 if as_float else 255.0)
+    hed, hsv = rgb2hed(reference_image), rgb2hsv(reference_image)
+    grey = reference_image @ np.array([0.299, 0.587, 0.114])
+    n_levels = 8
+    levels = np.minimum((grey * n_levels).astype(int), n_levels - 1)
+    scale, diameter = 0.5, 30.0  # a disc 15 image pixels across
+    rng = np.random.default_rng(0)
+    centres = rng.uniform(10, np.array(image.shape[1::-1]) - 10, (12, 2)) / scale
+    centres[0] = (2.0 / scale, 3.0 / scale)  # a spot on the image's corner, partly outside
+    adata = visium_like(image, centres, scale=scale, diameter=diameter)
+    features = image_features(adata, n_grey_levels=n_levels).to_df()
+    assert features.dtypes.eq(np.float64).all()
+    for spot, centre in enumerate(centres):
+        rows, cols = _disc_pixels(centre, scale, 15, image.shape)
+        expected = {}
+        for channel, name in enumerate(("hematoxylin", "eosin", "dab")):
+            expected[f"{name}_mean"] = hed[rows, cols, channel].mean()
+            expected[f"{name}_sd"] = hed[rows, cols, channel].std()
+        for channel, name in ((1, "saturation"), (2, "value")):
+            expected[f"{name}_mean"] = hsv[rows, cols, channel].mean()
+            expected[f"{name}_sd"] = hsv[rows, cols, channel].std()
+        for name, value in _glcm_reference(levels, rows, cols, n_levels).items():
+            expected[f"glcm_{name.lower()}"] = value
+        got = features.iloc[spot][list(expected)].to_numpy(dtype=float)
+        np.testing.assert_allclose(got, list(expected.values()), rtol=1e-12, atol=1e-12)
+    # The stains are rgb2hed's own unit (the old ones were about 6 times larger).
+    assert features["hematoxylin_mean"].max() < 0.2
+
+
+def test_one_large_spot_covers_a_tile_like_rgb2hed_on_the_tile():
+    from skimage.color import rgb2hed
+
+    tile = _ihc_tile()[200:301, 200:301]  # 101 x 101 pixels
+    adata = visium_like(tile, [[50.0, 50.0]], scale=1.0, diameter=101.0)
+    features = image_features(adata).to_df().iloc[0]
+    rows, cols = _disc_pixels([50.0, 50.0], 1.0, 101, tile.shape)
+    hed = rgb2hed(tile)[rows, cols]
+    np.testing.assert_allclose(
+        features[STAIN_COLUMNS].to_numpy(dtype=float),
+        np.ravel(np.c_[hed.mean(axis=0), hed.std(axis=0)]),
+        rtol=1e-12,
+        atol=1e-13,
+    )

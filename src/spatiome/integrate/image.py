@@ -1,8 +1,9 @@
 """Per-spot colour and texture features of the H&E image under each Visium spot.
 
 No model weights are downloaded: the features are classical statistics of the pixels in the
-disc under each spot, computed with numpy for many spots at once (patches are gathered
-into a spots x pixels x pixels array, in chunks of spots).
+disc under each spot. Patches are gathered into a spots x pixels x pixels array, in chunks
+of spots; the stain densities, HSV and co-occurrence statistics are scikit-image's
+(``rgb2hed``, ``rgb2hsv``, ``graycomatrix`` and ``graycoprops``), called on the patches.
 """
 
 from __future__ import annotations
@@ -12,13 +13,11 @@ import numbers
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from skimage.color import rgb2hed, rgb2hsv
+from skimage.feature import graycomatrix, graycoprops
 
 from .._core.validate import SpatiomeInputError, check_adata, get_spatial
 
-# Ruifrok and Johnston's stain vectors (rows: haematoxylin, eosin, DAB) in optical density,
-# as scikit-image's rgb2hed uses them.
-_STAIN_OD = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-_STAIN_FROM_OD = np.linalg.inv(_STAIN_OD / np.linalg.norm(_STAIN_OD, axis=1, keepdims=True))
 _GREY = np.array([0.299, 0.587, 0.114])  # ITU-R 601 luma
 # Gathered patch values held at once (float64): bounds the scratch memory to ~64 MB x 8.
 _CHUNK_VALUES = 1 << 23
@@ -27,9 +26,13 @@ FEATURES = (
     + [f"{c}_{s}" for c in ("hematoxylin", "eosin", "dab") for s in ("mean", "sd")]
     + [f"{c}_{s}" for c in ("saturation", "value") for s in ("mean", "sd")]
     + ["gradient_mean", "gradient_sd", "local_variance"]
-    + ["glcm_contrast", "glcm_homogeneity", "glcm_energy", "glcm_correlation", "glcm_entropy"]
+    + [f"glcm_{p}" for p in ("contrast", "homogeneity", "asm", "energy", "correlation", "entropy")]
 )
-_GROUPS = ["colour"] * 6 + ["stain"] * 6 + ["colour"] * 4 + ["texture"] * 8
+_GROUPS = ["colour"] * 6 + ["stain"] * 6 + ["colour"] * 4 + ["texture"] * 9
+# graycoprops' property names, in the order of the glcm_* features.
+_GLCM_PROPERTIES = ("contrast", "homogeneity", "ASM", "energy", "correlation", "entropy")
+# Horizontal and vertical neighbours at distance 1 (graycomatrix's angles).
+_GLCM_ANGLES = (0.0, np.pi / 2)
 
 
 def image_features(
@@ -49,16 +52,25 @@ def image_features(
     as :func:`spatiome.io.read_visium` stores it) times the image's scale factor
     ``tissue_{image}_scalef``. Per spot, over the pixels of its disc that lie in the image:
 
-    - colour: mean and standard deviation of red, green and blue (in [0, 1]), and of HSV
-      saturation and value;
+    - colour: mean and (population) standard deviation of red, green and blue (in
+      [0, 1]), and of the saturation and value of ``skimage.color.rgb2hsv``;
     - stain: mean and standard deviation of the haematoxylin, eosin and DAB densities of
-      Ruifrok and Johnston's colour deconvolution (optical density times the inverse stain
-      matrix, as ``skimage.color.rgb2hed``);
-    - texture, on the grey level (luma): mean and standard deviation of the gradient
-      magnitude (central differences), mean local variance in 3 x 3 windows, and
-      Haralick's contrast, homogeneity, energy (angular second moment), correlation and
-      entropy of the grey-level co-occurrence matrix (``n_grey_levels`` levels over
-      [0, 1], horizontal and vertical neighbours, symmetric).
+      Ruifrok and Johnston's colour deconvolution, as returned by
+      ``skimage.color.rgb2hed`` (its unit: ``log(rgb) / log(1e-6)`` times the inverse
+      stain matrix, negative densities set to 0);
+    - texture, on the grey level (ITU-R 601 luma): mean and standard deviation of the
+      gradient magnitude (central differences), mean local variance in 3 x 3 windows, and
+      Haralick's statistics of the symmetric grey-level co-occurrence matrix of the pixel
+      pairs inside the disc (``n_grey_levels`` levels over [0, 1]; neighbours at distance
+      1, horizontal and vertical): ``skimage.feature.graycoprops``'s contrast,
+      homogeneity, ``ASM`` (angular second moment, ``glcm_asm``), ``energy`` (its square
+      root, ``glcm_energy``), correlation and entropy (natural log), each the mean of the
+      horizontal and the vertical matrix's value.
+
+    Images are read as scikit-image reads them: integers divided by their type's maximum,
+    floats kept (floats above 1 are taken as 8-bit intensities and divided by 255), then
+    clipped to [0, 1]. On an image in [0, 1] the stain and HSV features are therefore the
+    per-spot mean and standard deviation of ``rgb2hed(image)`` and ``rgb2hsv(image)``.
 
     Parameters
     ----------
@@ -81,7 +93,7 @@ def image_features(
     Returns
     -------
     AnnData
-        Spots x features (float32; same ``obs_names`` and order as ``adata``), ready for
+        Spots x features (float64; same ``obs_names`` and order as ``adata``), ready for
         :func:`spatiome.integrate.multimodal.multimodal` with ``modality="image"``.
         ``var["group"]`` is ``"colour"``, ``"stain"`` or ``"texture"``;
         ``obs["image_coverage"]`` the fraction of each disc inside the image;
@@ -103,6 +115,8 @@ def image_features(
     Haralick, Shanmugam and Dinstein (1973). Textural features for image classification.
     IEEE Transactions on Systems, Man, and Cybernetics 3, 610-621.
 
+    van der Walt et al. (2014). scikit-image: image processing in Python. PeerJ 2, e453.
+
     Examples
     --------
     >>> import anndata, numpy as np
@@ -115,7 +129,7 @@ def image_features(
     ...     "tissue_hires_scalef": 0.25, "spot_diameter_fullres": 60.0}}}
     >>> features = image_features(adata)
     >>> features.shape, features.uns["image_features"]["patch_diameter_px"]
-    ((2, 24), 15)
+    ((2, 25), 15)
     >>> features[:, "red_mean"].X.ravel().round(2).tolist()
     [0.9, 0.5]
     """
@@ -138,7 +152,9 @@ def image_features(
         raise SpatiomeInputError(
             f"n_grey_levels must be an integer between 2 and 64, got {n_grey_levels!r}"
         )
-    rgb = _as_rgb(picture, f"adata.uns['spatial'][{library_id!r}]['images'][{image!r}]")
+    picture, divisor = _checked_image(
+        picture, f"adata.uns['spatial'][{library_id!r}]['images'][{image!r}]"
+    )
     side = max(1, int(round(diameter * scale * float(diameter_scale))))
     centres = np.rint(coordinates * scale).astype(np.int64)  # (column, row) in image pixels
     offsets = np.arange(side) - side // 2
@@ -154,18 +170,19 @@ def image_features(
     for start in range(0, n_obs, chunk):
         stop = min(start + chunk, n_obs)
         features[start:stop], coverage[start:stop] = _patch_features(
-            rgb, centres[start:stop], offsets, disc, int(n_grey_levels)
+            picture, divisor, centres[start:stop], offsets, disc, int(n_grey_levels)
         )
     outside = np.flatnonzero(coverage == 0)
     if outside.size:
         raise SpatiomeInputError(
             f"{outside.size} spots lie wholly outside the {image!r} image "
-            f"({rgb.shape[1]} x {rgb.shape[0]} pixels; first: {adata.obs_names[outside[0]]!r}): "
+            f"({picture.shape[1]} x {picture.shape[0]} pixels; "
+            f"first: {adata.obs_names[outside[0]]!r}): "
             f"check library_id, image and the scale factor tissue_{image}_scalef, and that "
             f"adata.obsm[{spatial_key!r}] holds full-resolution (x, y) pixels"
         )
     result = AnnData(
-        features.astype(np.float32),
+        features,
         obs=pd.DataFrame({"image_coverage": coverage}, index=adata.obs_names.copy()),
         var=pd.DataFrame({"group": _GROUPS}, index=pd.Index(FEATURES)),
     )
@@ -235,8 +252,11 @@ def _image_and_scale(
     return library_id, np.asarray(images[image]), scale, diameter
 
 
-def _as_rgb(picture: np.ndarray, where: str) -> np.ndarray:
-    """The image as float (rows, columns, 3) in [0, 1]."""
+def _checked_image(picture: np.ndarray, where: str) -> tuple[np.ndarray, float]:
+    """The image as (rows, columns, channels) and the divisor that maps it into [0, 1].
+
+    The image is not copied: patches are converted once gathered (see ``_unit_rgb``).
+    """
     if picture.ndim == 2:
         picture = picture[:, :, None]
     if picture.ndim != 3 or picture.shape[2] not in (1, 3, 4) or min(picture.shape[:2]) < 1:
@@ -247,36 +267,45 @@ def _as_rgb(picture: np.ndarray, where: str) -> np.ndarray:
     if picture.dtype == bool or not np.issubdtype(picture.dtype, np.number):
         raise SpatiomeInputError(f"{where} must hold numbers, got dtype {picture.dtype}")
     if np.issubdtype(picture.dtype, np.integer):
-        values = picture.astype(np.float32) / float(np.iinfo(picture.dtype).max)
-    else:
-        values = picture.astype(np.float32)
-        if not np.isfinite(values).all():
-            raise SpatiomeInputError(f"{where} contains NaN or infinite values")
-        if values.max(initial=0.0) > 1.0:
-            # Floats beyond 1 are taken as 8-bit intensities.
-            values = values / 255.0
-    values = np.clip(values[:, :, :3], 0.0, 1.0)
-    if values.shape[2] == 1:
-        values = np.repeat(values, 3, axis=2)
+        return picture, float(np.iinfo(picture.dtype).max)
+    if not np.isfinite(picture).all():
+        raise SpatiomeInputError(f"{where} contains NaN or infinite values")
+    # Floats beyond 1 are taken as 8-bit intensities.
+    return picture, 255.0 if picture.max(initial=0.0) > 1.0 else 1.0
+
+
+def _unit_rgb(pixels: np.ndarray, divisor: float) -> np.ndarray:
+    """Gathered pixels (..., channels) as float64 RGB in [0, 1] (alpha dropped)."""
+    values = pixels[..., :3].astype(np.float64)
+    if divisor != 1.0:
+        values /= divisor
+    np.clip(values, 0.0, 1.0, out=values)
+    if values.shape[-1] == 1:
+        values = np.repeat(values, 3, axis=-1)
     return values
 
 
 def _masked_mean_sd(values: np.ndarray, weights: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """Mean and sd over the pixel axes (1, 2) of (spots, s, s, channels) values."""
+    """Mean and (population) sd over the pixel axes (1, 2) of (spots, s, s, channels) values.
+
+    Two passes (mean, then squared deviations), so the sd keeps its precision when it is
+    small next to the mean.
+    """
     mean = np.einsum("bijc,bij->bc", values, weights) / count[:, None]
-    square = np.einsum("bijc,bij->bc", values * values, weights) / count[:, None]
-    sd = np.sqrt(np.maximum(square - mean * mean, 0.0))
-    return np.stack([mean, sd], axis=2).reshape(values.shape[0], -1)
+    deviation = values - mean[:, None, None, :]
+    square = np.einsum("bijc,bij->bc", deviation * deviation, weights) / count[:, None]
+    return np.stack([mean, np.sqrt(square)], axis=2).reshape(values.shape[0], -1)
 
 
 def _patch_features(
-    rgb: np.ndarray,
+    picture: np.ndarray,
+    divisor: float,
     centres: np.ndarray,
     offsets: np.ndarray,
     disc: np.ndarray,
     n_levels: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    n_rows, n_cols = rgb.shape[:2]
+    n_rows, n_cols = picture.shape[:2]
     rows = centres[:, 1, None] + offsets[None, :]
     cols = centres[:, 0, None] + offsets[None, :]
     valid = (
@@ -284,24 +313,18 @@ def _patch_features(
         & ((cols >= 0) & (cols < n_cols))[:, None, :]
         & disc[None, :, :]
     )
-    patches = rgb[
-        np.clip(rows, 0, n_rows - 1)[:, :, None], np.clip(cols, 0, n_cols - 1)[:, None, :]
-    ].astype(np.float64)
+    patches = _unit_rgb(
+        picture[np.clip(rows, 0, n_rows - 1)[:, :, None], np.clip(cols, 0, n_cols - 1)[:, None, :]],
+        divisor,
+    )
     weights = valid.astype(np.float64)
     count = weights.sum(axis=(1, 2))
     coverage = count / disc.sum()
     count = np.maximum(count, 1.0)
 
     colour = _masked_mean_sd(patches, weights, count)
-    density = -np.log10(np.maximum(patches, 1.0 / 255.0))
-    stains = np.maximum(density @ _STAIN_FROM_OD, 0.0)
-    stain = _masked_mean_sd(stains, weights, count)
-    brightest = patches.max(axis=3)
-    darkest = patches.min(axis=3)
-    saturation = np.divide(
-        brightest - darkest, brightest, out=np.zeros_like(brightest), where=brightest > 0
-    )
-    hsv = _masked_mean_sd(np.stack([saturation, brightest], axis=3), weights, count)
+    stain = _masked_mean_sd(rgb2hed(patches, channel_axis=-1), weights, count)
+    hsv = _masked_mean_sd(rgb2hsv(patches, channel_axis=-1)[..., 1:], weights, count)
 
     grey = patches @ _GREY
     side = grey.shape[1]
@@ -332,35 +355,27 @@ def _local_variance(grey: np.ndarray) -> np.ndarray:
     return np.maximum(square / 9.0 - mean * mean, 0.0)
 
 
+def _grey_levels(grey: np.ndarray, n_levels: int) -> np.ndarray:
+    """Grey values in [0, 1] binned into ``n_levels`` equal levels (uint8 codes)."""
+    return np.minimum((grey * n_levels).astype(np.int64), n_levels - 1).astype(np.uint8)
+
+
 def _cooccurrence(grey: np.ndarray, valid: np.ndarray, n_levels: int) -> np.ndarray:
-    """Haralick statistics of the symmetric grey-level co-occurrence matrix per spot."""
-    n_spots = grey.shape[0]
-    levels = np.minimum((grey * n_levels).astype(np.int64), n_levels - 1)
-    cells = n_levels * n_levels
-    spot = np.arange(n_spots)[:, None, None] * cells
-    counts = np.zeros(n_spots * cells, dtype=np.float64)
-    for first, second, ok in (
-        (levels[:, :, :-1], levels[:, :, 1:], valid[:, :, :-1] & valid[:, :, 1:]),
-        (levels[:, :-1, :], levels[:, 1:, :], valid[:, :-1, :] & valid[:, 1:, :]),
-    ):
-        codes = (spot + first * n_levels + second)[ok]
-        counts += np.bincount(codes, minlength=n_spots * cells)
-    matrix = counts.reshape(n_spots, n_levels, n_levels)
-    matrix = matrix + matrix.transpose(0, 2, 1)
-    total = matrix.sum(axis=(1, 2), keepdims=True)
-    p = np.divide(matrix, total, out=np.zeros_like(matrix), where=total > 0)
-    i = np.arange(n_levels, dtype=np.float64)[:, None]
-    j = i.T
-    contrast = (p * (i - j) ** 2).sum(axis=(1, 2))
-    homogeneity = (p / (1.0 + (i - j) ** 2)).sum(axis=(1, 2))
-    energy = (p * p).sum(axis=(1, 2))
-    mean = (p * i).sum(axis=(1, 2))
-    variance = (p * (i - mean[:, None, None]) ** 2).sum(axis=(1, 2))
-    covariance = (p * (i - mean[:, None, None]) * (j - mean[:, None, None])).sum(axis=(1, 2))
-    # A uniform patch has no grey-level variance: its neighbours are perfectly correlated.
-    correlation = np.divide(
-        covariance, variance, out=np.ones_like(variance), where=variance > 1e-12
+    """graycoprops statistics of each spot's co-occurrence matrix, mean over the angles.
+
+    Pixels outside the disc (or the image) get an extra grey level ``n_levels``, whose row
+    and column are dropped from graycomatrix's counts: what remains are the pairs of
+    pixels that both lie inside. The matrices of all spots go to graycoprops at once, on
+    its distance axis.
+    """
+    levels = np.where(valid, _grey_levels(grey, n_levels), np.uint8(n_levels))
+    counts = np.stack(
+        [
+            graycomatrix(
+                patch, distances=[1], angles=_GLCM_ANGLES, levels=n_levels + 1, symmetric=True
+            )[:n_levels, :n_levels, 0, :]
+            for patch in levels
+        ],
+        axis=2,
     )
-    logs = np.log(p, out=np.zeros_like(p), where=p > 0)
-    entropy = -(p * logs).sum(axis=(1, 2))
-    return np.stack([contrast, homogeneity, energy, correlation, entropy], axis=1)
+    return np.stack([graycoprops(counts, prop).mean(axis=1) for prop in _GLCM_PROPERTIES], axis=1)

@@ -227,10 +227,12 @@ def integration_section(
         section.add_html("<h3>Sample mixing and label conservation</h3>")
         section.add_table(mixing.round(3), sortable=False, css_class="metrics")
         section.add_text(
-            "batch_mixing (LISI-style) and batch_silhouette go from 0 (samples apart) to 1 "
-            "(samples fully mixed); label_purity and label_silhouette measure how well the "
-            f"labels in obs['{label}'] stay apart (1: kept). Good correction raises mixing "
-            "without lowering the label scores."
+            "ilisi and clisi are harmonypy's median LISI of the samples and of the labels "
+            "(ilisi: 1 when samples stay apart, up to the number of samples when fully "
+            "mixed); batch_mixing and label_purity rescale them to 0-1 as scIB does, and "
+            "batch_silhouette also goes from 0 (samples apart) to 1 (mixed); label_purity "
+            f"and label_silhouette measure how well the labels in obs['{label}'] stay apart "
+            "(1: kept). Good correction raises mixing without lowering the label scores."
         )
         for key, title in (("X_umap_uncorrected", "before"), ("X_umap", "after")):
             if key in data.obsm:

@@ -471,7 +471,7 @@ def methods_paragraph(
         parts.append(
             f"Sample effects in the PCA embedding were corrected by {names[method]} "
             f"{cite(method)}; the expression graph, UMAP, Leiden clusters and the "
-            "domain features used the corrected embedding. Batch mixing (LISI-style) and "
+            "domain features used the corrected embedding. Batch mixing (LISI, harmonypy) and "
             f"label conservation (silhouette) were measured before and after {cite('lisi')}."
         )
     if "multimodal" in used:
