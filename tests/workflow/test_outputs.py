@@ -168,7 +168,7 @@ def test_sigterm_leaves_no_temporaries_and_the_next_run_finishes(tissue, tmp_pat
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
-        if len(list((out / ".spatiome_cache").glob("*.pkl"))) >= 4:
+        if len(list((out / ".spatiome_cache").glob("*.zip"))) >= 4:
             break
         time.sleep(0.01)
     assert process.poll() is None, "the run ended before it could be stopped"

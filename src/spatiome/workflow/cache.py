@@ -13,6 +13,12 @@ step's return value, under a key that hashes
 A re-run with one changed parameter therefore recomputes the steps that read it and the
 steps that depend on those, and restores the others. Entries are written atomically after
 each step, so a run that is killed resumes from its last finished step.
+
+Entries hold no pickles (JSON, npy and Arrow members in one zip file, see
+:mod:`spatiome.workflow._archive`), so resuming from a results folder someone else wrote
+never runs code from it. A step that stores or returns something this format cannot hold
+fails with :class:`~spatiome.workflow._archive.ArchiveFormatError` when its entry is
+written, naming the value.
 """
 
 from __future__ import annotations
@@ -20,8 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +36,14 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .._core.files import atomic_path
+from ._archive import ArchiveFormatError, read_archive, write_archive
 
 logger = logging.getLogger("spatiome")
 
 CACHE_FOLDER = ".spatiome_cache"
+#: One file per entry (see :class:`StepCache`); earlier versions wrote pickles.
+ENTRY_SUFFIX = ".zip"
+LEGACY_SUFFIX = ".pkl"
 
 #: Configuration fields each step reads (prefix match on step names ending in "_").
 STEP_PARAMETERS: dict[str, tuple[str, ...]] = {
@@ -56,6 +65,10 @@ STEP_PARAMETERS: dict[str, tuple[str, ...]] = {
                       "seed"),
     "svg": ("fdr", "min_gene_counts", "trendseek_permutations", "seed"),
     "modules_": ("svg_methods", "max_module_genes", "n_patterns", "fdr", "seed"),
+    "neighbourhoods": ("group_key", "label_key", "sample_key", "domain_methods", "n_niches",
+                       "seed"),
+    "interactions": ("group_key", "label_key", "sample_key", "domain_methods", "lr_resource",
+                     "organism", "lr_permutations", "fdr", "seed", "n_top_maps"),
 }  # fmt: skip
 
 #: Steps whose outputs each step reads ("svg" stands for every SVG test).
@@ -75,6 +88,8 @@ STEP_DEPENDS: dict[str, tuple[str, ...]] = {
     "deconvolution": ("normalize", "graph"),
     "svg": ("qc", "normalize", "graph"),
     "modules_": ("normalize", "graph", "svg_first"),
+    "neighbourhoods": ("graph", "leiden", "domains_", "deconvolution"),
+    "interactions": ("normalize", "graph", "leiden", "domains_", "deconvolution"),
 }
 
 
@@ -256,6 +271,11 @@ def apply_delta(adata: AnnData, delta: Delta) -> None:
 class StepCache:
     """Stored step results under ``folder``; ``enabled=False`` stores and finds nothing.
 
+    Each entry is one file, ``<key>.zip``, in the pickle-free format of
+    :mod:`spatiome.workflow._archive` (JSON, npy and Arrow members): reading an entry never
+    runs code, so a results folder from someone else is safe to resume from. Entries an
+    earlier spatiome wrote with pickle (``<key>.pkl``) are never opened.
+
     Examples
     --------
     >>> import tempfile
@@ -263,9 +283,9 @@ class StepCache:
     >>> key = cache.key("qc", {}, [], root="abc")
     >>> cache.load(key) is None
     True
-    >>> cache.save(key, Delta(), "notes")
+    >>> cache.save(key, Delta(), ["notes"])
     >>> cache.load(key)[1]
-    'notes'
+    ['notes']
     """
 
     def __init__(self, folder: Path, enabled: bool = True) -> None:
@@ -287,25 +307,61 @@ class StepCache:
         text = json.dumps(record, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
-    def _path(self, key: str) -> Path:
-        return self.folder / f"{key}.pkl"
+    def path(self, key: str) -> Path:
+        """The file that holds the entry of ``key``."""
+        return self.folder / f"{key}{ENTRY_SUFFIX}"
 
     def load(self, key: str) -> tuple[Delta, Any] | None:
-        """The stored (delta, return value) of ``key``, or None."""
-        path = self._path(key)
-        if not self.enabled or not path.is_file():
+        """The stored (delta, return value) of ``key``, or None.
+
+        An entry that cannot be read (truncated, corrupted, or not of this format) is
+        reported in a warning and counts as absent, so the step is recomputed.
+        """
+        path = self.path(key)
+        if not self.enabled:
+            return None
+        if not path.is_file():
+            if (self.folder / f"{key}{LEGACY_SUFFIX}").is_file():
+                logger.info(
+                    "cache entry %s%s was written with pickle by an earlier spatiome and is "
+                    "not read: recomputing", key, LEGACY_SUFFIX,
+                )  # fmt: skip
             return None
         try:
-            with path.open("rb") as handle:
-                return pickle.load(handle)
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError) as err:
+            stored = read_archive(path)
+            return _delta_from(stored), stored["value"]
+        except MemoryError:
+            raise
+        except Exception as err:  # any defect of the file: the step is recomputed
             logger.warning("cache entry %s is unreadable (%s): recomputing", path.name, err)
             return None
 
     def save(self, key: str, delta: Delta, value: Any) -> None:
-        """Store a step's delta and return value, atomically."""
+        """Store a step's delta and return value, atomically.
+
+        Raises
+        ------
+        ArchiveFormatError
+            If the step stored in the AnnData, or returned, a value of a type the cache
+            cannot hold (see :mod:`spatiome.workflow._archive`); the entry is not written.
+        """
         if not self.enabled:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self._path(key)) as tmp, open(tmp, "wb") as handle:
-            pickle.dump((delta, value), handle, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            with atomic_path(self.path(key)) as tmp:
+                write_archive(tmp, {**_delta_values(delta), "value": value})
+        except ArchiveFormatError as err:
+            raise ArchiveFormatError(
+                f"the step cache cannot store this step's results: {err}. "
+                "Run without the cache (cache=False, --no-cache) to skip storing them."
+            ) from err
+
+
+def _delta_values(delta: Delta) -> dict[str, Any]:
+    return {f"delta.{item.name}": getattr(delta, item.name) for item in fields(Delta)}
+
+
+def _delta_from(stored: dict[str, Any]) -> Delta:
+    names = [item.name for item in fields(Delta)]
+    return Delta(**{name: stored[f"delta.{name}"] for name in names if f"delta.{name}" in stored})
