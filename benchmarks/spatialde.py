@@ -11,15 +11,19 @@ Three measurements on simulated tissues (``spatiome.datasets.simulate_tissue``, 
    ``svg.spatialde(adata, layer="regressed", normalize=None)`` on the same values, with
    coordinates in array units (spots 1 apart; in micrometres the original's rounding
    collapses its smallest length scales at 3,000 spots, see ``fidelity``). Reported:
-   both times, the speed ratio, the largest LLR difference and the Spearman correlation of
-   the LLRs, and the Jaccard index of the genes called at Storey q < 0.05.
+   both times (medians of ``--repeats`` runs, 3 by default), the speed ratio, the largest
+   LLR difference and the Spearman correlation of the LLRs, and the Jaccard index of the
+   genes called at Storey q < 0.05. In the same run spatiome is also timed with its former
+   dense path (``eigh`` with eigenvectors for every high-rank kernel, instead of the
+   tridiagonal reduction whose eigenvectors are never formed), with the largest LLR
+   difference between the two paths.
 2. **Approximate against exact mode** at 5,000 spots, from raw counts: Jaccard index of the
    genes called at q < 0.05 (Benjamini-Hochberg) and both times.
 3. **Approximate mode alone** at 50,000 spots, from raw counts (sparse throughout).
 
 Run with a Python that has spatiome::
 
-    python benchmarks/spatialde.py [--original PYTHON] [--skip-large]
+    python benchmarks/spatialde.py [--original PYTHON] [--repeats 3] [--skip-large]
 
 ``--original`` is the interpreter of an environment with SpatialDE 1.1.3 (default
 ``../venv-spatialde/bin/python`` beside the checkout); without it the comparison rows say
@@ -30,6 +34,8 @@ Prints a table and writes ``benchmarks/results/spatialde.csv``.
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import platform
 import subprocess
 import sys
@@ -37,6 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scipy import stats
@@ -50,6 +57,7 @@ from _common import machine, package_version  # noqa: E402
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "spatialde.csv"
 DEFAULT_ORIGINAL = ROOT.parent.parent / "venv-spatialde" / "bin" / "python"
+spatialde_module = importlib.import_module("spatiome.svg.spatialde")
 
 RUNNER = """
 import sys, time, warnings
@@ -58,11 +66,13 @@ import pandas as pd
 import SpatialDE
 table = pd.read_csv(sys.argv[1], index_col=0)
 coords = pd.read_csv(sys.argv[2], index_col=0)
-start = time.perf_counter()
-result = SpatialDE.run(coords[["x", "y"]].values, table)
-seconds = time.perf_counter() - start
+times = []
+for _ in range(int(sys.argv[4])):
+    start = time.perf_counter()
+    result = SpatialDE.run(coords[["x", "y"]].values, table)
+    times.append(time.perf_counter() - start)
 result.to_csv(sys.argv[3])
-print(seconds)
+print(sorted(times)[len(times) // 2])
 """
 
 
@@ -82,7 +92,7 @@ def load() -> str:
         return "unknown"
 
 
-def run_original(python: Path, adata, folder: Path) -> tuple[float, pd.DataFrame]:
+def run_original(python: Path, adata, folder: Path, repeats: int) -> tuple[float, pd.DataFrame]:
     """SpatialDE 1.1.3's run() on the regressed layer, timed inside its own process."""
     table = pd.DataFrame(adata.layers["regressed"], index=adata.obs_names, columns=adata.var_names)
     coords = pd.DataFrame(adata.obsm["spatial"], index=adata.obs_names, columns=["x", "y"])
@@ -92,7 +102,10 @@ def run_original(python: Path, adata, folder: Path) -> tuple[float, pd.DataFrame
     runner = folder / "run_spatialde.py"
     runner.write_text(RUNNER)
     done = subprocess.run(
-        [str(python), str(runner), *map(str, paths)], capture_output=True, text=True, check=True
+        [str(python), str(runner), *map(str, paths), str(repeats)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     seconds = float(done.stdout.strip().splitlines()[-1])
     result = pd.read_csv(paths[2], index_col=0).set_index("g")
@@ -100,7 +113,29 @@ def run_original(python: Path, adata, folder: Path) -> tuple[float, pd.DataFrame
     return seconds, result[~result.index.duplicated(keep="first")]
 
 
-def compare_with_original(n_spots: int, n_genes: int, python: Path | None, folder: Path) -> dict:
+def timed_spatialde(adata: AnnData, repeats: int) -> tuple[float, pd.DataFrame]:
+    """Median time of exact-mode spatialde on the regressed layer, and its table."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        table = sm.svg.spatialde(adata, layer="regressed", normalize=None, copy=True)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), table
+
+
+def timed_former_path(adata: AnnData, repeats: int) -> tuple[float, pd.DataFrame]:
+    """The same with the former dense path: full ``eigh`` with eigenvectors."""
+    tridiagonal = spatialde_module._tridiagonal_spectrum
+    spatialde_module._tridiagonal_spectrum = spatialde_module._eigen_spectrum
+    try:
+        return timed_spatialde(adata, repeats)
+    finally:
+        spatialde_module._tridiagonal_spectrum = tridiagonal
+
+
+def compare_with_original(
+    n_spots: int, n_genes: int, python: Path | None, folder: Path, repeats: int
+) -> dict:
     adata = simulate(n_spots, n_genes)
     # Array units (spots 1 apart, as the ST coordinates of SpatialDE's examples): in
     # micrometres the original's |x|^2 + |y|^2 - 2 x.y rounding collapses its smallest
@@ -108,25 +143,33 @@ def compare_with_original(n_spots: int, n_genes: int, python: Path | None, folde
     adata.obsm["spatial"] = adata.obsm["spatial"] / 100.0
     sm.pp.stabilize(adata)
     sm.pp.regress_out(adata)
-    start = time.perf_counter()
-    ours = sm.svg.spatialde(adata, layer="regressed", normalize=None, copy=True)
-    seconds = time.perf_counter() - start
+    load_before = load()
+    seconds, ours = timed_spatialde(adata, repeats)
+    former_seconds, former = timed_former_path(adata, repeats)
     row = {
         "comparison": "exact vs SpatialDE 1.1.3",
         "n_spots": adata.n_obs,
         "n_genes": adata.n_vars,
+        "repeats": repeats,
         "spatiome_seconds": seconds,
+        "spatiome_former_seconds": former_seconds,
+        "max_abs_diff_llr_former": float((ours["llr"] - former["llr"]).abs().max()),
         "calls_spatiome": int((ours["qval_storey"] < 0.05).sum()),
+        "same_calls_as_former": bool(
+            ((ours["qval_storey"] < 0.05) == (former["qval_storey"] < 0.05)).all()
+        ),
+        "load_average_before": load_before,
     }
     if python is None:
         return row
-    original_seconds, original = run_original(python, adata, folder)
+    original_seconds, original = run_original(python, adata, folder, repeats)
     original = original.loc[ours.index]
     difference = ours["llr"] - original["LLR"]
     row.update(
         {
             "other_seconds": original_seconds,
             "speedup": original_seconds / seconds,
+            "former_speedup": original_seconds / former_seconds,
             "max_abs_diff_llr": float(difference.abs().max()),
             "median_abs_diff_llr": float(difference.abs().median()),
             "min_diff_llr": float(difference.min()),
@@ -196,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--original", type=Path, default=DEFAULT_ORIGINAL)
     parser.add_argument("--n-genes", type=int, default=1_000)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per exact-mode timing")
     parser.add_argument("--skip-large", action="store_true", help="skip the 50,000-spot run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -210,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="spatiome-bench-spatialde-") as tmp:
         for n_spots in (1_000, 3_000):
-            rows.append(compare_with_original(n_spots, args.n_genes, python, Path(tmp)))
+            rows.append(
+                compare_with_original(n_spots, args.n_genes, python, Path(tmp), args.repeats)
+            )
             rows[-1]["load_average"] = load()
             print(rows[-1], flush=True)
     rows.append(compare_lowrank(5_000, args.n_genes))
@@ -227,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("spatiome", "numpy", "scipy", "numba", "anndata", "scanpy"):
         result[name] = package_version(name)
     result["original"] = "SpatialDE 1.1.3" if python is not None else "not run"
+    # Both sides inherit it; on a shared machine one BLAS thread per process is steadier.
+    result["openblas_threads"] = os.environ.get("OPENBLAS_NUM_THREADS", "default")
 
     print()
     print(f"machine: {machine()}; python {platform.python_version()}")
@@ -234,8 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         "comparison",
         "n_spots",
         "spatiome_seconds",
+        "spatiome_former_seconds",
         "other_seconds",
         "speedup",
+        "former_speedup",
         "max_abs_diff_llr",
         "spearman_llr",
         "jaccard_calls",

@@ -86,7 +86,7 @@ def test_partial_decompositions_equal_full_eigh(monkeypatch):
     adata = tissue(n_spots=400, n_genes=20, seed=2)
     fast = spatialde(adata)
     used = adata.uns["spatiome"]["spatialde"]["decompositions"]
-    assert any(d.startswith("pivoted_cholesky") for d in used) and "eigh" in used
+    assert any(d.startswith("pivoted_cholesky") for d in used) and "tridiagonal" in used
     monkeypatch.setattr(spatialde_module, "PIVOTED_MAX_FRACTION", 0.0)
     full = spatialde(adata, copy=True)
     for column in ("ll", "llr", "ll_null"):
@@ -104,6 +104,40 @@ def test_partial_decompositions_equal_full_eigh(monkeypatch):
         assert partial.rank == exact.rank
         fits = spatialde_module._fit_kernels([partial, exact], expression, 30, 1, None)
         np.testing.assert_allclose(fits[0][:, 0], fits[1][:, 0], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("length_scale", [0.3, 1.0, 3.0])
+def test_tridiagonal_spectrum_equals_eigh(length_scale):
+    # Full rank (0.3), some eigenvalues at the floor (1.0), most of them there (3.0).
+    rng = np.random.default_rng(5)
+    xy = rng.uniform(0, 10, size=(150, 2))
+    kernel = np.exp(-spatialde_module._squared_distances(xy) / (2 * length_scale**2))
+    tridiagonal = spatialde_module._tridiagonal_spectrum(kernel.copy(), "tridiagonal")
+    eigh = spatialde_module._eigen_spectrum(kernel.copy(), "eigh")
+    assert tridiagonal.rank == eigh.rank
+    np.testing.assert_allclose(tridiagonal.values, eigh.values, rtol=0, atol=1e-12)
+    assert tridiagonal.gower == pytest.approx(eigh.gower, rel=1e-12)
+    block = rng.normal(size=(150, 7))
+    basis = tridiagonal.project(np.eye(150)).T
+    np.testing.assert_allclose(basis.T @ basis, np.eye(tridiagonal.rank), atol=1e-12)
+    # Eigenvectors are defined up to sign (and rotation within clusters of eigenvalues), so
+    # compare what the likelihood uses: y^T (K_floored + delta I)^-1 y and 1^T (...) y.
+    ones = np.ones((150, 1))
+    for delta in (1e-4, 1.0, 100.0):
+        forms = []
+        for spectrum in (tridiagonal, eigh):
+            z, u = spectrum.project(block), spectrum.project(ones)
+            weights = 1.0 / (spectrum.values + delta)
+            tail = 1.0 / (spatialde_module.EIGEN_FLOOR + delta)
+            yy = weights @ z**2 + tail * ((block**2).sum(axis=0) - (z**2).sum(axis=0))
+            uy = (weights * u[:, 0]) @ z + tail * (block.sum(axis=0) - u[:, 0] @ z)
+            forms.append(np.concatenate([yy, uy]))
+        np.testing.assert_allclose(forms[0], forms[1], rtol=1e-9, atol=1e-9)
+    adata = anndata.AnnData(block - block.mean(axis=0), obsm={"spatial": xy})
+    expression, _ = spatialde_module._expression(adata, None, np.arange(7), None, None)
+    fits = spatialde_module._fit_kernels([tridiagonal, eigh], expression, 3, 1, None)
+    np.testing.assert_allclose(fits[0][:, 0], fits[1][:, 0], atol=1e-9, rtol=0)
+    np.testing.assert_allclose(fits[0][:, 1], fits[1][:, 1], atol=1e-5, rtol=0)
 
 
 def test_derivatives_and_standard_errors():

@@ -330,6 +330,13 @@ def check_counts(matrix: sp.spmatrix | np.ndarray, *, where: str = "counts") -> 
         return
     # Integer storage is finite and integral by construction: only the sign can be wrong.
     is_integer = np.issubdtype(values.dtype, np.integer)
+    if values.dtype in (np.float32, np.float64):
+        # One compiled pass that stops at the first bad block; the checks below then run
+        # only to name what is wrong.
+        from ._count_scan import all_counts
+
+        if all_counts(values):
+            return
     if not is_integer and not np.isfinite(values).all():
         n_bad = int((~np.isfinite(values)).sum())
         raise SpatiomeInputError(

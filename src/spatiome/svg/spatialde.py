@@ -30,6 +30,10 @@ How it is computed here:
   when the largest residual variance is below ``PIVOTED_TOLERANCE``, so no eigenvalue is
   off by more than ``n * PIVOTED_TOLERANCE``), which costs ``O(n r^2)`` instead of the
   ``O(n^3)`` of a full eigendecomposition, used only for the high-rank small scales.
+  Those are reduced to tridiagonal form ``K = Q T Q^T`` and only T's eigenvectors V are
+  computed: the genes are projected as ``V^T (Q^T y)`` through Q's Householder
+  reflectors, which skips forming ``U = Q V`` (the O(n^3) half of ``eigh`` that the
+  projections do not need).
 - **Counts stay sparse.** With the default ``normalize="naive_de"``, raw counts are
   stabilized as ``log(y + c) = log c + log1p(y / c)`` (a sparse matrix plus a constant)
   and the log total count is regressed out, which adds a per-gene multiple of one spot
@@ -59,6 +63,7 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 from anndata import AnnData
 from scipy import interpolate
+from scipy.linalg import lapack
 from scipy.spatial import ConvexHull, QhullError, cKDTree
 from scipy.spatial.distance import cdist
 
@@ -152,7 +157,12 @@ class _Expression:
 
 @dataclass
 class _Spectrum:
-    """Eigenpairs above the floor of one kernel; the other n - rank eigenvalues = floor."""
+    """Eigenpairs above the floor of one kernel; the other n - rank eigenvalues = floor.
+
+    The eigenvectors ``U`` are held either as ``vectors`` or, for kernels reduced to
+    tridiagonal form ``K = Q T Q^T``, as Q's Householder reflectors and the eigenvectors
+    ``V`` of T (``U = Q V``, never formed); :meth:`project` gives ``U^T y`` in both cases.
+    """
 
     vectors: np.ndarray | None  # (n, rank), or None when the projections come precomputed
     values: np.ndarray  # (rank,), all > EIGEN_FLOOR
@@ -162,6 +172,7 @@ class _Spectrum:
     decomposition: str
     pivoted_rank: int = 0
     projections: np.ndarray | None = None  # U^T y of every gene (rank, n_genes), lowrank
+    householder: _Householder | None = None  # Q of K = Q T Q^T; then vectors = V
 
     @property
     def rank(self) -> int:
@@ -170,6 +181,47 @@ class _Spectrum:
     @property
     def tail_11(self) -> float:
         return max(float(self.n - self.ut1 @ self.ut1), 0.0)
+
+    def project(self, block: np.ndarray) -> np.ndarray:
+        """``U^T block`` for a dense (n, k) block."""
+        if self.householder is not None:
+            block = self.householder.apply_transpose(block)
+        return self.vectors.T @ block
+
+    def release(self) -> None:
+        """Drop the basis; the summaries (values, ut1, gower) stay."""
+        self.vectors = None
+        self.projections = None
+        self.householder = None
+
+
+@dataclass
+class _Householder:
+    """The orthogonal Q of ``dsytrd`` (lower): ``K = Q T Q^T``, Q = H_1 ... H_{n-1}.
+
+    Q leaves the first coordinate alone and acts on the others as the Q of a QR
+    factorization whose reflectors are the columns of ``reflectors`` (LAPACK's ``dormtr``
+    does the same through ``dormqr``), so ``Q^T Y`` costs about ``2 n^2 k`` flops for k columns,
+    against ``4 n^3 / 3`` to form Q and ``2 n^3`` to form ``U = Q V``.
+    """
+
+    reflectors: np.ndarray  # (n - 1, n - 1), Fortran order
+    tau: np.ndarray  # (n - 1,)
+
+    def apply_transpose(self, block: np.ndarray) -> np.ndarray:
+        out = np.array(block, dtype=np.float64, order="F", copy=True)
+        if self.tau.size == 0 or out.shape[1] == 0:
+            return out
+        tail = np.asfortranarray(out[1:])
+        _, work, _ = lapack.dormqr("L", "T", self.reflectors, self.tau, tail, -1)
+        lwork = max(int(work[0]), 1)
+        tail, _, info = lapack.dormqr(
+            "L", "T", self.reflectors, self.tau, tail, lwork, overwrite_c=1
+        )
+        if info != 0:  # pragma: no cover - LAPACK argument error
+            raise RuntimeError(f"LAPACK dormqr failed (info={info})")
+        out[1:] = tail
+        return out
 
 
 def spatialde(
@@ -353,12 +405,19 @@ def spatialde(
 
     by_scale: dict[int, tuple[_Spectrum, np.ndarray]] = {}
     with Progress("svg.spatialde", scales.size, "length scale") as bar:
-        pairs = _iter_se_spectra(coordinates, scales, mode, n_inducing, random_state, expression)
+        pairs = _iter_se_spectra(
+            coordinates,
+            scales,
+            mode,
+            n_inducing,
+            random_state,
+            expression,
+            explicit_vectors=False,
+        )
         for done, (k, spectrum) in enumerate(pairs, start=1):
             fit = _fit_kernels([spectrum], expression, size, workers, client)[0]
             # The table needs only the spectrum's summaries: release the basis now.
-            spectrum.vectors = None
-            spectrum.projections = None
+            spectrum.release()
             by_scale[k] = (spectrum, fit)
             bar.update(done, f"l = {scales[k]:.4g} ({spectrum.decomposition})")
     spectra = [by_scale[k][0] for k in range(scales.size)]
@@ -496,7 +555,7 @@ def spatialde_model_search(
     size = chunk_size or default_chunk_size(adata.n_obs, expression.n_genes, workers)
     n = adata.n_obs
 
-    se_spectra = _se_spectra(coordinates, scales, "exact", 0, None)
+    se_spectra = _se_spectra(coordinates, scales, "exact", 0, None, explicit_vectors=False)
     se_fits = _fit_kernels(se_spectra, expression, size, workers, client)
     se = _se_table(se_fits, se_spectra, scales, expression, n, fidelity)
     per_spectra = [_periodic_spectrum(coordinates, p) for p in grid]
@@ -845,10 +904,20 @@ def _se_spectra(
     n_inducing: int,
     random_state: Any,
     expression: _Expression | None = None,
+    *,
+    explicit_vectors: bool = True,
 ) -> list[_Spectrum]:
     """One spectrum per length scale, in the order of ``scales``."""
     spectra = dict(
-        _iter_se_spectra(coordinates, scales, mode, n_inducing, random_state, expression)
+        _iter_se_spectra(
+            coordinates,
+            scales,
+            mode,
+            n_inducing,
+            random_state,
+            expression,
+            explicit_vectors=explicit_vectors,
+        )
     )
     return [spectra[k] for k in range(scales.size)]
 
@@ -860,12 +929,16 @@ def _iter_se_spectra(
     n_inducing: int,
     random_state: Any,
     expression: _Expression | None = None,
+    *,
+    explicit_vectors: bool = True,
 ) -> Iterator[tuple[int, _Spectrum]]:
     """``(k, spectrum of scales[k])`` for every length scale, largest first (those have the
     lowest rank, which predicts when the next needs a full eigendecomposition).
 
     In approximate mode the genes' projections are computed in the same pass over the
-    spots, so ``expression`` is needed there.
+    spots, so ``expression`` is needed there. With ``explicit_vectors=False`` the dense
+    kernels keep their eigenvectors in factored form (only :meth:`_Spectrum.project`
+    works), which is faster when only the projections of the genes are needed.
     """
     order = np.argsort(scales)[::-1]
     if mode == "lowrank":
@@ -901,7 +974,10 @@ def _iter_se_spectra(
             if squared is None:
                 squared = _squared_distances(coordinates)
             kernel = np.exp(squared * (-0.5 / (scale * scale)))
-            spectrum = _eigen_spectrum(kernel, "eigh")
+            if explicit_vectors:
+                spectrum = _eigen_spectrum(kernel, "eigh")
+            else:
+                spectrum = _tridiagonal_spectrum(kernel, "tridiagonal")
         yield int(k), spectrum
 
 
@@ -922,6 +998,49 @@ def _eigen_spectrum(kernel: np.ndarray, name: str) -> _Spectrum:
         gower=_gower(trace, ones_sum, n),
         decomposition=name,
     )
+
+
+def _tridiagonal_spectrum(kernel: np.ndarray, name: str) -> _Spectrum:
+    """Eigenvalues above the floor of a dense symmetric kernel (overwritten), without U.
+
+    ``K = Q T Q^T`` (``dsytrd``), then the eigenpairs of the tridiagonal T (``dstevd``),
+    ``T = V S V^T``, of which those above the floor are kept. ``U = Q V`` is never
+    formed: the genes are projected as ``U^T y = V^T (Q^T y)`` (:meth:`_Spectrum.project`).
+    These are ``eigh``'s own first steps, so the accuracy is the same; what is saved is
+    forming Q and multiplying it by V (``2 n^3`` flops), for ``2 n^2`` per gene.
+    """
+    n = kernel.shape[0]
+    ones_sum = float(kernel.sum())
+    trace = float(np.trace(kernel))
+    work, info = lapack.dsytrd_lwork(n, lower=1)
+    # The transpose of the symmetric kernel is the same matrix in Fortran order, which
+    # LAPACK then overwrites instead of copying.
+    reduced, diagonal, off_diagonal, tau, info = lapack.dsytrd(
+        kernel.T, lower=1, lwork=max(int(work), 1), overwrite_a=1
+    )
+    if info != 0:  # pragma: no cover - LAPACK argument error
+        raise RuntimeError(f"LAPACK dsytrd failed (info={info})")
+    # Divide and conquer for all eigenpairs of T beats MRRR for the ones above the floor.
+    values, rotation, info = lapack.dstevd(diagonal, off_diagonal, compute_v=1)
+    if info != 0:  # pragma: no cover - convergence failure
+        raise RuntimeError(f"LAPACK dstevd failed (info={info})")
+    keep = values > EIGEN_FLOOR
+    householder = _Householder(
+        reflectors=np.asfortranarray(reduced[1:, : n - 1]), tau=np.asarray(tau)
+    )
+    del reduced
+    rotation = np.ascontiguousarray(rotation[:, keep])
+    spectrum = _Spectrum(
+        vectors=rotation,
+        values=values[keep],
+        ut1=np.empty(0),
+        n=n,
+        gower=_gower(trace, ones_sum, n),
+        decomposition=name,
+        householder=householder,
+    )
+    spectrum.ut1 = spectrum.project(np.ones((n, 1)))[:, 0]
+    return spectrum
 
 
 def _gower(trace: float, ones_sum: float, n: int) -> float:
@@ -1146,7 +1265,7 @@ def _fit_kernels(
 
             def fit_chunk(start, stop, spectrum=spectrum):
                 block = expression.centred_columns(start, stop)
-                projected = spectrum.vectors.T @ block
+                projected = spectrum.project(block)
                 norms = np.einsum("ij,ij->j", block, block)
                 return _fit_projected(spectrum, projected, expression, start, stop, norms)
 
