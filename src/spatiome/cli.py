@@ -99,6 +99,33 @@ def _add_pipeline_options(parser: argparse.ArgumentParser) -> None:
         "no input, features come from the histology image of the input",
     )
     parser.add_argument(
+        "--groups",
+        default=None,
+        metavar="COLUMN",
+        help="obs column of the groups (cell types, clusters) whose neighbourhoods and "
+        "interactions are compared (default: label key, a cell_type column, deconvolved cell "
+        "types, else the domains)",
+    )
+    parser.add_argument(
+        "--interactions",
+        action="store_true",
+        help="score ligand-receptor pairs for spatial co-expression (needs the "
+        "'interactions' extra for the curated resource)",
+    )
+    parser.add_argument(
+        "--lr-resource",
+        default="consensus",
+        metavar="NAME_OR_CSV",
+        help="ligand-receptor pairs: a resource of liana's table (default: consensus) or a "
+        "CSV with ligand and receptor columns",
+    )
+    parser.add_argument(
+        "--organism",
+        default="auto",
+        choices=("auto", "human", "mouse"),
+        help="organism of the ligand-receptor resource (default: from the gene symbols)",
+    )
+    parser.add_argument(
         "--force",
         action="store_true",
         help="recompute every step instead of restoring unchanged ones from the output's cache",
@@ -211,6 +238,10 @@ _OPTION_FIELDS = {
     "label_key": ("label_key", None),
     "modality": ("modality", None),
     "modality_input": ("modality_input", None),
+    "groups": ("group_key", None),
+    "interactions": ("interactions", None),
+    "lr_resource": ("lr_resource", None),
+    "organism": ("organism", None),
 }
 
 

@@ -15,6 +15,7 @@ from spatiome._core.validate import SpatiomeInputError
 from spatiome.graph import spatial_neighbors
 from spatiome.interactions.neighbourhood import (
     _analytic_moments,
+    _library_moments,
     _pair_counts,
     co_occurrence,
     interaction_matrix,
@@ -266,3 +267,126 @@ def test_bad_input_gets_one_clear_error():
     dense = adata.copy()
     dense.obsp["spatial_connectivities"] = sp.csr_matrix(dense.obsp["spatial_connectivities"])
     assert nhood_enrichment(dense, "group", copy=True)["count"].shape == (5, 5)
+
+
+# --------------------------------------------------------------------------------------
+# Several samples in one AnnData (library_key)
+# --------------------------------------------------------------------------------------
+
+
+def _two_sections(n: int = 800, seed: int = 5) -> anndata.AnnData:
+    """Two sections on the same coordinates (so a pooled graph would join them)."""
+    one = _tissue(n, seed)
+    two = _tissue(n, seed + 1)
+    two.obsm["spatial"] = one.obsm["spatial"].copy()
+    both = anndata.concat([one, two], label="sample", keys=["s1", "s2"], index_unique="-")
+    both.obs["group"] = pd.Categorical(both.obs["group"], categories=list("abcde"))
+    spatial_neighbors(both, n_neighbors=6, library_key="sample")
+    return both
+
+
+def test_library_moments_equal_enumeration_of_relabellings_within_libraries():
+    rng = np.random.default_rng(4)
+    libraries = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    codes = np.array([0, 0, 1, 1, 2, 0, 1, 1, 2, 2])
+    adjacency = (rng.random((10, 10)) < 0.5) & (libraries[:, None] == libraries[None, :])
+    np.fill_diagonal(adjacency, False)
+    rows, cols = np.nonzero(adjacency)
+    first, second = np.arange(5), np.arange(5, 10)
+    counts = []
+    for a in itertools.permutations(first):
+        for b in itertools.permutations(second):
+            labels = codes[np.concatenate([a, b])]
+            counts.append(_pair_counts(labels[rows], labels[cols], 3))
+    counts = np.array(counts, dtype=float)
+    mean, variance = _library_moments(rows, cols, codes, libraries, 3)
+    np.testing.assert_allclose(mean, counts.mean(axis=0), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(variance, counts.var(axis=0), rtol=0, atol=1e-11)
+
+
+def test_library_key_permutations_agree_and_one_library_is_no_library():
+    adata = _two_sections()
+    analytic = nhood_enrichment(adata, "group", library_key="sample", copy=True)
+    permuted = nhood_enrichment(
+        adata, "group", library_key="sample", method="permutation", n_perms=1000, copy=True
+    )
+    np.testing.assert_array_equal(analytic["count"], permuted["count"])
+    z = analytic["zscore"]
+    noise = np.sqrt(1 / 1000 + z**2 / (2 * 1000))
+    assert np.all(np.abs(permuted["zscore"] - z) < 5 * noise)
+    # The counts are the sums of the two sections' counts.
+    parts = [adata[adata.obs["sample"] == s].copy() for s in ("s1", "s2")]
+    summed = sum(nhood_enrichment(p, "group", copy=True)["count"] for p in parts)
+    np.testing.assert_array_equal(analytic["count"], summed)
+    single = parts[0]
+    single.obs["sample"] = "only"
+    for method in ("analytic", "permutation"):
+        with_key = nhood_enrichment(
+            single, "group", library_key="sample", method=method, n_perms=50, copy=True
+        )
+        without = nhood_enrichment(single, "group", method=method, n_perms=50, copy=True)
+        np.testing.assert_array_equal(with_key["zscore"], without["zscore"])
+    np.testing.assert_array_equal(
+        interaction_matrix(single, "group", library_key="sample", copy=True),
+        interaction_matrix(single, "group", copy=True),
+    )
+    interval = np.linspace(0.0, 40.0, 6)
+    np.testing.assert_array_equal(
+        co_occurrence(single, "group", library_key="sample", interval=interval, copy=True)["occ"],
+        co_occurrence(single, "group", interval=interval, copy=True)["occ"],
+    )
+    for mode in ("L", "F"):
+        with_key = ripley(
+            single, "group", mode=mode, library_key="sample", n_simulations=9, copy=True
+        )
+        without = ripley(single, "group", mode=mode, n_simulations=9, copy=True)
+        pd.testing.assert_frame_equal(with_key["sims_stat"], without["sims_stat"])
+        np.testing.assert_array_equal(with_key["pvalues"], without["pvalues"])
+
+
+def test_library_key_leaves_out_entries_between_sections():
+    adata = _two_sections(400)
+    parts = [adata[adata.obs["sample"] == s].copy() for s in ("s1", "s2")]
+    np.testing.assert_array_equal(
+        interaction_matrix(adata, "group", library_key="sample", copy=True),
+        sum(interaction_matrix(p, "group", copy=True) for p in parts),
+    )
+    # A graph pooled over the shared coordinates joins cells of the two sections.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spatial_neighbors(adata, n_neighbors=6, key_added="pooled")
+    kept = interaction_matrix(
+        adata, "group", connectivity_key="pooled", library_key="sample", copy=True
+    )
+    pooled = interaction_matrix(adata, "group", connectivity_key="pooled", copy=True)
+    assert np.all(kept <= pooled) and kept.sum() < pooled.sum()
+    result = nhood_enrichment(
+        adata, "group", connectivity_key="pooled", library_key="sample", copy=True
+    )
+    np.testing.assert_array_equal(result["count"], kept)
+
+
+def test_identical_sections_pool_to_the_statistics_of_one():
+    one = _tissue(600, 9)
+    twice = anndata.concat([one, one], label="sample", keys=["a", "b"], index_unique="-")
+    twice.obs["group"] = pd.Categorical(
+        twice.obs["group"], categories=one.obs["group"].cat.categories
+    )
+    interval = np.linspace(0.0, 40.0, 6)
+    np.testing.assert_allclose(
+        co_occurrence(twice, "group", library_key="sample", interval=interval, copy=True)["occ"],
+        co_occurrence(one, "group", interval=interval, copy=True)["occ"],
+        rtol=1e-12,
+    )
+    pooled = ripley(twice, "group", mode="K", library_key="sample", n_simulations=5, copy=True)
+    single = ripley(one, "group", mode="K", n_simulations=5, copy=True)
+    pd.testing.assert_frame_equal(pooled["K_stat"], single["K_stat"], rtol=1e-12)
+
+
+def test_bad_library_key_gets_one_clear_error():
+    adata = _tissue(300)
+    with pytest.raises(SpatiomeInputError, match="library_key"):
+        nhood_enrichment(adata, "group", library_key="missing")
+    adata.obs["sample"] = pd.Categorical(["a"] * 299 + [np.nan])
+    with pytest.raises(SpatiomeInputError, match="missing values"):
+        interaction_matrix(adata, "group", library_key="sample")

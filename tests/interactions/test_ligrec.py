@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import itertools
+import warnings
 
 import anndata
 import numpy as np
@@ -235,3 +236,120 @@ def test_missing_liana_says_how_to_install(monkeypatch):
     monkeypatch.setattr(lr_resource.importlib.metadata, "distribution", absent)
     with pytest.raises(ImportError, match=r"spatiome\[interactions\]"):
         lr_resource.ligand_receptor_pairs()
+
+
+@pytest.fixture(scope="module")
+def patterned_depth():
+    """No interaction, e-fold depth gradient, normalized as the pipeline does."""
+    adata = simulate_interactions(
+        n_cells=1200,
+        interaction_strength=0.0,
+        depth_gradient=1.5,
+        n_null_pairs=200,
+        random_state=4,
+    )
+    sm.pp.normalize(adata)
+    sm.graph.spatial_neighbors(adata, n_neighbors=6)
+    return adata
+
+
+def test_default_is_pearson_residuals_of_the_counts(patterned_depth):
+    adata = patterned_depth.copy()
+    truth = adata.uns["ligrec_truth"]
+    table = ligrec(adata, resource=truth, min_expr_fraction=0.01, n_local=2)
+    assert adata.uns["spatiome"]["ligrec"]["normalization"] == "pearson"
+    residuals = sm.pp.normalize(adata.copy(), method="pearson", copy=True)
+    reference = ligrec(
+        residuals, resource=truth, normalization="none", min_expr_fraction=0.01, copy=True
+    )
+    both = table.merge(reference, on=["ligand", "receptor"], suffixes=("", "_ref"))
+    assert len(both) == len(table) == len(reference)
+    np.testing.assert_allclose(both["score"], both["score_ref"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(both["zscore"], both["zscore_ref"], rtol=1e-9, atol=1e-9)
+    local = ligrec_local(adata, [tuple(table.loc[0, ["ligand", "receptor"]])])
+    np.testing.assert_allclose(local.iloc[:, 0], adata.obsm["ligrec_local"].iloc[:, 0], atol=1e-5)
+    # Without a counts layer (or with an explicit layer) the values are used as given.
+    del adata.layers["counts"]
+    ligrec(adata, resource=truth, min_expr_fraction=0.01, n_local=0)
+    assert adata.uns["spatiome"]["ligrec"]["normalization"] == "none"
+
+
+def test_default_holds_type1_error_where_log1p_does_not(patterned_depth):
+    truth = patterned_depth.uns["ligrec_truth"]
+    nulls = truth[truth["kind"] == "null"]
+    rates = {}
+    for normalization in ("auto", "none"):
+        table = ligrec(
+            patterned_depth,
+            resource=nulls,
+            normalization=normalization,
+            min_expr_fraction=0.01,
+            copy=True,
+        )
+        rates[normalization] = (table["pvalue_analytic"] < 0.05).mean()
+    assert rates["auto"] <= 0.075
+    assert rates["none"] > 2 * rates["auto"]
+
+
+def test_normalization_errors():
+    adata = path_tissue()
+    with pytest.raises(SpatiomeInputError, match="counts_layer"):
+        ligrec(adata, resource=[("L", "R")], normalization="pearson")
+    with pytest.raises(SpatiomeInputError, match="normalization must be"):
+        ligrec(adata, resource=[("L", "R")], normalization="log")
+    adata.layers["counts"] = adata.X.copy()
+    with pytest.raises(SpatiomeInputError, match="theta"):
+        ligrec(adata, resource=[("L", "R")], theta=0.0)
+    adata.layers["counts"] = -adata.X
+    with pytest.raises(SpatiomeInputError, match="negative values"):
+        ligrec(adata, resource=[("L", "R")], min_expr_fraction=0.0)
+
+
+def test_identical_on_a_dask_cluster():
+    distributed = pytest.importorskip("distributed", reason="dask.distributed is a dev extra")
+    adata = random_tissue(n=300, n_genes=8, seed=6)
+    adata.obs["type"] = pd.Categorical(np.arange(adata.n_obs) % 3)
+    pairs = list(itertools.permutations(adata.var_names[:5], 2))
+    options = dict(
+        resource=pairs, groups="type", n_permutations=20, chunk_size=2, min_expr_fraction=0.0
+    )
+    local = adata.copy()
+    ligrec(local, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with (
+            distributed.LocalCluster(
+                n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+            ) as cluster,
+            distributed.Client(cluster) as client,
+        ):
+            remote = adata.copy()
+            ligrec(remote, client=client, **options)
+    pd.testing.assert_frame_equal(local.uns["ligrec"], remote.uns["ligrec"], check_exact=True)
+    pd.testing.assert_frame_equal(
+        local.uns["ligrec_groups"], remote.uns["ligrec_groups"], check_exact=True
+    )
+
+
+def test_global_pvalue_analytic_keeps_the_group_permutations():
+    adata = simulate_interactions(n_cells=600, random_state=3)
+    sm.pp.normalize(adata)
+    sm.graph.spatial_neighbors(adata, n_neighbors=6)
+    truth = adata.uns["ligrec_truth"]
+    both = ligrec(adata, resource=truth, groups="cell_type", n_permutations=49, copy=True)
+    groups_both = adata.uns.get("ligrec_groups")
+    analytic = ligrec(
+        adata, resource=truth, groups="cell_type", n_permutations=49, global_pvalue="analytic"
+    )
+    assert "pvalue_perm" not in analytic
+    np.testing.assert_array_equal(analytic["pvalue"], analytic["pvalue_analytic"])
+    merged = both.merge(analytic, on=["ligand", "receptor"], suffixes=("_both", "_analytic"))
+    np.testing.assert_allclose(merged["pvalue_analytic_both"], merged["pvalue_analytic_analytic"])
+    assert groups_both is None  # copy=True wrote nothing
+    groups = adata.uns["ligrec_groups"]
+    assert groups["pvalue"].min() == pytest.approx(1 / 50)  # group test still permuted
+    assert adata.uns["spatiome"]["ligrec"]["global_pvalue"] == "analytic"
+    with pytest.raises(SpatiomeInputError, match="needs n_permutations > 0"):
+        ligrec(adata, resource=truth, global_pvalue="permutation", copy=True)
+    with pytest.raises(SpatiomeInputError, match="global_pvalue must be one of"):
+        ligrec(adata, resource=truth, global_pvalue="exact", copy=True)

@@ -107,7 +107,7 @@ def test_number_of_niches_chosen_by_silhouette():
     result = adata.uns["niche"]
     assert result["params"]["n_niches"] == 3
     assert result["params"]["n_niches_chosen_by"] == "silhouette"
-    assert result["silhouette"].index.tolist() == [2, 3, 4, 5, 6]
+    assert result["silhouette"]["n_niches"].tolist() == [2, 3, 4, 5, 6]
     with pytest.raises(SpatiomeInputError, match="distinct"):
         choose_n_niches(np.ones((50, 3)))
 

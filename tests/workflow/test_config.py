@@ -26,7 +26,10 @@ def test_default_toml_documents_every_key_and_round_trips(capsys):
     assert text == default_toml()
     document = tomllib.loads(text)
     assert config_from_dict(document).pipeline == PipelineConfig()
-    elsewhere = {"qc_remove": "[qc]\n"}  # fields set in another table, under a short name
+    # fields set in another table, under a short name
+    elsewhere = {"qc_remove": "[qc]\n", "interactions": "\nrun = false\n"}
+    elsewhere |= {"lr_resource": "resource =", "organism": "organism =",
+                  "lr_permutations": "n_permutations ="}  # fmt: skip
     for name in PipelineConfig.__dataclass_fields__:
         if name in elsewhere:
             assert elsewhere[name] in text, name

@@ -72,7 +72,7 @@ def test_provenance_records_versions_inputs_steps(demo_run):
     assert record["seed"] == 0
     assert {"spatiome", "anndata", "scanpy", "numpy"} <= set(record["versions"])
     names = [s["name"] for s in record["steps"]]
-    assert names[:12] == [
+    assert names[:13] == [
         "qc",
         "spatial_qc",
         "doublets",
@@ -82,6 +82,7 @@ def test_provenance_records_versions_inputs_steps(demo_run):
         "leiden",
         "domains_cluster",
         "markers",
+        "neighbourhoods",
         "moran",
         "sparkx",
         "modules_stihc",
@@ -91,7 +92,8 @@ def test_provenance_records_versions_inputs_steps(demo_run):
 
 def test_report_is_self_contained_and_has_sections(demo_run):
     page = (demo_run / "report.html").read_text()
-    for anchor in ("tissue", "qc", "clusters", "domains", "svg", "modules", "truth", "methods"):
+    for anchor in ("tissue", "qc", "clusters", "domains", "interactions", "svg", "modules",
+                   "truth", "methods"):  # fmt: skip
         assert f'id="{anchor}"' in page
     assert page.count("data:image/png;base64,") >= 6
     assert "http://" not in page and "https://" not in page.replace("https://doi", "")

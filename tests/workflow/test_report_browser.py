@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import spatiome as sm
@@ -23,13 +24,13 @@ from spatiome.workflow import PipelineConfig, run_pipeline
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / ".test-artifacts"
 EXPECTED_SECTIONS = (
-    "tissue", "qc", "clusters", "domains", "deconvolution", "integration", "svg", "svg-sparkx",
-    "modules", "methods",
+    "tissue", "qc", "clusters", "domains", "deconvolution", "integration", "interactions",
+    "svg", "svg-sparkx", "modules", "methods",
 )  # fmt: skip
 #: Figures each section shows, at least.
 EXPECTED_FIGURES = {
     "qc": 2, "clusters": 2, "domains": 2, "deconvolution": 3, "integration": 2, "svg": 1,
-    "modules": 1,
+    "modules": 1, "interactions": 4,
 }  # fmt: skip
 #: The largest report: 2 MB, and a bound in the number of spots that keeps the demo's
 #: 3,000 spots under it (0.7 MB + 400 bytes a spot).
@@ -82,7 +83,9 @@ def _chromium() -> str:
 
 @pytest.fixture(scope="module")
 def full_report(tmp_path_factory) -> Path:
-    """A report with every section: two samples, domains, deconvolution, SVGs, modules."""
+    """A report with every section: two samples, domains, deconvolution, neighbourhoods,
+    niches and ligand-receptor pairs (a table of gene pairs of the simulation), SVGs,
+    modules."""
     folder = tmp_path_factory.mktemp("browser")
     cells = sm.datasets.simulate_tissue(
         n_spots=5000, n_genes=100, layout="random", single_cells=True, n_cell_types=4,
@@ -93,9 +96,13 @@ def full_report(tmp_path_factory) -> Path:
     sm.io.write_h5ad(reference, folder / "reference.h5ad")
     left = spots.obsm["spatial"][:, 0] < np.median(spots.obsm["spatial"][:, 0])
     both = sm.integrate.concat_samples({"a": spots[left].copy(), "b": spots[~left].copy()})
+    genes = list(spots.var_names[:40])
+    pairs = pd.DataFrame({"ligand": genes[:20], "receptor": genes[20:]})
+    pairs.to_csv(folder / "pairs.csv", index=False)
     config = PipelineConfig(
         umap=True, n_domains=4, svg_methods=("moran", "sparkx"), module_methods=("stihc",),
-        reference=str(folder / "reference.h5ad"), max_module_genes=60,
+        reference=str(folder / "reference.h5ad"), max_module_genes=60, interactions=True,
+        lr_resource=str(folder / "pairs.csv"),
     )  # fmt: skip
     run_pipeline(both, folder / "out", config, progress=False, cache=False)
     return folder / "out" / "report.html"
@@ -159,7 +166,8 @@ def _check_what_a_reader_sees(probe: dict, sections: dict, report: Path) -> None
     summary = sections["tissue"]["text"]
     for phrase in ("Spots analysed", "Genes", "Spatially variable genes (Moran's I)",
                    "Spatially variable genes (SPARK-X)", "at FDR 0.05", "Gene modules (stIHC)",
-                   "modules of two or more genes", "Cell types"):  # fmt: skip
+                   "modules of two or more genes", "Cell types", "Niches",
+                   "Ligand-receptor pairs co-located"):  # fmt: skip
         assert phrase in summary, phrase
     before_truth = text.split("Recovery of the simulated truth")[0]
     assert "ARI" not in before_truth and "Rand index" not in before_truth

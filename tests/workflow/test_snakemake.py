@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -57,3 +58,37 @@ def test_snakefile_runs_every_step_then_integrates(tmp_path, capsys):
     integrated = sm.io.read_h5ad(tmp_path / "results" / "integrated" / "results.h5ad")
     assert integrated.obs["sample"].value_counts().to_dict() == {"left": 120, "right": 120}
     assert (tmp_path / "results" / "integrated" / "integration_metrics.csv").exists()
+
+
+def test_slurm_profile_submits_each_step_with_its_resources(tmp_path):
+    """The SLURM profile in a dry run: every step of both samples becomes a job with the
+    profile's resources (nothing is submitted; the executor plugin must be installed)."""
+    command = _snakemake()
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="SLURM executor plugin absent")
+    for k in (0, 1):
+        tissue = sm.datasets.simulate_tissue(n_spots=100, n_genes=20, random_state=k)
+        sm.io.write_h5ad(tissue, tmp_path / f"section{k}.h5ad")
+    (tmp_path / "samples.tsv").write_text("sample\tinput\na\tsection0.h5ad\nb\tsection1.h5ad\n")
+    (tmp_path / "run.toml").write_text('[pipeline]\numap = false\nsvg_methods = ["moran"]\n')
+    spatiome = str(Path(sys.executable).with_name("spatiome"))
+    profile = REPO / "workflow" / "profiles" / "slurm"
+    result = subprocess.run(
+        [*command, "-s", str(SNAKEFILE), "--profile", str(profile), "--dry-run",
+         "--config", "samples=samples.tsv", "run_config=run.toml", "out=results",
+         f"spatiome={spatiome}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert f"Using profile {profile}" in output
+    steps = subprocess.run(
+        [spatiome, "config", "--steps", str(tmp_path / "run.toml")],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    jobs = dict(re.findall(r"^(step_\w+|report|integrate)\s+(\d+)$", output, re.M))
+    assert {f"step_{s}" for s in steps} | {"report", "integrate"} == set(jobs)
+    assert all(int(n) == 2 for name, n in jobs.items() if name != "integrate")
+    resources = dict(re.findall(r"rule (\w+):.*?resources: ([^\n]+)", output, re.S))
+    assert "mem_mb=16000" in resources["step_reduce"]
+    assert "mem_mb=8000" in resources["step_qc"] and "cpus_per_task=2" in resources["step_qc"]
+    assert "runtime=240" in resources["integrate"]

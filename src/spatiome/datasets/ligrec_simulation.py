@@ -18,8 +18,9 @@ and D are interspersed. The truth table ``uns["ligrec_truth"]`` lists four kinds
 - ``null``: random pairs of genes expressed uniformly in all cells.
 
 Counts are Poisson with a cell's mean = library size x the gene's level; the library size
-can follow a gradient along x (``depth_gradient``: log-fold change across the tissue), the
-confounder that survives naive normalization.
+can follow a spatial pattern (``depth_gradient``: its log-fold range across the tissue;
+``depth_pattern``: a gradient along x, a radial one, or smooth patches), the confounder
+that survives naive normalization.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ EXPRESSED_LEVEL = 1.5
 BACKGROUND_LEVEL = 0.05
 #: Level of planted genes in their type away from contacts, relative to EXPRESSED_LEVEL.
 PLANTED_BASE = 0.25
+DEPTH_PATTERNS = ("linear", "radial", "patches")
+#: Smooth bumps of the ``"patches"`` depth pattern, and their width relative to the side.
+DEPTH_BUMPS = 6
+DEPTH_BUMP_WIDTH = 0.15
 
 
 def simulate_interactions(
@@ -56,6 +61,7 @@ def simulate_interactions(
     n_null_pairs: int = 60,
     interaction_strength: float = 3.0,
     depth_gradient: float = 0.0,
+    depth_pattern: str = "linear",
     cells_per_patch: int = 150,
     n_neighbors: int = 6,
     random_state: int | np.random.Generator | None = 0,
@@ -80,6 +86,10 @@ def simulate_interactions(
     depth_gradient
         Natural-log change of the library size from the left to the right edge
         (1.0: e-fold), on top of log-normal noise (sd 0.25).
+    depth_pattern
+        Shape of the log library size, scaled to a range of ``depth_gradient``:
+        ``"linear"`` (rising along x), ``"radial"`` (rising from the centre to the
+        corners) or ``"patches"`` (a sum of a few smooth random bumps).
     cells_per_patch
         Mean number of cells per patch.
     n_neighbors
@@ -107,6 +117,10 @@ def simulate_interactions(
         raise SpatiomeInputError(f"n_cells must be at least 200, got {n_cells}")
     if interaction_strength < 0:
         raise SpatiomeInputError(f"interaction_strength must be >= 0, got {interaction_strength}")
+    if depth_pattern not in DEPTH_PATTERNS:
+        raise SpatiomeInputError(
+            f"depth_pattern must be one of {DEPTH_PATTERNS}, got {depth_pattern!r}"
+        )
     if n_null_pairs and n_null_genes < 2:
         raise SpatiomeInputError("null pairs need n_null_genes >= 2")
     rng = check_random_state(random_state)
@@ -173,7 +187,8 @@ def simulate_interactions(
             drawn.add((int(a), int(b)))
         truth += [(null_names[a], null_names[b], "null") for a, b in sorted(drawn)]
 
-    library = np.exp(depth_gradient * (xy[:, 0] / side - 0.5) + rng.normal(0.0, 0.25, n))
+    shape = _depth_shape(xy / side, depth_pattern, rng)
+    library = np.exp(depth_gradient * shape + rng.normal(0.0, 0.25, n))
     rates = np.column_stack(levels) * library[:, None]
     counts = sp.csr_matrix(rng.poisson(rates).astype(np.float32))
     obs = pd.DataFrame(
@@ -190,3 +205,18 @@ def simulate_interactions(
     adata.uns["spatial_unit"] = "um"
     adata.uns["ligrec_truth"] = pd.DataFrame(truth, columns=["ligand", "receptor", "kind"])
     return adata
+
+
+def _depth_shape(unit_xy: np.ndarray, pattern: str, rng: np.random.Generator) -> np.ndarray:
+    """Log library size pattern over the unit square, with a range of about 1."""
+    if pattern == "linear":
+        return unit_xy[:, 0] - 0.5
+    if pattern == "radial":
+        shape = np.linalg.norm(unit_xy - 0.5, axis=1)
+    else:
+        centres = rng.random((DEPTH_BUMPS, 2))
+        signs = rng.choice([-1.0, 1.0], size=DEPTH_BUMPS)
+        squared = ((unit_xy[:, None, :] - centres[None]) ** 2).sum(axis=2)
+        shape = (signs * np.exp(-squared / (2 * DEPTH_BUMP_WIDTH**2))).sum(axis=1)
+    spread = np.ptp(shape)
+    return (shape - shape.mean()) / spread if spread > 0 else np.zeros_like(shape)

@@ -53,6 +53,7 @@ def nhood_enrichment(
     adata: AnnData,
     cluster_key: str,
     *,
+    library_key: str | None = None,
     connectivity_key: str = "spatial",
     method: str = "analytic",
     n_perms: int = 1000,
@@ -77,6 +78,12 @@ def nhood_enrichment(
         Column of ``adata.obs`` with the groups (categorical, or any values, whose sorted
         unique values then become the groups). Cells without a group (NaN) are left out:
         their edges are not counted and they take no part in the relabelling.
+    library_key
+        Column of ``adata.obs`` naming the sample (library) of each cell, when one AnnData
+        holds several sections. Cells of different libraries are never neighbours: graph
+        entries joining two libraries are left out (build the graph with
+        ``spatial_neighbors(..., library_key=...)``), and the relabelling happens within
+        each library. The counts, and their means and variances, add over libraries.
     connectivity_key
         Graph name (``"spatial"`` reads ``obsp["spatial_connectivities"]``; a full key ending
         in ``"_connectivities"`` is used as is).
@@ -159,14 +166,22 @@ def nhood_enrichment(
     if method == "permutation":
         _check_positive_int("n_perms", n_perms)
     codes, categories = _group_codes(adata, cluster_key)
+    libraries = _library_codes(adata, library_key)
     graph = _connectivities(adata, connectivity_key)
     n_groups = len(categories)
-    rows, cols, codes = _labelled_edges(graph, codes)
+    rows, cols, codes, libraries = _labelled_edges(graph, codes, libraries)
     count = _pair_counts(codes[rows], codes[cols], n_groups)
-    mean, variance = _analytic_moments(rows, cols, codes, n_groups)
+    mean, variance = _library_moments(rows, cols, codes, libraries, n_groups)
     if method == "permutation":
         mean, variance = _permutation_moments(
-            rows, cols, codes, n_groups, n_perms, check_random_state(seed), shift=mean
+            rows,
+            cols,
+            codes,
+            n_groups,
+            n_perms,
+            check_random_state(seed),
+            shift=mean,
+            libraries=libraries,
         )
     with np.errstate(divide="ignore", invalid="ignore"):
         zscore = (count - mean) / np.sqrt(variance)
@@ -181,6 +196,7 @@ def interaction_matrix(
     adata: AnnData,
     cluster_key: str,
     *,
+    library_key: str | None = None,
     connectivity_key: str = "spatial",
     normalized: bool = False,
     weights: bool = False,
@@ -200,6 +216,9 @@ def interaction_matrix(
         ``adata.obsp[f"{connectivity_key}_connectivities"]``.
     cluster_key
         Column of ``adata.obs`` with the groups; cells without a group (NaN) are left out.
+    library_key
+        Column of ``adata.obs`` with the sample of each cell: entries joining two samples
+        are left out, and the matrix sums the samples' matrices.
     connectivity_key
         Graph name, as in :func:`nhood_enrichment`.
     normalized
@@ -229,11 +248,14 @@ def interaction_matrix(
     """
     check_adata(adata)
     codes, categories = _group_codes(adata, cluster_key)
+    libraries = _library_codes(adata, library_key)
     graph = _connectivities(adata, connectivity_key)
     n_groups = len(categories)
     source = np.repeat(codes, np.diff(graph.indptr))
     target = codes[graph.indices]
     keep = (source >= 0) & (target >= 0)
+    if libraries is not None:
+        keep &= np.repeat(libraries, np.diff(graph.indptr)) == libraries[graph.indices]
     edge_weights = graph.data[keep] if weights else None
     pairs = source[keep] * n_groups + target[keep]
     matrix = np.bincount(pairs, weights=edge_weights, minlength=n_groups * n_groups)
@@ -249,16 +271,72 @@ def interaction_matrix(
 
 
 def _labelled_edges(
-    graph: sp.csr_matrix, codes: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Entries between labelled cells, renumbered over the labelled cells only."""
+    graph: sp.csr_matrix, codes: np.ndarray, libraries: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Entries between labelled cells (of one library), renumbered over the labelled cells."""
     labelled = codes >= 0
     index = np.full(codes.size, -1, dtype=np.int64)
     index[labelled] = np.arange(int(labelled.sum()))
     rows = np.repeat(index, np.diff(graph.indptr))
     cols = index[graph.indices]
     keep = (rows >= 0) & (cols >= 0)
-    return rows[keep], cols[keep], codes[labelled]
+    if libraries is None:
+        return rows[keep], cols[keep], codes[labelled], None
+    libraries = libraries[labelled]
+    rows, cols = rows[keep], cols[keep]
+    same = libraries[rows] == libraries[cols]
+    return rows[same], cols[same], codes[labelled], libraries
+
+
+def _library_codes(adata: AnnData, library_key: str | None) -> np.ndarray | None:
+    """Library code of every cell (None without ``library_key``)."""
+    if library_key is None:
+        return None
+    if not isinstance(library_key, str) or library_key not in adata.obs:
+        columns = ", ".join(map(repr, list(adata.obs.columns)[:10])) or "none"
+        raise SpatiomeInputError(
+            f"adata.obs[{library_key!r}] is missing (columns: {columns}): pass the column "
+            "that names each cell's sample as library_key, or library_key=None"
+        )
+    values = adata.obs[library_key]
+    if values.isna().any():
+        raise SpatiomeInputError(
+            f"adata.obs[{library_key!r}] has {int(values.isna().sum())} missing values: every "
+            "cell needs a library; fill them or drop those cells"
+        )
+    return pd.Categorical(values).codes.astype(np.int64)
+
+
+def _library_moments(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    codes: np.ndarray,
+    libraries: np.ndarray | None,
+    n_groups: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact moments of the counts: relabelling within libraries is independent across
+    them, so the libraries' means and variances add."""
+    if libraries is None:
+        return _analytic_moments(rows, cols, codes, n_groups)
+    mean = np.zeros((n_groups, n_groups))
+    variance = np.zeros((n_groups, n_groups))
+    cell_order = np.argsort(libraries, kind="stable")
+    cell_bounds = np.searchsorted(libraries[cell_order], np.arange(libraries.max() + 2))
+    entry_order = np.argsort(libraries[rows], kind="stable")
+    entry_bounds = np.searchsorted(libraries[rows][entry_order], np.arange(libraries.max() + 2))
+    local = np.empty(codes.size, dtype=np.int64)
+    for library in range(libraries.max() + 1):
+        cells = cell_order[cell_bounds[library] : cell_bounds[library + 1]]
+        if cells.size == 0:
+            continue
+        local[cells] = np.arange(cells.size)
+        entries = entry_order[entry_bounds[library] : entry_bounds[library + 1]]
+        part_mean, part_variance = _analytic_moments(
+            local[rows[entries]], local[cols[entries]], codes[cells], n_groups
+        )
+        mean += part_mean
+        variance += part_variance
+    return mean, variance
 
 
 def _pair_counts(source: np.ndarray, target: np.ndarray, n_groups: int) -> np.ndarray:
@@ -363,16 +441,24 @@ def _permutation_moments(
     rng: np.random.Generator,
     *,
     shift: np.ndarray,
+    libraries: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and variance (ddof 0) of the counts over ``n_perms`` random relabellings.
 
     Sums are taken around ``shift`` (the exact mean) so that squaring large counts loses
-    no precision.
+    no precision. With ``libraries``, labels move only within a library.
     """
     first = np.zeros((n_groups, n_groups))
     second = np.zeros((n_groups, n_groups))
+    members = (
+        [np.arange(codes.size)]
+        if libraries is None
+        else [np.flatnonzero(libraries == lib) for lib in np.unique(libraries)]
+    )
+    labels = codes.copy()
     for _ in range(n_perms):
-        labels = rng.permutation(codes)
+        for cells in members:
+            labels[cells] = rng.permutation(codes[cells])
         deviation = _pair_counts(labels[rows], labels[cols], n_groups) - shift
         first += deviation
         second += deviation * deviation
@@ -389,6 +475,7 @@ def co_occurrence(
     adata: AnnData,
     cluster_key: str,
     *,
+    library_key: str | None = None,
     spatial_key: str = "spatial",
     interval: int | np.ndarray = 50,
     copy: bool = False,
@@ -409,6 +496,10 @@ def co_occurrence(
         ``adata.obs[cluster_key]`` (cells without a group are left out).
     cluster_key
         Column of ``adata.obs`` with the groups.
+    library_key
+        Column of ``adata.obs`` with the sample of each cell: pairs are counted within each
+        sample only (sections may share coordinates) and summed over samples before the
+        ratios are taken; the default thresholds span the samples' ranges.
     spatial_key
         Coordinates in ``adata.obsm`` (2-D or 3-D, all columns are used).
     interval
@@ -446,22 +537,17 @@ def co_occurrence(
     """
     check_adata(adata)
     codes, categories = _group_codes(adata, cluster_key)
+    libraries = _library_codes(adata, library_key)
     coords = get_spatial(adata, spatial_key)
     labelled = codes >= 0
     coords, codes = coords[labelled], codes[labelled]
-    thresholds = _co_occurrence_interval(coords, interval)
+    libraries = np.zeros(codes.size, dtype=np.int64) if libraries is None else libraries[labelled]
+    sections = [libraries == library for library in np.unique(libraries)]
+    thresholds = _co_occurrence_interval([coords[cells] for cells in sections], interval)
     n_groups = len(categories)
     counts = np.zeros((n_groups, n_groups, thresholds.size - 1))
-    members = [coords[codes == group] for group in range(n_groups)]
-    trees = [cKDTree(points) if len(points) else None for points in members]
-    for a in range(n_groups):
-        for b in range(a, n_groups):
-            if trees[a] is None or trees[b] is None:
-                continue
-            pairs = trees[a].count_neighbors(trees[b], thresholds[1:]).astype(np.float64)
-            if a == b:
-                pairs -= len(members[a])  # each cell with itself, at distance 0
-            counts[a, b] = counts[b, a] = pairs
+    for cells in sections:
+        counts += _co_occurrence_counts(coords[cells], codes[cells], n_groups, thresholds)
     with_group = counts.sum(axis=1)  # (group, threshold): pairs with a cell in the group
     share = with_group / np.maximum(with_group.sum(axis=0), 1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -476,17 +562,42 @@ def co_occurrence(
     return None
 
 
-def _co_occurrence_interval(coords: np.ndarray, interval: Any) -> np.ndarray:
-    """The distance thresholds: given ones sorted, or squidpy's default range."""
+def _co_occurrence_counts(
+    coords: np.ndarray, codes: np.ndarray, n_groups: int, thresholds: np.ndarray
+) -> np.ndarray:
+    """Pairs of distinct cells within each threshold (but the first), by pair of groups."""
+    counts = np.zeros((n_groups, n_groups, thresholds.size - 1))
+    members = [coords[codes == group] for group in range(n_groups)]
+    trees = [cKDTree(points) if len(points) else None for points in members]
+    for a in range(n_groups):
+        for b in range(a, n_groups):
+            if trees[a] is None or trees[b] is None:
+                continue
+            pairs = trees[a].count_neighbors(trees[b], thresholds[1:]).astype(np.float64)
+            if a == b:
+                pairs -= len(members[a])  # each cell with itself, at distance 0
+            counts[a, b] = counts[b, a] = pairs
+    return counts
+
+
+def _co_occurrence_interval(sections: list[np.ndarray], interval: Any) -> np.ndarray:
+    """The distance thresholds: given ones sorted, or squidpy's default range (from the
+    smallest start to the largest stop over the sections)."""
     if isinstance(interval, numbers.Integral) and not isinstance(interval, bool):
         if interval < 2:
             raise SpatiomeInputError(f"interval must give at least 2 thresholds, got {interval}")
-        coordinate_sum = coords.sum(axis=1)
-        lowest, second = np.argsort(coordinate_sum, kind="stable")[:2]
-        highest = int(np.argmax(coordinate_sum))
-        start = float(np.linalg.norm(coords[lowest] - coords[second]))
-        stop = float(np.linalg.norm(coords[lowest] - coords[highest])) / 2
-        return np.linspace(start, stop, int(interval))
+        starts, stops = [], []
+        for coords in sections:
+            if len(coords) < 2:
+                continue
+            coordinate_sum = coords.sum(axis=1)
+            lowest, second = np.argsort(coordinate_sum, kind="stable")[:2]
+            highest = int(np.argmax(coordinate_sum))
+            starts.append(float(np.linalg.norm(coords[lowest] - coords[second])))
+            stops.append(float(np.linalg.norm(coords[lowest] - coords[highest])) / 2)
+        if not starts:
+            raise SpatiomeInputError("co-occurrence needs at least 2 labelled cells")
+        return np.linspace(min(starts), max(stops), int(interval))
     try:
         thresholds = np.sort(np.asarray(interval, dtype=np.float64).ravel())
     except (TypeError, ValueError):
@@ -510,6 +621,7 @@ def ripley(
     cluster_key: str,
     *,
     mode: str = "L",
+    library_key: str | None = None,
     spatial_key: str = "spatial",
     support: np.ndarray | None = None,
     n_simulations: int = 100,
@@ -541,6 +653,13 @@ def ripley(
         Column of ``adata.obs`` with the groups.
     mode
         ``"L"``, ``"K"``, ``"G"`` or ``"F"``.
+    library_key
+        Column of ``adata.obs`` with the sample of each cell. Each sample is its own
+        pattern in its own window (the convex hull of its labelled cells), simulated in
+        that window; the samples are pooled as replicated patterns (Baddeley et al. 2015,
+        ch. 16): the numerators and the denominators of K, G and F (pair counts, cells at
+        risk) add over samples before the ratio is taken, for the data and for each
+        simulation alike. The default support is computed over the samples together.
     spatial_key
         Coordinates in ``adata.obsm``.
     support
@@ -632,6 +751,7 @@ def ripley(
     _check_positive_int("n_simulations", n_simulations)
     _check_positive_int("n_observations", n_observations)
     codes, categories = _group_codes(adata, cluster_key, min_groups=1)
+    libraries = _library_codes(adata, library_key)
     coords = get_spatial(adata, spatial_key)
     if coords.shape[1] != 2:
         raise SpatiomeInputError(
@@ -640,41 +760,52 @@ def ripley(
         )
     labelled = codes >= 0
     coords, codes = coords[labelled], codes[labelled]
-    window = _Window(coords)
-    border = window.border(coords)
-    bins = _ripley_support(support, max_dist, n_steps, window.area, border)
+    libraries = np.zeros(codes.size, dtype=np.int64) if libraries is None else libraries[labelled]
+    sections = [_Section(coords, codes, libraries == lib) for lib in np.unique(libraries)]
+    bins = _ripley_support(
+        support,
+        max_dist,
+        n_steps,
+        min(section.window.area for section in sections),
+        np.concatenate([section.border for section in sections]),
+    )
     corrected = edge_correction == "border"
     # Separate streams for thinning, test points and simulations, none of them the plain
-    # default_rng(seed) stream that may well have generated the data being tested.
+    # default_rng(seed) stream that may well have generated the data being tested; the
+    # first sample keeps the streams of a single pattern.
     base = _seed_int(seed)
     rng = np.random.default_rng([base, 0])
-    test_points = (
-        window.uniform(n_observations, np.random.default_rng([base, 1])) if mode == "F" else None
-    )
+    for index, section in enumerate(sections):
+        section.test_points = (
+            section.window.uniform(
+                n_observations, np.random.default_rng([base, 1, *([index] if index else [])])
+            )
+            if mode == "F"
+            else None
+        )
 
     present = [g for g in range(len(categories)) if np.any(codes == g)]
-    observed, simulated, cache = [], [], {}
+    observed, simulated = [], []
     for group in present:
-        points = coords[codes == group]
-        if mode in ("K", "L") and len(points) > n_observations:
-            points = points[np.sort(rng.choice(len(points), n_observations, replace=False))]
-        observed.append(_ripley_stat(mode, points, window, bins, corrected, test_points))
-        if len(points) not in cache:
-            size_rng = np.random.default_rng([base, 2, len(points)])
-            cache[len(points)] = np.array(
-                [
-                    _ripley_stat(
-                        mode,
-                        window.uniform(len(points), size_rng),
-                        window,
-                        bins,
-                        corrected,
-                        test_points,
-                    )
-                    for _ in range(n_simulations)
-                ]
+        numerator, denominator = np.zeros(bins.size), np.zeros(bins.size)
+        simulated_numerator = np.zeros((n_simulations, bins.size))
+        simulated_denominator = np.zeros((n_simulations, bins.size))
+        for index, section in enumerate(sections):
+            points = section.coords[section.codes == group]
+            if len(points) == 0:
+                continue
+            if mode in ("K", "L") and len(points) > n_observations:
+                points = points[np.sort(rng.choice(len(points), n_observations, replace=False))]
+            parts = _ripley_parts(mode, points, section, bins, corrected)
+            numerator += parts[0]
+            denominator += parts[1]
+            sims = section.simulations(
+                mode, len(points), bins, corrected, n_simulations, [base, 2, len(points)], index
             )
-        simulated.append(cache[len(points)])
+            simulated_numerator += sims[0]
+            simulated_denominator += sims[1]
+        observed.append(_ripley_value(mode, numerator, denominator))
+        simulated.append(_ripley_value(mode, simulated_numerator, simulated_denominator))
     result = _ripley_result(
         mode, cluster_key, categories[present], bins, np.array(observed), simulated
     )
@@ -682,6 +813,40 @@ def ripley(
         return result
     adata.uns[f"{cluster_key}_ripley_{mode}"] = result
     return None
+
+
+class _Section:
+    """One sample's labelled cells, its window, and its cached CSR simulations."""
+
+    def __init__(self, coords: np.ndarray, codes: np.ndarray, cells: np.ndarray) -> None:
+        self.coords, self.codes = coords[cells], codes[cells]
+        self.window = _Window(self.coords)
+        self.border = self.window.border(self.coords)
+        self.test_points: np.ndarray | None = None
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def simulations(
+        self,
+        mode: str,
+        n_points: int,
+        bins: np.ndarray,
+        corrected: bool,
+        n_simulations: int,
+        stream: list[int],
+        index: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Numerators and denominators of ``n_simulations`` CSR patterns of ``n_points``."""
+        if n_points not in self._cache:
+            rng = np.random.default_rng([*stream, *([index] if index else [])])
+            parts = [
+                _ripley_parts(mode, self.window.uniform(n_points, rng), self, bins, corrected)
+                for _ in range(n_simulations)
+            ]
+            self._cache[n_points] = (
+                np.array([part[0] for part in parts]),
+                np.array([part[1] for part in parts]),
+            )
+        return self._cache[n_points]
 
 
 class _Window:
@@ -736,34 +901,38 @@ def _ripley_support(
     return np.linspace(0.0, float(max_dist), int(n_steps))
 
 
-def _ripley_stat(
-    mode: str,
-    points: np.ndarray,
-    window: _Window,
-    bins: np.ndarray,
-    corrected: bool,
-    test_points: np.ndarray | None,
-) -> np.ndarray:
-    """One pattern's statistic at every distance of ``bins``."""
+def _ripley_parts(
+    mode: str, points: np.ndarray, section: _Section, bins: np.ndarray, corrected: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Numerator and denominator of one pattern's statistic at every distance of ``bins``.
+
+    K = numerator / denominator (L = sqrt(K / pi)); G and F are shares, numerator /
+    denominator. Both add over replicated patterns.
+    """
+    window = section.window
     if mode == "F":
-        centres = test_points
+        centres = section.test_points
         reach, _ = cKDTree(points).query(centres, k=1)
-        return _share_within(reach, window.border(centres), bins, corrected)
+        return _share_parts(reach, window.border(centres), bins, corrected)
     if len(points) < 2:
-        return np.full(bins.size, np.nan)
+        return np.zeros(bins.size), np.zeros(bins.size)
     border = window.border(points) if corrected else np.full(len(points), np.inf)
     tree = cKDTree(points)
     if mode == "G":
         reach, _ = tree.query(points, k=2)
-        return _share_within(reach[:, 1], border, bins, corrected)
+        return _share_parts(reach[:, 1], border, bins, corrected)
     pairs = tree.query_pairs(float(bins[-1]), output_type="ndarray")
     lengths = np.linalg.norm(points[pairs[:, 0]] - points[pairs[:, 1]], axis=1)
     centres = np.concatenate([pairs[:, 0], pairs[:, 1]])
     neighbours = _interval_counts(np.tile(lengths, 2), border[centres], bins)
-    at_risk = _at_least(border, bins)
+    return window.area / (len(points) - 1) * neighbours, _at_least(border, bins)
+
+
+def _ripley_value(mode: str, numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """The statistic from its pooled parts (NaN where nothing is at risk)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        k_function = window.area / (len(points) - 1) * neighbours / at_risk
-    return np.sqrt(k_function / np.pi) if mode == "L" else k_function
+        value = numerator / denominator
+    return np.sqrt(value / np.pi) if mode == "L" else value
 
 
 def _interval_counts(start: np.ndarray, stop: np.ndarray, bins: np.ndarray) -> np.ndarray:
@@ -782,14 +951,13 @@ def _at_least(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
     return (values.size - np.searchsorted(np.sort(values), bins, side="left")).astype(np.float64)
 
 
-def _share_within(
+def _share_parts(
     reach: np.ndarray, border: np.ndarray, bins: np.ndarray, corrected: bool
-) -> np.ndarray:
-    """Share of the centres within r of the pattern, among those r or more from the edge."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centres within r of the pattern, and centres r or more from the edge."""
     if not corrected:
         border = np.full(reach.size, np.inf)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return _interval_counts(reach, border, bins) / _at_least(border, bins)
+    return _interval_counts(reach, border, bins), _at_least(border, bins)
 
 
 def _ripley_result(

@@ -126,8 +126,8 @@ def niches(
         composition (DataFrame, rows sum to 1); ``uns[key_added]``: ``"composition"``
         (DataFrame niches x groups, the mean composition of each niche), ``"params"``
         (the settings used, the number of neighbours, and how the number of niches was
-        chosen) and, when it was chosen, ``"silhouette"`` (Series indexed by the number
-        of niches).
+        chosen) and, when it was chosen, ``"silhouette"`` (DataFrame: ``n_niches`` and
+        the mean ``silhouette`` of each number tried).
 
     Examples
     --------
@@ -198,8 +198,8 @@ def niches(
             "random_state": random_state,
         },
     }
-    if silhouette is not None:
-        result["silhouette"] = silhouette
+    if silhouette is not None:  # a table, so that the AnnData can be written to h5ad
+        result["silhouette"] = silhouette.reset_index()
     target.uns[key_added] = result
     return target if copy else None
 

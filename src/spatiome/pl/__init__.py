@@ -19,6 +19,7 @@ from .._core.validate import SpatiomeInputError
 from .deconv import cell_type_colors, cell_type_maps, dominant_cell_type, scatter_pies
 from .domains import markers, module_scores
 from .embedding import embedding
+from .interactions import ligrec_local, nhood_enrichment, niche_composition
 from .qc import qc_spatial, qc_violin
 from .spatial import category_palette, spatial
 
@@ -29,8 +30,11 @@ __all__ = [
     "dominant_cell_type",
     "embedding",
     "figure_to_base64_png",
+    "ligrec_local",
     "markers",
     "module_scores",
+    "nhood_enrichment",
+    "niche_composition",
     "qc_spatial",
     "qc_violin",
     "save",

@@ -1,10 +1,12 @@
 """Run configuration files (TOML): reading, validation, and the documented defaults.
 
-A configuration has three tables::
+A configuration has these tables::
 
     [input]      paths (one or more), sample_names
     [output]     dir, title
     [qc]         remove (the field ``qc_remove``)
+    [interactions] run, resource, organism, n_permutations (the fields ``interactions``,
+                 ``lr_resource``, ``organism``, ``lr_permutations``)
     [pipeline]   every other field of :class:`~spatiome.workflow.PipelineConfig`
 
 Unknown tables or keys, and values of the wrong type, are errors that name the key.
@@ -52,7 +54,15 @@ _RUN_KEYS: dict[str, dict[str, tuple[type, Any, str]]] = {
 
 
 #: Tables that hold some pipeline fields under shorter names: table -> {key: field}.
-_FIELD_TABLES: dict[str, dict[str, str]] = {"qc": {"remove": "qc_remove"}}
+_FIELD_TABLES: dict[str, dict[str, str]] = {
+    "qc": {"remove": "qc_remove"},
+    "interactions": {
+        "run": "interactions",
+        "resource": "lr_resource",
+        "organism": "organism",
+        "n_permutations": "lr_permutations",
+    },
+}
 
 
 @dataclasses.dataclass
@@ -130,6 +140,8 @@ def config_from_dict(
         pipeline.reference = str(_resolve(base, pipeline.reference, may_be_name=True))
     if pipeline.modality_input is not None:
         pipeline.modality_input = str(_resolve(base, pipeline.modality_input))
+    if Path(pipeline.lr_resource).suffix.lower() in (".csv", ".tsv", ".gz"):
+        pipeline.lr_resource = str(_resolve(base, pipeline.lr_resource))
     return RunConfig(
         inputs=paths,
         sample_names=list(names),

@@ -12,6 +12,8 @@ DOMAIN_METHODS = ("cluster", "bison", "gnn")
 MODULE_METHODS = ("stihc", "aeh")
 #: How ``results`` are written: ``results.h5ad``, a SpatialData ``results.zarr``, or both.
 OUTPUT_FORMATS = ("h5ad", "spatialdata", "both")
+#: Organisms of the ligand-receptor resource ("auto": from the case of the gene symbols).
+ORGANISM_CHOICES = ("auto", "human", "mouse")
 #: Cell-type deconvolution methods (a reference is needed).
 DECONV_METHODS = ("rctd", "nnls", "nb_vi")
 DECONV_TITLES = {

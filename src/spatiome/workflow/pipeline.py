@@ -46,6 +46,7 @@ from .integration import (
 from .integration import (
     n_samples as count_samples,
 )
+from .interactions import run_interactions, run_neighbourhoods, write_interaction_tables
 from .names import (
     DECONV_METHODS,
     DECONV_TITLES,
@@ -54,6 +55,7 @@ from .names import (
     MODULE_METHODS,
     MODULE_TITLES,
     MULTIMODAL_DOMAIN_KEY,
+    ORGANISM_CHOICES,
     OUTPUT_FORMATS,
     SVG_METHODS,
     SVG_TITLES,
@@ -171,6 +173,27 @@ class PipelineConfig:
     modality_input
         ``.h5ad`` with the second modality (same spot names). With ``modality="image"``
         and no input, features are computed from the histology image stored with the data.
+    group_key
+        ``obs`` column of the groups whose neighbourhoods are compared (cell types,
+        clusters). Default: ``label_key``, else an ``obs["cell_type"]`` column, else the
+        most abundant cell type of each spot from deconvolution, else the first domain
+        method's domains (see :func:`spatiome.workflow.interactions.interaction_groups`).
+        The ``neighbourhoods`` step runs when one of these can exist: with a domain
+        method, a reference, ``group_key`` or ``label_key``.
+    n_niches
+        Number of niches (clusters of neighbourhood composition); None chooses it by
+        silhouette. Niches need cell types: labels, ``group_key`` or deconvolution.
+    interactions
+        Score ligand-receptor pairs for spatial co-expression
+        (:func:`spatiome.interactions.ligrec`; ``[interactions] run``, ``--interactions``).
+    lr_resource
+        Ligand-receptor pairs: a resource name of liana's table ("consensus") or the path
+        of a CSV with ``ligand`` and ``receptor`` columns.
+    organism
+        "human", "mouse", or "auto" (from the case of the gene symbols).
+    lr_permutations
+        Spot permutations of the ligand-receptor tests between pairs of groups (0: no
+        group p-values); the tissue-wide test of each pair is analytic.
     output_format
         How the annotated data are written: "h5ad" (``results.h5ad``, default),
         "spatialdata" (a SpatialData zarr store ``results.zarr`` instead, needs the
@@ -209,6 +232,12 @@ class PipelineConfig:
     label_key: str | None = None
     modality: str | None = None
     modality_input: str | None = None
+    group_key: str | None = None
+    n_niches: int | None = None
+    interactions: bool = False
+    lr_resource: str = "consensus"
+    organism: str = "auto"
+    lr_permutations: int = 199
     output_format: str = "h5ad"
 
     def __post_init__(self) -> None:
@@ -241,6 +270,11 @@ class PipelineConfig:
             )
         if self.reference is not None:
             self.reference = str(self.reference)
+        if self.organism not in ORGANISM_CHOICES:
+            raise SpatiomeInputError(
+                f"organism must be one of {ORGANISM_CHOICES}, got {self.organism!r}"
+            )
+        self.lr_resource = str(self.lr_resource)
         self.svg_methods = _method_names("svg_methods", self.svg_methods, SVG_METHODS, True)
         self.domain_methods = _method_names(
             "domain_methods", self.domain_methods, DOMAIN_METHODS, False
@@ -275,6 +309,8 @@ NUMERIC_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "n_patterns": (1, None, True),
     "max_module_genes": (4, None, True),
     "deconv_smoothing": (0.0, None, False),
+    "n_niches": (2, None, True),
+    "lr_permutations": (0, None, True),
 }
 GRAPH_METHODS = ("auto", "grid", "knn", "radius", "delaunay")
 
@@ -350,12 +386,15 @@ def pipeline_steps(config: PipelineConfig, n_samples: int = 1) -> tuple[str, ...
     Examples
     --------
     >>> pipeline_steps(PipelineConfig(svg_methods=("sparkx",)))[-6:]
-    ('n_domains', 'domains_cluster', 'markers', 'sparkx', 'modules_stihc', 'report')
+    ('domains_cluster', 'markers', 'neighbourhoods', 'sparkx', 'modules_stihc', 'report')
+    >>> pipeline_steps(PipelineConfig(interactions=True))[-6:]
+    ('neighbourhoods', 'interactions', 'moran', 'sparkx', 'modules_stihc', 'report')
     >>> pipeline_steps(PipelineConfig(modality="image"), n_samples=2)[5:8]
     ('reduce', 'integration', 'leiden')
     """
     domain_steps = tuple(f"domains_{m}" for m in config.domain_methods)
     correct = n_samples > 1 and config.batch_correction != "none"
+    has_groups = bool(domain_steps or config.reference or config.group_key or config.label_key)
     return (
         "qc",
         "spatial_qc",
@@ -370,6 +409,8 @@ def pipeline_steps(config: PipelineConfig, n_samples: int = 1) -> tuple[str, ...
         *(("markers",) if domain_steps else ()),
         *(("multimodal",) if config.modality else ()),
         *(("deconvolution",) if config.reference else ()),
+        *(("neighbourhoods",) if has_groups else ()),
+        *(("interactions",) if config.interactions else ()),
         *config.svg_methods,
         *(f"modules_{m}" for m in config.module_methods),
         "report",
@@ -883,6 +924,8 @@ def run_pipeline(
 
     Writes ``results.h5ad``, ``svg.csv`` (the first of ``config.svg_methods``),
     ``svg_<method>.csv`` for each further method, ``markers.csv`` (domain markers),
+    ``neighbourhood_enrichment.csv``, ``niches.csv``, ``ligand_receptor.csv`` and
+    ``ligand_receptor_groups.csv`` (see :mod:`spatiome.workflow.interactions`),
     ``modules_<method>.csv``, ``provenance.json``, ``report.html`` and ``spatiome.log`` to
     ``out_dir``, each atomically. The input AnnData is not modified.
 
@@ -931,8 +974,9 @@ def run_pipeline(
     >>> tissue = sm.datasets.simulate_tissue(n_spots=400, n_genes=60, random_state=0)
     >>> result = run_pipeline(tissue, tempfile.mkdtemp(), PipelineConfig(umap=False),
     ...                       progress=False)
-    >>> sorted(result.files)
-    ['log', 'markers', 'modules_stihc', 'provenance', 'report', 'results', 'svg', 'svg_sparkx']
+    >>> sorted(result.files)  # doctest: +NORMALIZE_WHITESPACE
+    ['log', 'markers', 'modules_stihc', 'neighbourhood_enrichment', 'provenance', 'report',
+     'results', 'svg', 'svg_sparkx']
     """
     from .. import domains, graph, pp
 
@@ -957,6 +1001,10 @@ def run_pipeline(
     if config.modality_input is not None:
         record.add_input(config.modality_input)
         side_inputs.append(str(Path(config.modality_input).resolve()))
+    if config.interactions and Path(config.lr_resource).is_file():
+        # the pairs' table is an input: its sha256 is recorded and keys the cache
+        record.add_input(config.lr_resource)
+        side_inputs.append(str(Path(config.lr_resource).resolve()))
 
     data = adata.copy()
     input_notes = make_names_unique(data)
@@ -1018,6 +1066,8 @@ def run_pipeline(
         )
     if reference is not None:
         actions["deconvolution"] = lambda: run_deconvolution(data, reference, config)
+    actions["neighbourhoods"] = lambda: run_neighbourhoods(data, config)
+    actions["interactions"] = lambda: run_interactions(data, config)
     for method in config.svg_methods:
         actions[method] = lambda method=method: _run_svg_step(data, method, config)
     for method in config.module_methods:
@@ -1122,6 +1172,8 @@ def run_pipeline(
             "modules": {m: value[0] for m, value in modules.items()},
             "mixing": mixing_table(data, config) if "integration" in outputs else None,
             "skipped": dict(skipped),
+            "neighbourhoods": outputs.get("neighbourhoods"),
+            "interactions": outputs.get("interactions"),
         }
         summary = _summary(data, tables, config, truth)
         results = data
@@ -1270,6 +1322,11 @@ def _summary(
         key = f"module_{method}"
         if any(f"{key}{suffix}" in data.var for suffix in ("_module", "_pattern")):
             summary[f"n_modules_{method}"] = count_modules(data, key)[0]
+    if "niche" in data.obs:
+        summary["n_niches"] = int(data.obs["niche"].nunique())
+    if isinstance(data.uns.get("ligrec"), pd.DataFrame):
+        summary["n_lr_pairs_tested"] = int(len(data.uns["ligrec"]))
+        summary["n_lr_pairs"] = int((data.uns["ligrec"]["qvalue"] < config.fdr).sum())
     n_samples = count_samples(data, config)
     if n_samples > 1:
         summary["n_samples"] = n_samples
@@ -1347,6 +1404,13 @@ def _write_outputs(
         files["integration_metrics"] = out / "integration_metrics.csv"
         with atomic_path(files["integration_metrics"]) as tmp:
             extra["mixing"].to_csv(tmp)
+
+    def write_table(name: str, table: pd.DataFrame, options: dict[str, Any]) -> None:
+        files[name] = out / f"{name}.csv"
+        with atomic_path(files[name]) as tmp:
+            table.to_csv(tmp, **options)
+
+    write_interaction_tables(extra, write_table)
     for method, table in extra.get("modules", {}).items():
         if table is not None:
             files[f"modules_{method}"] = out / f"modules_{method}.csv"

@@ -32,6 +32,7 @@ from anndata import AnnData
 
 from .._core.validate import SpatiomeInputError
 from .integration import BATCH_TITLES, MODALITY_TITLES, integration_section
+from .interactions import interactions_section
 from .names import DECONV_TITLES, DOMAIN_TITLES, MODULE_TITLES, SVG_TITLES, domain_key
 from .report import Section, format_value, methods_paragraph, table_html
 
@@ -162,7 +163,8 @@ def report_sections(
     config
         The run's parameters.
     extra
-        Domain markers ("markers"), module tables ("modules"), sample mixing ("mixing").
+        Domain markers ("markers"), module tables ("modules"), sample mixing ("mixing"),
+        the neighbourhood and ligand-receptor results ("neighbourhoods", "interactions").
 
     Returns
     -------
@@ -225,6 +227,12 @@ def report_sections(
     if notes.get("integration"):
         sections.append(
             integration_section(data, notes["integration"], extra.get("mixing"), config, figure)
+        )
+    if extra.get("neighbourhoods") or extra.get("interactions"):
+        sections.append(
+            interactions_section(
+                data, extra.get("neighbourhoods"), extra.get("interactions"), config, figure
+            )
         )
     first_svg = len(sections)
     mapped: dict[str, str] = {}
@@ -391,6 +399,13 @@ def summary_table(
     if "n_cell_types" in summary:
         title = DECONV_TITLES.get(str(summary.get("deconv_method")), "deconvolution")
         rows[f"Cell types ({title})"] = summary["n_cell_types"]
+    if "n_niches" in summary:
+        rows["Niches (neighbourhood composition)"] = summary["n_niches"]
+    if "n_lr_pairs" in summary:
+        fdr = float(summary.get("fdr", config.fdr))
+        rows[f"Ligand-receptor pairs co-located (q < {fdr:g})"] = (
+            f"{summary['n_lr_pairs']:,} of {summary['n_lr_pairs_tested']:,} tested"
+        )
     return pd.DataFrame({"value": pd.Series(rows, dtype=object)})
 
 
