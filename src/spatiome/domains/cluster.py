@@ -507,7 +507,7 @@ def cluster(
     smoothing_steps: int = 3,
     target_sum: float | None = 1e4,
     covariance_type: str = "tied",
-    n_init: int = 40,
+    n_init: int = 10,
     use_rep: str | None = None,
     n_comps: int = 30,
     n_top_genes: int | None = 3000,
@@ -524,8 +524,7 @@ def cluster(
     """Spatial domains from spatially smoothed principal components and a Gaussian mixture.
 
     Features: the ``n_comps`` principal components ``P`` of the ``n_top_genes`` highly
-    variable genes (scanpy's ``seurat_v3`` ranking of the raw counts, as in
-    :func:`spatiome.pp.reduce`; the counts scaled to
+    variable genes (Seurat v3 ranking of the raw counts; the counts scaled to
     ``target_sum`` per spot and log1p-transformed, not scaled per gene), next to their
     neighbourhood mean ``S^t P``: ``S`` averages each spot with its
     ``n_spatial_neighbors`` nearest spots, applied ``smoothing_steps`` times (the
@@ -587,8 +586,6 @@ def cluster(
         ``"full"``, ``"diag"`` or ``"spherical"``.
     n_init
         Starts of the mixture (k-means initializations); the most likely fit is kept.
-        40 by default: with the Seurat v3 genes of scanpy, 10 starts left DLPFC 151674
-        and the bulb between fits of similar likelihood (docs/domains.md).
     use_rep
         Cluster this existing ``adata.obsm`` representation instead of computing features.
     n_comps, n_top_genes, n_spatial_neighbors
@@ -1209,7 +1206,7 @@ def _domain_features(
     are selected on the raw counts, the expression is ``log1p`` of the counts scaled to
     ``target_sum`` per spot.
     """
-    from ..pp.reduce import _looks_like_counts, _neighbourhood_pca, _select_genes
+    from ..pp.reduce import _looks_like_counts, _neighbourhood_pca
 
     coords = get_spatial(adata, spatial_key)
     matrix = get_matrix(adata)
@@ -1225,7 +1222,7 @@ def _domain_features(
     layer = (normalized or {}).get("layer", "counts")
     if layer != "X" and layer in adata.layers:
         view.layers[layer] = adata.layers[layer]
-    hvg_flavor = _select_genes(view, n_top_genes, normalized)
+    hvg_flavor = _select_domain_genes(view, n_top_genes, normalized, layer)
     # Only with genes selected on the raw counts: scaling the counts of low-depth data
     # (targeted panels, a few hundred counts per cell) up to 10,000 lost half the ARI on
     # simulated tissues that keep every gene.
@@ -1269,6 +1266,34 @@ def _log_normalized(counts, target_sum: float) -> sp.csr_matrix:
     counts.data *= np.repeat(factor, np.diff(counts.indptr))
     np.log1p(counts.data, out=counts.data)
     return counts
+
+
+def _select_domain_genes(
+    view: AnnData, n_top_genes: int | None, normalized: dict | None, layer: str
+) -> str:
+    """Mark ``view.var["highly_variable"]``: Seurat v3 on the raw counts where they exist.
+
+    The counts' variance-stabilized ranking (Stuart et al. 2019) is the gene selection of
+    the graph networks too; without a counts layer, or after Pearson residuals, the
+    selection of :func:`spatiome.pp.reduce` applies.
+    """
+    from ..pp.reduce import _select_genes
+    from ._hvg import seurat_v3_genes
+
+    log_normalized = normalized is not None and normalized.get("method") == "log1p"
+    if (
+        n_top_genes is None
+        or n_top_genes >= view.n_vars
+        or not log_normalized
+        or layer == "X"
+        or layer not in view.layers
+    ):
+        return _select_genes(view, n_top_genes, normalized)
+    if n_top_genes < 2:
+        raise SpatiomeInputError(f"n_top_genes must be >= 2 or None, got {n_top_genes}")
+    top = seurat_v3_genes(sp.csr_matrix(view.layers[layer]), int(n_top_genes))
+    view.var["highly_variable"] = np.isin(np.arange(view.n_vars), top)
+    return "seurat_v3"
 
 
 def smooth_features(

@@ -110,8 +110,7 @@ def gnn(
 
     1. preprocessing, on copies: the ``n_top_genes`` highly variable genes are selected,
        by default with the Seurat v3 rule on the raw counts (``hvg_flavor="seurat_v3"``,
-       as STAGATE and GraphST do; :func:`scanpy.pp.highly_variable_genes`
-       ``flavor="seurat_v3"``, the selection of :func:`spatiome.pp.reduce`) or with
+       as STAGATE and GraphST do; computed here, scikit-misc is not needed) or with
        :func:`scanpy.pp.highly_variable_genes` ``flavor="seurat"`` on the log-normalized
        values; counts are normalized to 10,000 per spot and log1p transformed. With
        ``scale`` each gene is divided by its standard deviation and clipped at 10 (as
@@ -550,9 +549,9 @@ def _preprocess(
     if n_top_genes is None or n_top_genes >= counts.shape[1]:
         selected = np.arange(counts.shape[1])
     elif hvg_flavor == "seurat_v3":
-        from ..pp._hvg import seurat_v3_genes
+        from ._hvg import seurat_v3_genes
 
-        selected = np.sort(seurat_v3_genes(counts, int(n_top_genes)))
+        selected = seurat_v3_genes(counts, int(n_top_genes))
     library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
     factor = np.divide(_TARGET_SUM, library, out=np.zeros_like(library), where=library > 0)
     counts.data *= np.repeat(factor, np.diff(counts.indptr)).astype(np.float32)
