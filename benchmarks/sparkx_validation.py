@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +40,13 @@ import spatiome.svg.sparkx as sparkx_module
 from spatiome._core.validate import SpatiomeInputError, _counts_hint, _values, check_counts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, environment_line, with_environment, write_csv  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS_DIR,
+    environment_line,
+    timed,
+    with_environment,
+    write_csv,
+)
 
 #: R SPARK-X single-thread time on 50,000 x 1,000, measured earlier (not in this run).
 R_REFERENCE_SECONDS = 10.9
@@ -76,15 +81,6 @@ def former_check_counts(matrix: sp.spmatrix | np.ndarray, *, where: str = "count
             )
 
 
-def median_seconds(func: Callable[[], object], repeats: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = func()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), result
-
-
 def load() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -105,12 +101,10 @@ def run_sparkx(adata: AnnData, check: Callable) -> pd.DataFrame:
 def measure(adata: AnnData, dtype: str, repeats: int) -> dict:
     counts = adata.layers["counts"].astype(dtype)
     adata.layers["counts"] = counts
-    now, _ = median_seconds(lambda: check_counts(counts), repeats)
-    former, _ = median_seconds(lambda: former_check_counts(counts), repeats)
-    sparkx_now, table_now = median_seconds(lambda: run_sparkx(adata, check_counts), repeats)
-    sparkx_former, table_former = median_seconds(
-        lambda: run_sparkx(adata, former_check_counts), repeats
-    )
+    now, _ = timed(lambda: check_counts(counts), repeats)
+    former, _ = timed(lambda: former_check_counts(counts), repeats)
+    sparkx_now, table_now = timed(lambda: run_sparkx(adata, check_counts), repeats)
+    sparkx_former, table_former = timed(lambda: run_sparkx(adata, former_check_counts), repeats)
     return {
         "dtype": dtype,
         "n_spots": adata.n_obs,
