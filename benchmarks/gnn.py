@@ -44,6 +44,7 @@ import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 
 import spatiome as sm
+from spatiome._core.progress import listen
 from spatiome.domains.gnn import gnn, refine_labels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -73,7 +74,7 @@ def _dataset(name: str, data_seed: int):
         )
         return adata, "domain", 5
     adata = sm.datasets.load(name, data_dir=DATA_DIR, download=False)
-    label = "layer_guess" if name == "dlpfc_151673" else "layer"
+    label = "layer_guess" if name.startswith("dlpfc") else "layer"
     return adata, label, int(adata.obs[label].dropna().nunique())
 
 
@@ -126,41 +127,107 @@ def accuracy(objective: str, seeds: int, sim_seeds: int, threads: int) -> pd.Dat
     return pd.DataFrame(rows)
 
 
-def speed(sizes: list[int], threads: int, epochs_large: int, n_genes: int) -> pd.DataFrame:
+def minibatch_accuracy(
+    sections: list[str], seeds: int, batch_size: int, threads: int
+) -> pd.DataFrame:
+    """Full batch against mini-batches forced on DLPFC-size sections, same seeds."""
+    rows = []
+    for name in sections:
+        adata, label, n_domains = _dataset(name, -1)
+        for seed in range(seeds):
+            for minibatch in (True, False):
+                start = time.perf_counter()
+                out = gnn(adata, n_domains, random_state=seed, n_jobs=threads, copy=True,
+                          minibatch=minibatch, batch_size=batch_size)  # fmt: skip
+                seconds = time.perf_counter() - start
+                record = out.uns["spatiome"]["gnn"]
+                score = _ari(adata.obs[label], out.obs["gnn"].cat.codes.to_numpy())
+                rows.append(
+                    {
+                        "benchmark": f"{name}_{'minibatch' if minibatch else 'full'}_ari",
+                        "objective": "reconstruction",
+                        "n_spots": adata.n_obs,
+                        "seed": seed,
+                        "ari": score,
+                        "batch_size": batch_size if minibatch else -1,
+                        "n_batches": int(record["n_batches"]),
+                        "train_seconds": float(record["train_seconds"]),
+                        "total_seconds": float(seconds),
+                        "epochs_run": int(record["n_epochs"]),
+                        "threads": threads,
+                        "load_average": os.getloadavg()[0],
+                    }
+                )
+                print(f"  {name} seed {seed} {'mini-batch' if minibatch else 'full batch'}: "
+                      f"ARI {score:.3f}, {record['n_epochs']} epochs x {record['n_batches']} "
+                      f"batches in {seconds:.1f} s", flush=True)  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def speed(
+    sizes: list[int], threads: int, epochs_large: int, n_genes: int, modes: list[str]
+) -> pd.DataFrame:
+    """Time one call per size and training mode; large sizes run ``epochs_large`` epochs
+    and the training time is extrapolated linearly to the default number of epochs."""
+    module = sys.modules["spatiome.domains.gnn"]
     rows = []
     for n_spots in sizes:
         adata = sm.datasets.simulate_tissue(
             n_spots=n_spots, n_genes=n_genes, n_domains=7, random_state=0
         )
-        epochs = DEFAULT_EPOCHS if n_spots <= 5_000 else epochs_large
-        start = time.perf_counter()
-        gnn(adata, 7, n_epochs=epochs, n_jobs=threads)
-        seconds = time.perf_counter() - start
-        record = adata.uns["spatiome"]["gnn"]
-        train = float(record["train_seconds"])
-        score = adjusted_rand_score(adata.obs["domain"], adata.obs["gnn"])
-        rows.append(
-            {
-                "benchmark": "simulated_speed",
-                "n_spots": n_spots,
-                "n_genes": int(record["n_top_genes"]),
-                "seed": 0,
-                "ari": float(score),
-                "train_seconds": train,
-                "total_seconds": float(seconds),
-                "train_seconds_default_epochs": train * DEFAULT_EPOCHS / max(epochs, 1),
-                "epochs_run": epochs,
-                "epochs_default": DEFAULT_EPOCHS,
-                "peak_rss_gb": peak_rss_gb(),
-                "threads": threads,
-                "load_average": os.getloadavg()[0],
-            }
-        )
-        print(
-            f"  {n_spots} spots: {epochs} epochs trained in {train:.1f} s "
-            f"(total {seconds:.1f} s, ARI {score:.3f}), peak RSS {peak_rss_gb():.2f} GB",
-            flush=True,
-        )
+        for mode in modes:
+            minibatch = {"auto": None, "full": False, "minibatch": True}[mode]
+            chosen = n_spots > module.MINIBATCH_MIN_SPOTS if minibatch is None else minibatch
+            n_parts = -(-n_spots // 4096) if chosen else 1
+            default_epochs = module._default_epochs(DEFAULT_EPOCHS, n_parts, chosen)
+            epochs = default_epochs if n_spots <= 5_000 else min(epochs_large, default_epochs)
+            stamps: list[float] = []
+            start = time.perf_counter()
+            with listen(lambda *_, stamps=stamps: stamps.append(time.perf_counter())):
+                out = gnn(adata, 7, n_epochs=epochs, n_jobs=threads, minibatch=minibatch,
+                          copy=True)  # fmt: skip
+            seconds = time.perf_counter() - start
+            record = out.uns["spatiome"]["gnn"]
+            train = float(record["train_seconds"])
+            score = adjusted_rand_score(adata.obs["domain"], out.obs["gnn"])
+            # stamps: training start, then each epoch's end. The first epoch carries the
+            # set-up (subgraphs); the later ones give the time per epoch.
+            if len(stamps) >= 3:
+                epoch = (stamps[-1] - stamps[1]) / (len(stamps) - 2)
+                extrapolated = train + epoch * (default_epochs - epochs)
+            else:
+                epoch = train / max(epochs, 1)
+                extrapolated = train * default_epochs / max(epochs, 1)
+            rows.append(
+                {
+                    "benchmark": f"simulated_speed_{'minibatch' if chosen else 'full'}",
+                    "n_spots": n_spots,
+                    "n_genes": int(record["n_top_genes"]),
+                    "seed": 0,
+                    "ari": float(score),
+                    "n_batches": int(record["n_batches"]),
+                    "train_seconds": train,
+                    "total_seconds": float(seconds),
+                    "seconds_per_epoch": epoch,
+                    "train_seconds_default_epochs": extrapolated,
+                    "total_seconds_default_epochs": float(seconds) - train + extrapolated,
+                    "epochs_run": epochs,
+                    "epochs_default": default_epochs,
+                    "peak_rss_gb": peak_rss_gb(),
+                    "threads": threads,
+                    "load_average": os.getloadavg()[0],
+                }
+            )
+            print(
+                f"  {n_spots} spots, {'mini-batch' if chosen else 'full batch'}: {epochs} of "
+                f"{default_epochs} epochs trained in {train:.1f} s ({epoch:.1f} s per later "
+                f"epoch; total {seconds:.1f} s, "
+                f"extrapolated {float(seconds) - train + extrapolated:.0f} s, ARI {score:.3f}), "
+                f"peak RSS {peak_rss_gb():.2f} GB, load {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
+            del out
+        del adata
     return pd.DataFrame(rows)
 
 
@@ -173,7 +240,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--epochs-large", type=int, default=30)
     parser.add_argument("--speed-genes", type=int, default=2000)
+    parser.add_argument(
+        "--speed-modes",
+        nargs="*",
+        default=["auto"],
+        choices=["auto", "full", "minibatch"],
+        help="training modes timed at each size (auto: mini-batch above 10,000 spots)",
+    )
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument(
+        "--minibatch-sections",
+        nargs="*",
+        default=[],
+        help="DLPFC sections (e.g. dlpfc_151673 dlpfc_151674) on which to compare full-batch "
+        "with forced mini-batch training (--minibatch-batch-size spots per part)",
+    )
+    parser.add_argument("--minibatch-batch-size", type=int, default=512)
     parser.add_argument(
         "--min-dlpfc-ari",
         type=float,
@@ -195,9 +277,18 @@ def main() -> None:
             )
             print(summary.round(3).to_string())
             tables.append(table)
+    if args.minibatch_sections:
+        print(f"Full batch vs mini-batches of {args.minibatch_batch_size} spots:")
+        tables.append(
+            minibatch_accuracy(
+                args.minibatch_sections, args.seeds, args.minibatch_batch_size, args.threads
+            )
+        )
     if args.sizes:
         print(f"Simulated tissues, {args.speed_genes} genes, 7 domains, defaults:")
-        tables.append(speed(args.sizes, args.threads, args.epochs_large, args.speed_genes))
+        tables.append(
+            speed(args.sizes, args.threads, args.epochs_large, args.speed_genes, args.speed_modes)
+        )
     table = pd.concat(tables, ignore_index=True)
     table["torch"] = package_version("torch")
     columns = ["benchmark", "objective", "n_spots", "data_seed", "seed", "ari", "ari_refined50"]

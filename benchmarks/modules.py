@@ -36,18 +36,32 @@ Run with a Python that has spatiome::
     python benchmarks/modules.py [--seeds 3] [--timing-spots 100000]
 
 Prints the tables and writes ``benchmarks/results/modules.csv``.
+
+Scaling mode (``--scaling 50000 200000 500000``): stIHC with its defaults (spots pooled
+into at most 10,000 mesh nodes above that size) on a tissue built cheaply, gene by gene:
+spots on a jittered square lattice filling a disc, 300 genes of which 240 follow one of 12
+shared random fields (sums of Gaussian bumps), ``log1p`` of Poisson counts as a sparse
+float32 matrix (about half non-zero, like the pipeline's tissues). Reported per size: wall
+and CPU time (on a busy machine the CPU time is the better measure of the cost), the peak
+memory the call allocates (numpy and Python allocations, traced by ``tracemalloc``), the
+load average, and the ARI of the modules against the shared fields.
+Writes ``benchmarks/results/modules_scaling.csv``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
+import anndata
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from sklearn.metrics import adjusted_rand_score
 
 import spatiome as sm
@@ -65,6 +79,7 @@ from _common import (  # noqa: E402
 )
 
 RESULTS = RESULTS_DIR / "modules.csv"
+SCALING_RESULTS = RESULTS_DIR / "modules_scaling.csv"
 DESIGNS = ("equal", "imbalanced", "sparse", "patterns")
 LENGTH_SCALE = 300.0
 #: Demo tissues: (seed, spots, genes); the first is the built-in demo.
@@ -258,13 +273,92 @@ def timings(small: int, large: int) -> list[dict]:
     ]
 
 
+def scaling_tissue(
+    n_spots: int, n_genes: int = 300, n_fields: int = 12, seed: int = 0
+) -> anndata.AnnData:
+    """Spots in a disc, ``log1p`` Poisson counts (CSR float32), ``var['module']`` the field
+    of each gene (-1: no field); built one gene at a time so nothing is dense."""
+    rng = np.random.default_rng(seed)
+    side = int(np.ceil(np.sqrt(n_spots * 4 / np.pi))) + 2
+    grid = np.stack(np.meshgrid(np.arange(side), np.arange(side)), -1).reshape(-1, 2)
+    grid = grid[((grid - side / 2) ** 2).sum(axis=1) <= (side / 2) ** 2][:n_spots]
+    xy = (grid + rng.uniform(-0.3, 0.3, size=grid.shape)) * 100.0
+    unit = (xy - xy.min(axis=0)) / np.ptp(xy, axis=0).max()
+    fields = np.empty((n_fields, xy.shape[0]), dtype=np.float32)
+    for index in range(n_fields):
+        centres = rng.uniform(0.1, 0.9, size=(3, 2))
+        widths = rng.uniform(0.05, 0.2, size=3)
+        bumps = [
+            np.exp(-((unit - centre) ** 2).sum(axis=1) / (2 * width**2))
+            for centre, width in zip(centres, widths, strict=True)
+        ]
+        fields[index] = np.max(bumps, axis=0)
+    module = np.where(np.arange(n_genes) < 0.8 * n_genes, np.arange(n_genes) % n_fields, -1)
+    columns = []
+    for gene in range(n_genes):
+        level = rng.uniform(-1.5, 0.5)
+        effect = 0.0 if module[gene] < 0 else rng.uniform(1.0, 2.0)
+        shape = fields[module[gene]] if module[gene] >= 0 else np.zeros(xy.shape[0])
+        counts = rng.poisson(np.exp(level + effect * shape)).astype(np.float32)
+        columns.append(sp.csc_matrix(np.log1p(counts)[:, None]))
+    matrix = sp.hstack(columns, format="csr", dtype=np.float32)
+    adata = anndata.AnnData(matrix, obsm={"spatial": xy})
+    adata.var["module"] = module
+    return adata
+
+
+def _peak_during(run) -> tuple[float, float, int]:
+    """Wall and CPU seconds of ``run()`` and the peak of the memory it allocated through
+    Python and numpy (tracemalloc; CPU seconds tell the cost on a busy machine, where the
+    wall time mostly waits)."""
+    tracemalloc.start()
+    start, cpu = time.perf_counter(), time.process_time()
+    run()
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return seconds, cpu, peak
+
+
+def scaling(sizes: list[int]) -> list[dict]:
+    stihc(coexpression_modules("sparse", random_state=0), copy=True)  # compile the kernels
+    rows = []
+    for n_spots in sizes:
+        adata = scaling_tissue(n_spots)
+        load = os.getloadavg()[0]
+        seconds, cpu, peak = _peak_during(functools.partial(stihc, adata, random_state=0))
+        params = adata.uns["spatiome"]["stihc"]
+        rows.append({
+            "kind": "scaling", "method": "stihc", "n_spots": n_spots, "n_genes": adata.n_vars,
+            "seconds": seconds, "cpu_seconds": cpu, "extra_peak_gb": peak / 1e9,
+            "load_before": load, "load_after": os.getloadavg()[0], "n_nodes": params["n_nodes"],
+            "n_modules": params["n_modules"],
+            "ari_fields": ari_with_loners(adata.var["module"], adata.var["stihc_module"]),
+        })  # fmt: skip
+        row = rows[-1]
+        print(f"  stihc {n_spots:,} spots: {seconds:.1f} s (CPU {cpu:.1f} s), "
+              f"+{row['extra_peak_gb']:.2f} GB, load {load:.1f}, ARI {row['ari_fields']:.3f}",
+              flush=True)  # fmt: skip
+        del adata
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--timing-small", type=int, default=3_639)
     parser.add_argument("--timing-spots", type=int, default=100_000)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--scaling", type=int, nargs="+", metavar="N_SPOTS")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.scaling:
+        table = with_environment(pd.DataFrame(scaling(args.scaling)))
+        print(environment_line())
+        print(table.drop(columns=table.columns[table.columns.get_loc("ari_fields") + 1 :])
+              .to_string(index=False, float_format="{:.3f}".format))  # fmt: skip
+        write_csv(table, args.out or SCALING_RESULTS)
+        return 0
+    args.out = args.out or RESULTS
 
     print("accuracy", flush=True)
     rows = stihc_accuracy(args.seeds) + demo_modules() + aeh_accuracy(min(args.seeds, 2))

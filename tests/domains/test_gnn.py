@@ -273,3 +273,118 @@ def test_seurat_v3_genes_prefers_overdispersed_genes():
     top = seurat_v3_genes(sp.csr_matrix(counts), 20)
     assert top.size == 20 and np.all(np.diff(top) > 0)
     assert set(range(10)) <= set(top.tolist()) and 10 not in top
+
+
+# Mini-batch training: parts of the tissue with a 2-hop halo, and the device argument.
+MINI = {**FAST, "minibatch": True, "batch_size": 200}
+
+
+@pytest.mark.parametrize("objective", ["reconstruction", "contrastive"])
+def test_minibatch_loss_and_embedding_are_exact_without_steps(tissue, objective):
+    # With a zero learning rate the weights never move: each epoch's loss is the weighted
+    # mean of the parts' losses, which must equal the full-graph loss (the contrastive
+    # shuffles differ, so only its embedding is compared), and the embedding computed part
+    # by part must equal the full-graph one.
+    frozen = {**FAST, "hidden_dims": (32, 8), "n_epochs": 1, "learning_rate": 0.0}
+    full = gnn(tissue, 4, copy=True, objective=objective, **frozen)
+    parts = gnn(tissue, 4, copy=True, objective=objective, minibatch=True, batch_size=150,
+                **frozen)  # fmt: skip
+    record = parts.uns["spatiome"]["gnn"]
+    assert record["minibatch"] and record["n_batches"] == 5
+    np.testing.assert_allclose(parts.obsm["X_gnn"], full.obsm["X_gnn"], rtol=1e-5, atol=1e-5)
+    if objective == "reconstruction":
+        np.testing.assert_allclose(record["loss"], full.uns["spatiome"]["gnn"]["loss"], rtol=1e-6)
+
+
+def test_minibatch_matches_full_batch_accuracy(tissue, fitted):
+    out = gnn(tissue, 4, copy=True, **{**MINI, "n_epochs": 80})
+    truth = tissue.obs["domain"]
+    full_score = adjusted_rand_score(truth, fitted.obs["gnn"])
+    assert adjusted_rand_score(truth, out.obs["gnn"]) > full_score - 0.1
+    record = out.uns["spatiome"]["gnn"]
+    assert record["n_batches"] == 3 and record["batch_size"] == 200
+    assert record["loss"][-5:].mean() < 0.9 * record["loss"][:5].mean()
+
+
+def test_minibatch_deterministic_under_seed(tissue):
+    small = {**MINI, "hidden_dims": (16, 4), "n_epochs": 3}
+    first, again = (gnn(tissue, 4, copy=True, **small) for _ in range(2))
+    np.testing.assert_array_equal(first.obsm["X_gnn"], again.obsm["X_gnn"])
+    np.testing.assert_array_equal(
+        first.uns["spatiome"]["gnn"]["loss"], again.uns["spatiome"]["gnn"]["loss"]
+    )
+    other = gnn(tissue, 4, copy=True, random_state=1, **small)
+    assert not np.allclose(other.obsm["X_gnn"], first.obsm["X_gnn"])
+
+
+def test_minibatch_chosen_above_threshold(tissue, monkeypatch):
+    module = sys.modules["spatiome.domains.gnn"]
+    small = {"hidden_dims": (8, 2), "n_top_genes": None, "n_jobs": 1, "batch_size": 200}
+    below = gnn(tissue, 2, copy=True, n_epochs=1, **small).uns["spatiome"]["gnn"]
+    assert not below["minibatch"] and below["n_batches"] == 1
+    monkeypatch.setattr(module, "MINIBATCH_MIN_SPOTS", 500)
+    above = gnn(tissue, 2, copy=True, **small).uns["spatiome"]["gnn"]
+    assert above["minibatch"] and above["n_batches"] == 3
+    # The default epochs give as many Adam steps as the full-batch default (500).
+    assert above["n_epochs"] == 167 and above["loss"].shape == (167,)
+
+
+def test_device_auto_falls_back_to_cpu(tissue):
+    out = gnn(tissue, 2, copy=True, device="auto", hidden_dims=(8, 2), n_epochs=2, n_jobs=1)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert out.uns["spatiome"]["gnn"]["device"].startswith(expected)
+    cpu = gnn(tissue, 2, copy=True, device="cpu", hidden_dims=(8, 2), n_epochs=2, n_jobs=1)
+    if expected == "cpu":
+        np.testing.assert_array_equal(out.obsm["X_gnn"], cpu.obsm["X_gnn"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is present")
+def test_device_cuda_without_gpu_is_a_clear_error(tissue):
+    with pytest.raises(SpatiomeInputError, match='device="cuda"'):
+        gnn(tissue, 2, device="cuda", n_epochs=1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("minibatch", [False, True])
+def test_device_cuda_recovers_domains(tissue, fitted, minibatch):
+    out = gnn(tissue, 4, copy=True, device="cuda", minibatch=minibatch, batch_size=200,
+              **{**FAST, "n_epochs": 120 if not minibatch else 80})  # fmt: skip
+    assert out.uns["spatiome"]["gnn"]["device"].startswith("cuda")
+    assert out.obsm["X_gnn"].dtype == np.float32
+    full_score = adjusted_rand_score(tissue.obs["domain"], fitted.obs["gnn"])
+    assert adjusted_rand_score(tissue.obs["domain"], out.obs["gnn"]) > full_score - 0.1
+
+
+def test_torch_sparse_products_match_scipy():
+    # The GPU path multiplies with torch.sparse; on the CPU it must agree with scipy's.
+    import scipy.sparse as sp
+
+    from spatiome.domains._torch_gat import _Graph
+
+    rng = np.random.default_rng(0)
+    graph = sp.random(50, 50, density=0.1, random_state=1, format="csr", dtype=np.float32)
+    graph = sp.csr_matrix(graph + sp.eye(50, dtype=np.float32))
+    values = torch.from_numpy(rng.uniform(size=graph.nnz).astype(np.float32))
+    features = torch.from_numpy(rng.normal(size=(50, 7)).astype(np.float32))
+    with_scipy, with_torch = _Graph(graph), _Graph(graph, scipy_products=False)
+    for transpose in (False, True):
+        np.testing.assert_allclose(
+            with_torch.multiply(values, features, transpose=transpose).numpy(),
+            with_scipy.multiply(values, features, transpose=transpose).numpy(),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"minibatch": "yes"}, "minibatch"),
+        ({"batch_size": 1}, "batch_size"),
+        ({"batch_size": 10.5}, "batch_size"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
+def test_invalid_training_arguments(tissue, kwargs, match):
+    with pytest.raises(SpatiomeInputError, match=match):
+        gnn(tissue, 3, n_epochs=1, **kwargs)

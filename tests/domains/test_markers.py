@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
+
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
+import scipy.sparse as sp
+from anndata import AnnData
 
 import spatiome as sm
 from spatiome._core.validate import SpatiomeInputError
+from spatiome.domains import _wilcoxon as wilcoxon
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +183,118 @@ def test_no_warning_and_empty_note_without_small_domains(tissue, recwarn):
 def test_min_spots_is_checked(tissue, bad):
     with pytest.raises(SpatiomeInputError, match="min_spots"):
         sm.domains.markers(tissue, "domain", min_spots=bad)
+
+
+# --- the Wilcoxon kernel against scanpy and a dense reference ------------------------------
+
+
+def _scanpy_wilcoxon(matrix, labels, var_names, groups):
+    """scanpy's one-vs-rest Wilcoxon result (no tie correction) on the labelled spots."""
+    sc = pytest.importorskip("scanpy")
+    keep = ~pd.isna(labels)
+    obs = pd.DataFrame({"g": pd.Categorical(labels[keep])}, index=np.flatnonzero(keep).astype(str))
+    view = AnnData(X=matrix[keep], obs=obs)
+    view.var_names = var_names
+    view.uns["log1p"] = {"base": None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sc.tl.rank_genes_groups(
+            view, "g", groups=groups, method="wilcoxon", n_genes=len(var_names), pts=True
+        )
+    return view.uns["rank_genes_groups"], sc.get.rank_genes_groups_df(view, group=None)
+
+
+def _assert_same_as_scanpy(adata, key, groups="all"):
+    labels = adata.obs[key].to_numpy()
+    reference, reference_table = _scanpy_wilcoxon(adata.X, labels, adata.var_names.copy(), groups)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = sm.domains.markers(adata, key)
+    result = adata.uns[f"rank_genes_groups_{key}"]
+    assert list(result) == list(reference)
+    assert result["params"] == {**reference["params"], "groupby": key}
+    for column in ("scores", "pvals", "pvals_adj", "logfoldchanges"):
+        assert result[column].dtype == reference[column].dtype
+        for group in reference[column].dtype.names:
+            np.testing.assert_allclose(
+                result[column][group], reference[column][group], rtol=1e-10, atol=0
+            )
+    for group in reference["names"].dtype.names:
+        assert list(result["names"][group]) == list(reference["names"][group])
+    for column in ("pts", "pts_rest"):
+        pd.testing.assert_frame_equal(result[column], reference[column], rtol=1e-12)
+    expected = reference_table.rename(
+        columns={"group": "domain", "names": "gene", "scores": "score",
+                 "logfoldchanges": "logfoldchange", "pvals": "pval", "pvals_adj": "qval",
+                 "pct_nz_group": "fraction_in", "pct_nz_reference": "fraction_out"}
+    )  # fmt: skip
+    expected["domain"] = expected["domain"].astype(str)
+    pd.testing.assert_frame_equal(table, expected, check_exact=False, rtol=1e-10)
+
+
+def test_wilcoxon_equals_scanpy_with_skipped_and_unlabelled_spots(tissue):
+    adata = _with_tiny_domains(tissue)
+    adata.obs.loc[adata.obs_names[10:20], "tiny"] = np.nan
+    tested = ["Layer1", "Layer2", "Layer3"]
+    _assert_same_as_scanpy(adata, "tiny", groups=tested)
+    _assert_same_as_scanpy(tissue.copy(), "domain")
+
+
+def test_wilcoxon_equals_scanpy_on_a_dlpfc_section(shared_data):
+    if not (shared_data / "dlpfc_151673").is_dir():
+        pytest.skip("dlpfc_151673 not in the shared data")
+    adata = sm.datasets.load("dlpfc_151673", data_dir=shared_data, download=False)
+    sm.pp.normalize(adata)
+    adata = adata[:, :800].copy()  # keeps the scanpy reference to a few seconds
+    _assert_same_as_scanpy(adata, "layer_guess")
+
+
+def _dense_rank_sums(dense, codes, n_groups):
+    """Rank sums by scipy's rankdata on the dense matrix: slow but obviously right."""
+    from scipy.stats import rankdata
+
+    keep = codes >= 0
+    ranks = rankdata(dense[keep], axis=0)
+    return np.stack([ranks[codes[keep] == g].sum(axis=0) for g in range(n_groups)])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+def test_rank_sums_match_dense_ranks_with_ties_negatives_and_explicit_zeros(dtype, monkeypatch):
+    rng = np.random.default_rng(3)
+    dense = (rng.integers(-3, 6, size=(400, 37)) * (rng.random((400, 37)) < 0.4)).astype(dtype)
+    dense[:, 5] = 0  # a gene never detected
+    dense[:, 6] = 2  # a gene with one value everywhere
+    matrix = sp.csr_matrix(dense)
+    matrix.data[::7] = 0  # explicit zeros count as zeros
+    dense = matrix.toarray()
+    codes = rng.integers(-1, 4, size=400)
+    for row in range(0, 400, 3):  # column indices out of order in some rows
+        entries = slice(matrix.indptr[row], matrix.indptr[row + 1])
+        matrix.indices[entries] = matrix.indices[entries][::-1]
+        matrix.data[entries] = matrix.data[entries][::-1]
+    matrix.has_sorted_indices = False
+    monkeypatch.setattr(wilcoxon, "_BLOCK_ENTRIES", 500)  # several gene blocks
+    result = wilcoxon.group_rank_sums(matrix, codes, 4)
+    np.testing.assert_array_equal(result.rank_sums, _dense_rank_sums(dense, codes, 4))
+    keep = codes >= 0
+    for group in range(4):
+        inside = dense[keep][codes[keep] == group]
+        np.testing.assert_array_equal(result.nonzeros[group], (inside != 0).sum(axis=0))
+        np.testing.assert_allclose(result.sums[group], inside.sum(axis=0), rtol=1e-12)
+    np.testing.assert_array_equal(result.sizes, np.bincount(codes[keep], minlength=4))
+
+
+def test_dense_input_and_a_layer_give_the_sparse_result(tissue):
+    adata = tissue.copy()
+    adata.layers["dense"] = adata.X.toarray()
+    sparse_table = sm.domains.markers(adata, "domain")
+    dense_table = sm.domains.markers(adata, "domain", layer="dense")
+    pd.testing.assert_frame_equal(sparse_table, dense_table)
+
+
+def test_nan_values_are_refused(tissue):
+    adata = tissue.copy()
+    adata.X = adata.X.copy()
+    adata.X.data[3] = np.nan
+    with pytest.raises(SpatiomeInputError, match="NaN"):
+        sm.domains.markers(adata, "domain")

@@ -278,3 +278,111 @@ def test_import_does_not_import_torch():
         "assert 'torch' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# Mini-batch training (parts of the tissue with the rows their loss needs) and devices.
+
+
+def test_minibatch_loss_is_exact_without_steps(pair):
+    # With a zero learning rate the weights never move: the epoch's loss terms, averaged
+    # over the parts by their spots, must equal the full-graph terms.
+    rna, protein = pair
+    frozen = {"n_epochs": 1, "learning_rate": 0.0, "latent_dim": 16, "n_jobs": 1}
+    full = multimodal(rna, protein, copy=True, **frozen)
+    parts = multimodal(rna, protein, copy=True, minibatch=True, batch_size=150, **frozen)
+    record = parts.uns["spatiome"]["X_multimodal"]
+    assert record["minibatch"] and record["n_batches"] == 5
+    np.testing.assert_allclose(
+        record["loss"], full.uns["spatiome"]["X_multimodal"]["loss"], rtol=1e-5
+    )
+    np.testing.assert_array_equal(parts.obsm["X_multimodal"], full.obsm["X_multimodal"])
+
+
+def test_minibatch_matches_full_batch(pair, fitted):
+    rna, protein = pair
+    out = multimodal(rna, protein, n_domains=6, copy=True, minibatch=True, batch_size=150, **FAST)
+    record = out.uns["spatiome"]["X_multimodal"]
+    assert record["n_batches"] == 5 and record["n_epochs"] == 200
+    truth = rna.obs["domain"]
+    full_score = adjusted_rand_score(truth, fitted.obs["multimodal"])
+    assert adjusted_rand_score(truth, out.obs["multimodal"]) > full_score - 0.05
+    again = multimodal(
+        rna, protein, copy=True, minibatch=True, batch_size=150, **{**QUICK, "n_epochs": 3}
+    )
+    first = multimodal(
+        rna, protein, copy=True, minibatch=True, batch_size=150, **{**QUICK, "n_epochs": 3}
+    )
+    np.testing.assert_array_equal(again.obsm["X_multimodal"], first.obsm["X_multimodal"])
+
+
+def test_minibatch_chosen_above_threshold(pair, monkeypatch):
+    import sys
+
+    rna, protein = pair
+    module = sys.modules["spatiome.integrate.multimodal"]
+    small = {"latent_dim": 8, "n_jobs": 1, "batch_size": 300}
+    below = multimodal(rna, protein, copy=True, n_epochs=1, **small)
+    assert not below.uns["spatiome"]["X_multimodal"]["minibatch"]
+    monkeypatch.setattr(module, "MINIBATCH_MIN_SPOTS", 500)
+    above = multimodal(rna, protein, copy=True, **small).uns["spatiome"]["X_multimodal"]
+    assert above["minibatch"] and above["n_batches"] == 3
+    # As many Adam steps as the full-batch preset (200 epochs), in at least 10 epochs.
+    assert above["n_epochs"] == 67 and above["loss"].shape == (67, 4)
+
+
+def test_device_auto_falls_back_to_cpu(pair):
+    rna, protein = pair
+    small = {**QUICK, "n_epochs": 3, "latent_dim": 8}
+    auto = multimodal(rna, protein, copy=True, device="auto", **small)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert auto.uns["spatiome"]["X_multimodal"]["device"].startswith(expected)
+    if expected == "cpu":
+        cpu = multimodal(rna, protein, copy=True, device="cpu", **small)
+        np.testing.assert_array_equal(auto.obsm["X_multimodal"], cpu.obsm["X_multimodal"])
+    else:
+        with pytest.raises(SpatiomeInputError, match='device="cuda"'):
+            multimodal(rna, protein, device="cuda", **small)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("minibatch", [False, True])
+def test_device_cuda_integrates(pair, fitted, minibatch):
+    rna, protein = pair
+    out = multimodal(rna, protein, n_domains=6, copy=True, device="cuda", minibatch=minibatch,
+                     batch_size=150, **FAST)  # fmt: skip
+    assert out.uns["spatiome"]["X_multimodal"]["device"].startswith("cuda")
+    full_score = adjusted_rand_score(rna.obs["domain"], fitted.obs["multimodal"])
+    assert adjusted_rand_score(rna.obs["domain"], out.obs["multimodal"]) > full_score - 0.05
+
+
+def test_torch_sparse_operator_matches_scipy():
+    from spatiome.integrate._multimodal_torch import _Operator
+
+    rng = np.random.default_rng(0)
+    matrix = sp.random(40, 30, density=0.2, random_state=2, format="csr", dtype=np.float32)
+    features = torch.from_numpy(rng.normal(size=(30, 5)).astype(np.float32))
+    grad = torch.from_numpy(rng.normal(size=(40, 5)).astype(np.float32))
+    with_scipy = _Operator(matrix, sp.csr_matrix(matrix.T))
+    with_torch = _Operator(matrix, sp.csr_matrix(matrix.T), scipy_products=False)
+    np.testing.assert_allclose(
+        with_torch.apply(features).numpy(), with_scipy.apply(features).numpy(), rtol=1e-5,
+        atol=1e-6,
+    )  # fmt: skip
+    np.testing.assert_allclose(
+        with_torch.apply(grad, transpose=True).numpy(), matrix.T @ grad.numpy(), rtol=1e-5,
+        atol=1e-6,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"minibatch": 1}, "minibatch"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"device": "gpu"}, "device"),
+    ],
+)
+def test_invalid_training_arguments(pair, kwargs, match):
+    rna, protein = pair
+    with pytest.raises(SpatiomeInputError, match=match):
+        multimodal(rna, protein, n_epochs=1, **kwargs)

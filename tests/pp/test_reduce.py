@@ -60,6 +60,7 @@ def test_writes_standard_slots(reduced):
         "n_top_genes": 30,
         "hvg_flavor": "seurat",
         "n_neighbors": 10,
+        "pca_solver": "covariance",
         "umap": True,
         "tsne": False,
         "random_state": 0,
@@ -334,3 +335,64 @@ def test_tsne_falls_back_to_scanpy_without_opentsne(monkeypatch):
         reduce(adata, n_comps=5, n_top_genes=None, umap=False, tsne=True, tsne_backend="opentsne")
     assert adata.obsm["X_tsne"].shape == (100, 2)
     assert adata.uns["spatiome"]["reduce"]["tsne_backend"] == "scanpy"
+
+
+def test_covariance_pca_equals_scanpy_arpack(reduced):
+    """The exact covariance PCA gives scanpy's ARPACK components, loadings and variances."""
+    reference = sc.pp.pca(
+        reduced, n_comps=10, mask_var="highly_variable", svd_solver="arpack", copy=True
+    )
+    ours, theirs = reduced.obsm["X_pca"].astype(np.float64), reference.obsm["X_pca"]
+    scale = np.abs(theirs).max()
+    for k in range(10):
+        sign = np.sign(ours[:, k] @ theirs[:, k])
+        np.testing.assert_allclose(sign * ours[:, k], theirs[:, k], atol=1e-4 * scale)
+        np.testing.assert_allclose(
+            sign * reduced.varm["PCs"][:, k], reference.varm["PCs"][:, k], atol=1e-5
+        )
+    for key in ("variance", "variance_ratio"):
+        np.testing.assert_allclose(reduced.uns["pca"][key], reference.uns["pca"][key], rtol=1e-4)
+
+
+def test_covariance_pca_blocks_and_dense_input():
+    """Blocks of rows (forced small) and a dense input give the one-block result."""
+    import importlib
+
+    module = importlib.import_module("spatiome.pp.reduce")
+
+    x = sp.random(700, 50, density=0.2, random_state=1, format="csr", dtype=np.float32)
+    whole = module.covariance_pca(x, 6)
+    original = module._GRAM_BLOCK_ENTRIES
+    module._GRAM_BLOCK_ENTRIES = 50 * 64  # 64 rows per block
+    try:
+        blocked = module.covariance_pca(x.toarray(), 6)
+    finally:
+        module._GRAM_BLOCK_ENTRIES = original
+    for a, b in zip(whole, blocked, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    dense = x.toarray().astype(np.float64)
+    centred = dense - dense.mean(0)
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    np.testing.assert_allclose(whole[2], singular[:6] ** 2 / 699, rtol=1e-8)
+    np.testing.assert_allclose(np.abs(whole[1].T @ vt[:6].T), np.eye(6), atol=1e-6)
+
+
+def test_umap_on_a_subsample_places_every_spot():
+    """Above umap_max_spots the layout is fitted on a subsample; the rest sit among their
+    expression neighbours, so the groups stay apart and every spot has a position."""
+    adata = _tissue(n_side=30, n_genes=60)
+    normalize(adata)
+    reduce(adata, n_comps=10, n_top_genes=30, n_neighbors=10, umap_max_spots=300)
+    embedding = adata.obsm["X_umap"]
+    assert np.isfinite(embedding).all()
+    record = adata.uns["spatiome"]["reduce"]["umap_subsample"]
+    assert record == {"fitted": 300, "placed": adata.n_obs - 300, "unplaced": 0}
+    # Each spot's nearest group centroid in the layout is its own group, as for the fit.
+    groups = adata.obs["group"].to_numpy()
+    centroids = np.stack([embedding[groups == g].mean(0) for g in ("0", "1", "2")])
+    nearest = np.argmin(((embedding[:, None, :] - centroids[None]) ** 2).sum(-1), axis=1)
+    assert (nearest.astype(str) == groups).mean() >= 0.95
+    again = reduce(adata, n_comps=10, n_top_genes=30, n_neighbors=10, umap_max_spots=300, copy=True)
+    np.testing.assert_array_equal(again.obsm["X_umap"], embedding)
+    with pytest.raises(SpatiomeInputError, match="umap_max_spots"):
+        reduce(adata, umap_max_spots=2, copy=True)

@@ -29,7 +29,7 @@ def test_default_toml_documents_every_key_and_round_trips(capsys):
     # fields set in another table, under a short name
     elsewhere = {"qc_remove": "[qc]\n", "interactions": "\nrun = false\n"}
     elsewhere |= {"lr_resource": "resource =", "organism": "organism =",
-                  "lr_permutations": "n_permutations ="}  # fmt: skip
+                  "lr_permutations": "n_permutations =", "dask_scheduler": "[dask]\n"}  # fmt: skip
     for name in PipelineConfig.__dataclass_fields__:
         if name in elsewhere:
             assert elsewhere[name] in text, name
@@ -106,6 +106,9 @@ def test_missing_or_invalid_file_is_one_clear_error(tmp_path, capsys):
     (tmp_path / "bad.toml").write_text("seed = \n")
     assert main(["run", str(tmp_path / "bad.toml")]) == 2
     assert "is not valid TOML" in capsys.readouterr().err
+    (tmp_path / "data.h5ad").write_bytes(b"\x89HDF\r\n\x1a\n\x00\x00")
+    assert main(["run", str(tmp_path / "data.h5ad")]) == 2
+    assert "--input" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -61,10 +61,51 @@ def deterministic_session(seed: int, n_threads: int | None) -> Iterator:
         )
 
 
-def glorot_uniform(shape: tuple[int, int], generator, gain: float = 1.0):
-    """A trainable float32 weight drawn uniformly in +-gain * sqrt(6 / (fan_in + fan_out))."""
+def glorot_uniform(shape: tuple[int, int], generator, gain: float = 1.0, device=None):
+    """A trainable float32 weight drawn uniformly in +-gain * sqrt(6 / (fan_in + fan_out)).
+
+    The values are drawn on the CPU from ``generator`` and then moved to ``device``, so
+    every device starts from the same weights.
+    """
     import torch
 
     bound = float(gain * np.sqrt(6.0 / (shape[0] + shape[1])))
     weight = (torch.rand(shape, generator=generator, dtype=torch.float32) * 2.0 - 1.0) * bound
+    if device is not None:
+        weight = weight.to(device)
     return weight.requires_grad_(True)
+
+
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def resolve_device(device: str, feature: str):
+    """The ``torch.device`` for ``device``: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when
+    available, else the CPU).
+
+    Raises
+    ------
+    SpatiomeInputError
+        If ``device`` is not one of :data:`DEVICES`, or is ``"cuda"`` without a CUDA GPU.
+
+    Examples
+    --------
+    >>> import pytest; torch = pytest.importorskip("torch")
+    >>> resolve_device("cpu", "example").type
+    'cpu'
+    >>> resolve_device("auto", "example").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    True
+    """
+    from .validate import SpatiomeInputError
+
+    if device not in DEVICES:
+        raise SpatiomeInputError(f"{feature}: device must be one of {DEVICES}, got {device!r}")
+    torch = import_torch(feature)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SpatiomeInputError(
+            f'{feature}: device="cuda" but torch sees no CUDA GPU (torch '
+            f'{torch.__version__}); pass device="cpu" or device="auto"'
+        )
+    return torch.device(device)

@@ -85,9 +85,14 @@ def choose_n_domains(
     chosen number 0.607, 0.600, 0.511 against 0.607, 0.600, 0.582 at 7) and 5 on the
     olfactory bulb (5 layers; by the eigengap, as no mixture fits 262 spots in 60
     dimensions). On tissues like these the number is uncertain by one or
-    two either way; the stored reason says which case applies. Nothing is random but the
-    features' PCA and, above ``max_spots``, the spot sample; a DLPFC section (3,600
-    spots) took 15-28 s on two shared cores, features included.
+    two either way; the stored reason says which case applies. Nothing is random but,
+    above ``max_spots``, the spot sample (the features' principal components are exact);
+    a DLPFC section (3,600 spots) took 15-28 s on two shared cores, features included.
+
+    Above ``max_spots`` the features are computed on every spot (the neighbourhood mean
+    needs the neighbours; the principal components come from the gene-by-gene covariance,
+    two passes over the data), and the graph and the mixtures see a random sample of
+    ``max_spots`` spots, so the criteria cost the same at any size.
 
     Parameters
     ----------
@@ -105,11 +110,12 @@ def choose_n_domains(
         The feature parameters of :func:`cluster`; keep them equal to the ones of the
         clustering the number is chosen for.
     max_spots
-        Larger data are represented by this many randomly drawn spots.
+        Larger data are represented by this many spots drawn at random under
+        ``random_state`` (for the eigengap's graph and the BIC scan alike).
     key_added
         Key of ``adata.uns["spatiome"]`` receiving the record.
     random_state
-        Seed of the features' PCA, the spot sample and the eigensolver's start.
+        Seed of the spot sample and of the eigensolver's start.
 
     Returns
     -------

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .._core.progress import Progress
-from .._core.torch_session import import_torch
+from .._core.torch_session import DEVICES, import_torch, resolve_device
 from .._core.validate import (
     SpatiomeInputError,
     check_adata,
@@ -41,6 +41,13 @@ _PRESETS = {
     "atac": {"n_epochs": 1600, "loss_weights": (1.0, 5.0, 1.0, 1.0)},
     "image": {"n_epochs": 200, "loss_weights": (1.0, 5.0, 1.0, 10.0)},
 }
+# Above this many spots the model is trained by mini-batches (spatial parts of the tissue).
+MINIBATCH_MIN_SPOTS = 10_000
+# Mini-batch training with the default epochs takes as many Adam steps as the full-batch
+# preset, in at least this many epochs (passes over the tissue).
+_MIN_MINIBATCH_EPOCHS = 10
+# Each mini-batch joins this many compact parts from across the tissue.
+_PARTS_PER_BATCH = 8
 # Components of the RNA PCA (and of the ATAC LSI after dropping its first one) by default.
 _DEFAULT_COMPS = 50
 _TARGET_SUM = 1e4
@@ -70,6 +77,9 @@ def multimodal(
     n_init: int = 1,
     random_state: int = 2022,
     n_jobs: int | None = None,
+    minibatch: bool | None = None,
+    batch_size: int = 4096,
+    device: str = "cpu",
     key_added: str = "X_multimodal",
     cluster_key: str = "multimodal",
     copy: bool = False,
@@ -99,15 +109,24 @@ def multimodal(
        the spatial graph) reconstruct each modality from the integrated embedding; the
        loss adds the two reconstruction errors and the two correspondence errors (each
        modality's embedding sent through the other modality's decoder and encoder must
-       come back unchanged), weighted by ``loss_weights``. Full batch, Adam;
+       come back unchanged), weighted by ``loss_weights``. Adam, full batch or, above
+       ``MINIBATCH_MIN_SPOTS`` (10,000) spots or with ``minibatch=True``, by mini-batches:
+       compact spatial parts of about ``batch_size / 8`` spots, 8 drawn from across the
+       tissue per batch, each step computed on the rows of the spatial and feature
+       graphs that the batch's loss needs (two spatial hops, then one hop along any
+       graph), so the loss of the batch's spots is exactly their full-graph loss. Each
+       epoch takes one step per batch in a seeded order; by default as many epochs as
+       give the preset's number of steps, at least 10;
     4. optionally (``n_domains``), a Gaussian mixture on the first ``n_pcs`` principal
        components of the integrated embedding, the Python analogue of SpatialGlue's mclust
        ``EEE`` model (``covariance_type="tied"``); labels can differ from mclust's.
 
-    Training runs on the CPU, deterministically: weights are drawn from a torch
-    ``Generator`` seeded with ``random_state`` (the global seed is not touched), there is
-    no dropout, and deterministic algorithms are requested. The same seed and number of
-    threads give the same embedding, weights and labels. Every epoch, with its weighted
+    Training runs on the CPU by default, deterministically: weights and the order of the
+    batches are drawn from a torch ``Generator`` seeded with ``random_state`` (the global
+    seed is not touched), there is no dropout, and deterministic algorithms are
+    requested. The same seed and number of threads give the same embedding, weights and
+    labels. ``device="cuda"`` (or ``"auto"`` with a CUDA GPU present) trains on the GPU
+    from the same initial weights; GPU sums are not bit-reproducible. Every epoch, with its weighted
     loss, is reported as progress (``"spatiome"`` logger at INFO level).
 
     Parameters
@@ -147,7 +166,9 @@ def multimodal(
     latent_dim
         Width of the embeddings.
     n_epochs
-        Training epochs. Default 200 for protein and image, 1600 for ATAC.
+        Training epochs (passes over the spots). Default 200 for protein and image, 1600
+        for ATAC; by mini-batches, as many epochs as give that number of steps, at least
+        10.
     learning_rate, weight_decay
         Adam's step size and L2 penalty (SpatialGlue: ``1e-4`` and 0).
     loss_weights
@@ -165,6 +186,14 @@ def multimodal(
         Seed of the PCA, the weights and the mixture (SpatialGlue's seed is 2022).
     n_jobs
         Threads used by torch while training (default: torch's setting); restored after.
+    minibatch
+        Train by mini-batches (``True``), full batch (``False``), or (``None``, default)
+        by mini-batches above ``MINIBATCH_MIN_SPOTS`` = 10,000 spots.
+    batch_size
+        Spots per mini-batch (before the rows the graphs add), default 4,096.
+    device
+        ``"cpu"`` (default), ``"cuda"`` (an error without a CUDA GPU) or ``"auto"`` (CUDA
+        when available, else the CPU).
     key_added
         Key of the integrated embedding in ``adata_rna.obsm`` and of the parameters in
         ``adata_rna.uns["spatiome"]``.
@@ -186,8 +215,10 @@ def multimodal(
         ``f"{modality}_feature"``); ``obsm[f"{key_added}_rna"]`` and
         ``obsm[f"{key_added}_{modality}"]``, the per-modality embeddings; with
         ``n_domains``, ``obs[cluster_key]``; ``uns["spatiome"][key_added]`` with the
-        parameters, the genes used, the graph sizes, the training time and the loss terms
-        of every epoch (``"loss"``, epochs x 4).
+        parameters, the genes used, the graph sizes, the training mode (``"minibatch"``,
+        ``"batch_size"``, ``"n_batches"``), the ``"device"``, the training time and the
+        loss terms of every epoch (``"loss"``, epochs x 4; by mini-batches, averaged over
+        the batches by their spots).
 
     Raises
     ------
@@ -196,7 +227,7 @@ def multimodal(
     SpatiomeInputError
         If the spots of the two modalities differ, the RNA is not raw counts, protein or
         ATAC values are negative, values or coordinates are not finite, or an argument is
-        out of range.
+        out of range, or ``device="cuda"`` and torch sees no CUDA GPU.
 
     References
     ----------
@@ -226,7 +257,10 @@ def multimodal(
     if modality not in MODALITIES:
         raise SpatiomeInputError(f"modality must be one of {MODALITIES}, got {modality!r}")
     preset = _PRESETS[modality]
-    n_epochs = preset["n_epochs"] if n_epochs is None else n_epochs
+    _check_training(minibatch, batch_size, device)
+    minibatch = adata_rna.n_obs > MINIBATCH_MIN_SPOTS if minibatch is None else bool(minibatch)
+    default_epochs = n_epochs is None
+    n_epochs = preset["n_epochs"] if default_epochs else n_epochs
     loss_weights = preset["loss_weights"] if loss_weights is None else loss_weights
     loss_weights = _check_parameters(
         adata_rna, n_domains, n_top_genes, min_cells, n_comps, n_spatial_neighbors,
@@ -245,6 +279,7 @@ def multimodal(
     other = other[order] if order is not None else other
     _check_other(other, modality, _where("adata_other", other_layer))
     torch = import_torch("spatiome.integrate.multimodal")
+    torch_device = resolve_device(device, "spatiome.integrate.multimodal")
     random_state = int(random_state)
 
     width = _default_comps(modality, other.shape[1]) if n_comps is None else int(n_comps)
@@ -257,7 +292,16 @@ def multimodal(
         _feature_graph(features, n_feature_neighbors) for features in (rna_features, other_features)
     ]
 
+    from .._core.subgraphs import mixed_batches
     from ._multimodal_torch import train_dual_attention
+
+    parts = None
+    if minibatch:
+        parts = mixed_batches(
+            coordinates, spatial_graph, int(batch_size), _PARTS_PER_BATCH, random_state
+        )
+        if default_epochs:
+            n_epochs = max(-(-int(n_epochs) // len(parts)), _MIN_MINIBATCH_EPOCHS)
 
     start = time.perf_counter()
     with Progress("integrate.multimodal", int(n_epochs), "epoch") as progress:
@@ -273,6 +317,8 @@ def multimodal(
             seed=random_state,
             n_threads=n_jobs,
             progress=progress,
+            parts=parts,
+            device=torch_device,
         )
     seconds = time.perf_counter() - start
     labels = None
@@ -332,6 +378,10 @@ def multimodal(
         "n_pcs": -1 if n_pcs is None else int(n_pcs),
         "n_init": int(n_init),
         "random_state": random_state,
+        "minibatch": bool(minibatch),
+        "batch_size": int(batch_size) if minibatch else -1,
+        "n_batches": 1 if parts is None else len(parts),
+        "device": str(torch_device),
         "torch": str(torch.__version__),
         "train_seconds": float(seconds),
     }
@@ -414,6 +464,15 @@ def _check_parameters(
         if not isinstance(value, str) or not value:
             raise SpatiomeInputError(f"{name} must be a non-empty string, got {value!r}")
     return weights  # type: ignore[return-value]
+
+
+def _check_training(minibatch: object, batch_size: object, device: object) -> None:
+    if minibatch is not None and not isinstance(minibatch, bool | np.bool_):
+        raise SpatiomeInputError(f"minibatch must be True, False or None, got {minibatch!r}")
+    if not _is_int(batch_size) or batch_size < 2:
+        raise SpatiomeInputError(f"batch_size must be an integer >= 2, got {batch_size!r}")
+    if device not in DEVICES:
+        raise SpatiomeInputError(f"device must be one of {DEVICES}, got {device!r}")
 
 
 def _aligned_spots(adata_rna: AnnData, adata_other: AnnData) -> np.ndarray | None:

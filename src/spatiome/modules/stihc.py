@@ -35,6 +35,11 @@ How it is computed here:
   the convex hull). Spots left outside every triangle are not smoothed.
 - **Spearman correlations** are Pearson correlations of ranks, as matrix products; ranks
   of a cluster mean are computed once per distinct cluster.
+- **Large tissues.** Above ``max_nodes`` spots (default 10,000, more than a Visium
+  capture area, so such sections run exactly as before), spots are pooled on a square
+  grid sized so that about ``max_nodes`` bins are occupied; the whole method runs on the
+  bin means at the bins' centres, and only the module mean profiles are interpolated back
+  to every spot (linearly within the triangles of the bin mesh).
 
 Deviations from the original (all documented in :func:`stihc`): the candidate ``alpha``
 range and the stopping test of the final merge-only loop use gene-gene (centroid-centroid)
@@ -54,6 +59,7 @@ import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -62,8 +68,8 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.sparse.linalg import splu
 from scipy.spatial import Delaunay, QhullError
 from scipy.spatial.distance import squareform
-from scipy.stats import rankdata
 from sklearn.metrics import adjusted_rand_score, silhouette_score
+from threadpoolctl import threadpool_limits
 
 from .._core.progress import Progress
 from .._core.random import check_random_state
@@ -97,6 +103,17 @@ UNASSIGNED = -1
 # The systems are symmetric positive definite: keep SuperLU on the diagonal (no pivoting),
 # which keeps the symmetric fill-reducing ordering effective.
 _SPD = {"diag_pivot_thresh": 0.0, "options": {"SymmetricMode": True}}
+#: Entries of the dense blocks that ranks and aggregation work on at a time.
+_CHUNK_ENTRIES = 4_000_000
+#: Default mesh size: larger tissues are pooled into about this many nodes.
+DEFAULT_MAX_NODES = 10_000
+#: Smallest accepted ``max_nodes``.
+MIN_NODES = 100
+_NODES = {True: "spots", False: "mesh nodes (spots pooled by max_nodes)"}
+#: Bin search: stop when this share of ``max_nodes`` or more is occupied ...
+_BIN_FILL = 0.95
+#: ... or after this many trials.
+_BIN_SEARCH_STEPS = 12
 
 
 @dataclass
@@ -124,6 +141,7 @@ def stihc(
     min_dof: float | None = 10.0,
     max_edge: float | None = 3.0,
     legacy_alpha_range: bool = False,
+    max_nodes: int | None = DEFAULT_MAX_NODES,
     spatial_key: str = "spatial",
     random_state: int | np.random.Generator | None = 0,
     key_added: str = "stihc",
@@ -145,9 +163,11 @@ def stihc(
     unassigned (module ``-1``).
 
     The selected genes are densified: the smoothed profiles are a dense
-    ``n_spots x n_genes`` float64 matrix (plus the same for ranks), meant for a set of
-    genes of interest (typically 100-2,000 spatially variable genes; 100,000 spots x 500
-    genes is about 400 MB per copy). The genes x genes correlations are dense too.
+    ``n_nodes x n_genes`` float64 matrix (plus the same for ranks), meant for a set of
+    genes of interest (typically 100-2,000 spatially variable genes). The mesh nodes are
+    the spots up to ``max_nodes`` spots; above, spots are pooled (see ``max_nodes``), so
+    the dense matrices stay ``max_nodes x n_genes`` at any tissue size (10,000 nodes x 500
+    genes is 40 MB per copy). The genes x genes correlations are dense too.
 
     Parameters
     ----------
@@ -206,6 +226,23 @@ def stihc(
         gene-gene correlations that IHC thresholds. In both cases the final merge-only
         loop of IHC stops when no two centroids correlate above ``alpha`` (the original
         tests spot-spot correlations there).
+    max_nodes
+        Largest number of mesh nodes (at least 100; ``None``: every spot is a node, at
+        any size). Tissues with more spots are pooled: the spots are binned on a square
+        grid whose side is searched so that 95-100% of ``max_nodes`` bins are occupied;
+        each occupied bin becomes a node at the mean position of its spots, with the mean
+        expression of its spots. Smoothing, ranks, IHC and the ``alpha`` scan run on the
+        nodes (so ``penalty`` is in units of the node spacing, and
+        ``module_correlation`` is computed over nodes); the module mean profiles are
+        interpolated to every spot, linearly within the triangle of the node mesh that
+        holds it among those around its own bin's node (99% of the spots of a simulated
+        hex tissue), else the value of its own bin. Measured agreement: 4,000 simulated spots
+        (``pattern_modules``, seeds 0-3) pooled into 1,000 nodes gave modules with an ARI
+        of 0.95-0.96 against the exact run (genes in no module counted alone) and the
+        same accuracy against the simulated truth (0.57-0.97 pooled, 0.53-0.94 exact);
+        at 8,000 spots into 2,000 nodes, ARI 0.98 against the exact run, and 1.0 on the
+        four-template design. Default 10,000: sections up to that size (Visium, the
+        DLPFC sections, the olfactory bulb) run exactly as without pooling.
     spatial_key
         Coordinates in ``adata.obsm``.
     random_state
@@ -228,7 +265,8 @@ def stihc(
         grouped but unassigned), module mean profiles in
         ``adata.obsm[f"{key_added}_profiles"]`` (DataFrame, spots x modules) and the
         parameters (chosen ``alpha`` and ``penalty``, the scanned grids with their
-        silhouettes and cluster counts, ``n_modules`` and ``n_unassigned``) in
+        silhouettes and cluster counts, ``n_modules``, ``n_unassigned``, ``n_nodes`` and
+        ``bin_size``, the side of the pooling bins in coordinate units or ``None``) in
         ``adata.uns["spatiome"][key_added]``.
 
     Notes
@@ -281,6 +319,14 @@ def stihc(
         )
     if min_dof is not None and not (_is_real(min_dof) and min_dof >= 1):
         raise SpatiomeInputError(f"min_dof must be a number >= 1 or None, got {min_dof!r}")
+    if max_nodes is not None and not (
+        isinstance(max_nodes, numbers.Integral)
+        and not isinstance(max_nodes, bool)
+        and max_nodes >= MIN_NODES
+    ):
+        raise SpatiomeInputError(
+            f"max_nodes must be an integer >= {MIN_NODES} or None, got {max_nodes!r}"
+        )
     coordinates = get_spatial(adata, spatial_key)
     if coordinates.shape[1] != 2:
         raise SpatiomeInputError(
@@ -294,21 +340,33 @@ def stihc(
         raise SpatiomeInputError(
             f"stIHC clusters genes and needs at least 3 of them, got {positions.size}"
         )
-    values = _dense_genes(adata, layer, positions)
+    bins = None
+    if max_nodes is not None and adata.n_obs > max_nodes:
+        bins = _bin_spots(coordinates, int(max_nodes))
+        values = _pooled_genes(adata, layer, positions, bins)
+        mesh = bins.coordinates
+    else:
+        values = _dense_genes(adata, layer, positions)
+        mesh = coordinates
     names = adata.var_names[positions]
     constant = np.ptp(values, axis=0) == 0
     if constant.any():
         raise SpatiomeInputError(
-            f"{int(constant.sum())} genes are constant over the spots (e.g. "
+            f"{int(constant.sum())} genes are constant over the {_NODES[bins is None]} (e.g. "
             f"{list(names[constant][:5])}): their correlations are undefined; drop them"
         )
     rng = check_random_state(random_state)
     grid = DEFAULT_PENALTIES if penalties is None else np.asarray(penalties, dtype=np.float64)
     n_smoothing = 1 if penalty is not None else grid.size + 1
     n_scan = 2 * N_ALPHAS if alpha is None else 0
-    with Progress("modules.stihc", n_smoothing + n_scan + 1, "step") as bar:
+    # One BLAS thread: the products here are small and many, and competing threads made
+    # them ten times slower on a busy 2-core machine.
+    with (
+        threadpool_limits(limits=1, user_api="blas"),
+        Progress("modules.stihc", n_smoothing + n_scan + 1, "step") as bar,
+    ):
         smooth = _smooth(
-            values, coordinates, grid, penalty, penalty_mean, n_probes, min_dof, max_edge, rng,
+            values, mesh, grid, penalty, penalty_mean, n_probes, min_dof, max_edge, rng,
             bar,
         )  # fmt: skip
         profiles = smooth.profiles
@@ -358,6 +416,8 @@ def stihc(
         index=names,
     )
     if not copy:
+        if bins is not None:
+            means = _spot_values(bins, means, coordinates, max_edge)
         adata.obsm[f"{key_added}_profiles"] = pd.DataFrame(
             means, index=adata.obs_names, columns=[str(k + 1) for k in range(n_modules)]
         )
@@ -378,6 +438,9 @@ def stihc(
             "max_edge": None if max_edge is None else float(max_edge),
             "n_triangles": smooth.n_triangles,
             "legacy_alpha_range": bool(legacy_alpha_range),
+            "max_nodes": None if max_nodes is None else int(max_nodes),
+            "n_nodes": int(profiles.shape[0]),
+            "bin_size": None if bins is None else bins.side,
             "n_modules": n_modules,
             "n_unassigned": int((~assigned).sum()),
             "random_state": random_state if isinstance(random_state, int | None) else "Generator",
@@ -423,16 +486,149 @@ def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _dense_genes(adata: AnnData, layer: str | None, positions: np.ndarray) -> np.ndarray:
+def _numeric_matrix(adata: AnnData, layer: str | None):
     matrix = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     if not sp.issparse(matrix) and not np.issubdtype(matrix.dtype, np.number):
         raise SpatiomeInputError(f"{where} must be numeric, got dtype {matrix.dtype}")
+    return matrix
+
+
+def _dense_genes(adata: AnnData, layer: str | None, positions: np.ndarray) -> np.ndarray:
+    matrix = _numeric_matrix(adata, layer)
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     selected = matrix[:, positions]
     check_finite(selected, where=where)
     if sp.issparse(selected):
         return selected.toarray().astype(np.float64, copy=False)
     return np.array(selected, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------
+# Large tissues: spots pooled into mesh nodes
+
+
+@dataclass
+class _Bins:
+    """Spots pooled on a square grid; the occupied bins are the mesh nodes."""
+
+    spot_node: np.ndarray  # (n_spots,) node of each spot
+    coordinates: np.ndarray  # (n_nodes, 2) mean position of each node's spots
+    counts: np.ndarray  # (n_nodes,) spots per node
+    side: float  # side of the square bins, in coordinate units
+
+
+def _bin_spots(coordinates: np.ndarray, max_nodes: int) -> _Bins:
+    """Square bins sized so that between 95% and 100% of ``max_nodes`` are occupied (or
+    as close below as the search gets); bins are numbered in row-major order."""
+    origin = coordinates.min(axis=0)
+    extent = np.ptp(coordinates, axis=0)
+    side = max(float(np.sqrt(extent[0] * extent[1] / max_nodes)), float(extent.max()) / max_nodes)
+    best: tuple[float, np.ndarray, int] | None = None
+    for _ in range(_BIN_SEARCH_STEPS):
+        node, n_nodes = _occupied_bins(coordinates, origin, side)
+        if n_nodes <= max_nodes and (best is None or n_nodes > best[2]):
+            best = (side, node, n_nodes)
+        if _BIN_FILL * max_nodes <= n_nodes <= max_nodes:
+            break
+        # Occupied bins scale as side^-2; aim a little inside the window.
+        side *= max(np.sqrt(n_nodes / ((1.0 + _BIN_FILL) / 2.0 * max_nodes)), 1e-3)
+    while best is None:
+        side *= 1.5
+        node, n_nodes = _occupied_bins(coordinates, origin, side)
+        if n_nodes <= max_nodes:
+            best = (side, node, n_nodes)
+    side, node, n_nodes = best
+    counts = np.bincount(node, minlength=n_nodes).astype(np.float64)
+    centres = np.column_stack(
+        [np.bincount(node, weights=coordinates[:, k], minlength=n_nodes) for k in range(2)]
+    )
+    return _Bins(spot_node=node, coordinates=centres / counts[:, None], counts=counts, side=side)
+
+
+def _occupied_bins(
+    coordinates: np.ndarray, origin: np.ndarray, side: float
+) -> tuple[np.ndarray, int]:
+    cells = np.floor((coordinates - origin) / side).astype(np.int64)
+    keys = cells[:, 0] * (int(cells[:, 1].max()) + 1) + cells[:, 1]
+    unique, node = np.unique(keys, return_inverse=True)
+    return node.ravel(), int(unique.size)
+
+
+def _pooled_genes(
+    adata: AnnData, layer: str | None, positions: np.ndarray, bins: _Bins
+) -> np.ndarray:
+    """Mean of each selected gene over the spots of each node, ``(n_nodes, n_genes)``,
+    read in blocks of spots, so the spots x genes matrix is never dense."""
+    matrix = _numeric_matrix(adata, layer)
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    columns: np.ndarray | slice = positions
+    if sp.issparse(matrix) and matrix.format != "csr":
+        matrix, columns = sp.csr_matrix(matrix[:, positions]), slice(None)
+    n_spots, n_nodes = matrix.shape[0], bins.counts.size
+    sums = np.zeros((n_nodes, positions.size))
+    step = max(1, 4 * _CHUNK_ENTRIES // positions.size)
+    for start in range(0, n_spots, step):
+        stop = min(start + step, n_spots)
+        block = matrix[start:stop][:, columns]
+        check_finite(block, where=where)
+        if not sp.issparse(block):
+            block = np.asarray(block, dtype=np.float64)
+        pool = sp.csr_matrix(
+            (np.ones(stop - start), (bins.spot_node[start:stop], np.arange(stop - start))),
+            shape=(n_nodes, stop - start),
+        )
+        pooled = pool @ block
+        sums += pooled.toarray() if sp.issparse(pooled) else pooled
+    return sums / bins.counts[:, None]
+
+
+def _barycentric(corners: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Barycentric coordinates ``(c, 3)`` of ``points`` ``(c, 2)`` in triangles ``(c, 3, 2)``
+    (scipy's ``Delaunay.transform`` took seconds to build for 20,000 triangles)."""
+    first = corners[:, 1] - corners[:, 0]
+    second = corners[:, 2] - corners[:, 0]
+    offset = points - corners[:, 0]
+    determinant = first[:, 0] * second[:, 1] - first[:, 1] * second[:, 0]
+    along_first = (offset[:, 0] * second[:, 1] - offset[:, 1] * second[:, 0]) / determinant
+    along_second = (first[:, 0] * offset[:, 1] - first[:, 1] * offset[:, 0]) / determinant
+    return np.column_stack([1.0 - along_first - along_second, along_first, along_second])
+
+
+def _spot_values(
+    bins: _Bins, node_values: np.ndarray, coordinates: np.ndarray, max_edge: float | None
+) -> np.ndarray:
+    """Node values at every spot: linear within the triangle of the node mesh that holds
+    the spot, searched among the triangles around the spot's own node; the value of that
+    node where none of them holds it (spots beyond the outermost node centres)."""
+    values = node_values[bins.spot_node]
+    triangulation = Delaunay(bins.coordinates)
+    triangles = triangulation.simplices
+    usable = np.ones(triangles.shape[0], dtype=bool)
+    if max_edge is not None:
+        _, lengths = _scaled_edges(bins.coordinates, triangles)
+        usable = lengths.max(axis=1) <= max_edge
+    # Triangles around each node, as rows of a node x slot table (-1: no triangle).
+    corner_of = np.repeat(np.flatnonzero(usable), 3)
+    node_of = triangles[usable].ravel()
+    order = np.argsort(node_of, kind="stable")
+    node_of, corner_of = node_of[order], corner_of[order]
+    degree = np.bincount(node_of, minlength=bins.counts.size)
+    slot = np.arange(node_of.size) - np.repeat(np.cumsum(degree) - degree, degree)
+    around = np.full((bins.counts.size, max(int(degree.max(initial=0)), 1)), -1, dtype=np.intp)
+    around[node_of, slot] = corner_of
+    pending = np.arange(coordinates.shape[0])
+    for column in range(around.shape[1]):
+        candidate = around[bins.spot_node[pending], column]
+        pending = pending[candidate >= 0]
+        candidate = candidate[candidate >= 0]
+        weights = _barycentric(bins.coordinates[triangles[candidate]], coordinates[pending])
+        inside = (weights >= -1e-9).all(axis=1)
+        values[pending[inside]] = np.einsum(
+            "ck,ckm->cm", weights[inside], node_values[triangles[candidate[inside]]]
+        )
+        pending = pending[~inside]
+    return values
 
 
 # --------------------------------------------------------------------------------------
@@ -452,18 +648,7 @@ def _penalty_matrix(coordinates: np.ndarray, max_edge: float | None) -> tuple[sp
             "the spots cannot be triangulated (all on a line or duplicated coordinates): "
             "stIHC needs spots spread over a 2-D tissue"
         ) from None
-    corners = coordinates[triangles]  # (t, 3, 2)
-    # Edge opposite to corner a: from corner a+1 to corner a+2.
-    edges = np.roll(corners, -2, axis=1) - np.roll(corners, -1, axis=1)
-    lengths = np.sqrt((edges * edges).sum(axis=2))
-    pairs = np.sort(np.stack([np.roll(triangles, -1, 1), np.roll(triangles, -2, 1)], -1), -1)
-    unique_pairs, first = np.unique(pairs.reshape(-1, 2), axis=0, return_index=True)
-    scale = float(np.median(lengths.ravel()[first]))
-    del unique_pairs
-    if not scale > 0:
-        raise SpatiomeInputError("the mesh of the spots is degenerate: check the coordinates")
-    edges = edges / scale
-    lengths = lengths / scale
+    edges, lengths = _scaled_edges(coordinates, triangles)
     cross = edges[:, 1, 0] * edges[:, 2, 1] - edges[:, 1, 1] * edges[:, 2, 0]
     area = 0.5 * np.abs(cross)
     keep = area > 1e-6 * float(np.median(area))
@@ -489,6 +674,73 @@ def _penalty_matrix(coordinates: np.ndarray, max_edge: float | None) -> tuple[sp
     return penalty, int(triangles.shape[0])
 
 
+def _scaled_edges(coordinates: np.ndarray, triangles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Edge vectors ``(t, 3, 2)`` (edge ``a`` opposite corner ``a``) and their lengths
+    ``(t, 3)``, in units of the median length of the distinct edges of the mesh."""
+    corners = coordinates[triangles]  # (t, 3, 2)
+    # Edge opposite to corner a: from corner a+1 to corner a+2.
+    edges = np.roll(corners, -2, axis=1) - np.roll(corners, -1, axis=1)
+    lengths = np.sqrt((edges * edges).sum(axis=2))
+    pairs = np.sort(np.stack([np.roll(triangles, -1, 1), np.roll(triangles, -2, 1)], -1), -1)
+    _, first = np.unique(pairs.reshape(-1, 2), axis=0, return_index=True)
+    scale = float(np.median(lengths.ravel()[first]))
+    if not scale > 0:
+        raise SpatiomeInputError("the mesh of the spots is degenerate: check the coordinates")
+    return edges / scale, lengths / scale
+
+
+class _Factorization:
+    """``A^-1 B`` for a sparse symmetric positive definite ``A`` and many right-hand sides.
+
+    SuperLU factors ``A`` (symmetric mode, no pivoting off the diagonal); the triangular
+    solves are compiled loops over all right-hand sides at once: SuperLU's own solve was
+    3-9 times slower with 300 of them (and slowest with BLAS threads on a busy machine).
+    """
+
+    def __init__(self, matrix: sp.spmatrix) -> None:
+        factors = splu(matrix.tocsc(), permc_spec="MMD_AT_PLUS_A", **_SPD)
+        lower = sp.tril(factors.L, -1, format="csc")  # L has a unit diagonal
+        upper = sp.triu(factors.U, 1, format="csc")
+        self.lower = (lower.indptr, lower.indices, lower.data)
+        self.upper = (upper.indptr, upper.indices, upper.data)
+        self.diagonal = factors.U.diagonal()
+        self.row_order = factors.perm_r
+        self.column_order = factors.perm_c
+
+    def solve(self, rhs: np.ndarray) -> np.ndarray:
+        # Pr A Pc = L U, so x = Pc U^-1 L^-1 Pr b.
+        work = np.empty(rhs.shape, dtype=np.float64)
+        work[self.row_order] = rhs
+        _forward_unit_lower(*self.lower, work)
+        _backward_upper(*self.upper, self.diagonal, work)
+        return work[self.column_order]
+
+
+@numba.njit(cache=True, nogil=True)
+def _forward_unit_lower(indptr, indices, data, x):  # pragma: no cover - compiled
+    """Solve ``L y = x`` in place; ``L`` strictly lower (CSC) plus a unit diagonal."""
+    for j in range(x.shape[0]):
+        for p in range(indptr[j], indptr[j + 1]):
+            row = indices[p]
+            weight = data[p]
+            for c in range(x.shape[1]):
+                x[row, c] -= weight * x[j, c]
+
+
+@numba.njit(cache=True, nogil=True)
+def _backward_upper(indptr, indices, data, diagonal, x):  # pragma: no cover - compiled
+    """Solve ``U y = x`` in place; ``U`` strictly upper (CSC) plus ``diagonal``."""
+    for j in range(x.shape[0] - 1, -1, -1):
+        pivot = diagonal[j]
+        for c in range(x.shape[1]):
+            x[j, c] /= pivot
+        for p in range(indptr[j], indptr[j + 1]):
+            row = indices[p]
+            weight = data[p]
+            for c in range(x.shape[1]):
+                x[row, c] -= weight * x[j, c]
+
+
 def _smooth(
     values: np.ndarray,
     coordinates: np.ndarray,
@@ -506,7 +758,7 @@ def _smooth(
     matrix, n_triangles = _penalty_matrix(coordinates, max_edge)
     identity = sp.identity(n, format="csc")
     if penalty is not None:
-        solver = splu((identity + penalty * matrix).tocsc(), permc_spec="MMD_AT_PLUS_A", **_SPD)
+        solver = _Factorization(identity + penalty * matrix)
         bar.update(1, "smoothed at the given penalty")
         return _Smoothing(
             profiles=solver.solve(values),
@@ -522,7 +774,7 @@ def _smooth(
     traces = np.full(grid.size, np.nan)
     chunk = max(1, 4_000_000 // n)
     for index, lam in enumerate(grid):
-        solver = splu((identity + lam * matrix).tocsc(), permc_spec="MMD_AT_PLUS_A", **_SPD)
+        solver = _Factorization(identity + lam * matrix)
         trace = float(np.einsum("ij,ij->", probes, solver.solve(probes))) / n_probes
         trace = min(max(trace, 1.0), n - 1.0)
         if min_dof is not None and index > 0 and trace < min_dof:
@@ -542,7 +794,7 @@ def _smooth(
         common = float(choice.mean())
     else:
         common = float(np.exp(np.log(choice).mean()))
-    solver = splu((identity + common * matrix).tocsc(), permc_spec="MMD_AT_PLUS_A", **_SPD)
+    solver = _Factorization(identity + common * matrix)
     profiles = solver.solve(values)
     bar.update(grid.size + 1, f"smoothed at the common penalty {common:.3g}")
     return _Smoothing(
@@ -561,11 +813,38 @@ def _smooth(
 
 def _standard_ranks(matrix: np.ndarray) -> np.ndarray:
     """Column ranks centred and scaled to unit RMS, so ``A.T @ B / n`` is Spearman's rho."""
-    ranks = rankdata(matrix, axis=0).astype(np.float64)
+    ranks = _average_ranks(matrix)
     ranks -= ranks.mean(axis=0)
     norms = np.sqrt((ranks * ranks).mean(axis=0))
     norms[norms == 0] = 1.0
     return ranks / norms
+
+
+def _average_ranks(matrix: np.ndarray) -> np.ndarray:
+    """Column ranks from 1, ties sharing their mean rank (``scipy.stats.rankdata``'s
+    default, to the bit), sorted as contiguous rows: three times faster than ranking the
+    columns of a C-ordered matrix in place."""
+    n, n_columns = matrix.shape
+    ranks = np.empty((n, n_columns))
+    positions = np.arange(1, n + 1, dtype=np.float64)
+    step = max(1, _CHUNK_ENTRIES // max(n, 1))
+    for start in range(0, n_columns, step):
+        block = np.ascontiguousarray(matrix[:, start : start + step].T)
+        order = np.argsort(block, axis=1)
+        ordered = np.take_along_axis(block, order, axis=1)
+        tied = ordered[:, 1:] == ordered[:, :-1]
+        ranked = np.empty(block.shape)
+        for row in range(block.shape[0]):
+            ranked[row, order[row]] = _tie_means(tied[row]) if tied[row].any() else positions
+        ranks[:, start : start + step] = ranked.T
+    return ranks
+
+
+def _tie_means(tied: np.ndarray) -> np.ndarray:
+    """Ranks in sorted order where ``tied[k]`` says value ``k + 1`` equals value ``k``."""
+    begins = np.flatnonzero(np.concatenate([[True], ~tied]))
+    counts = np.diff(np.append(begins, tied.size + 1))
+    return np.repeat(begins + (counts + 1) / 2.0, counts)
 
 
 def _gram(ranks: np.ndarray) -> np.ndarray:

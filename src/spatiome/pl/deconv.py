@@ -19,14 +19,15 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Wedge
 
 from .._core.validate import SpatiomeInputError, check_adata, get_spatial
+from ._points import MAX_POINTS, annotate_sample, rasterize, sample_points
 from .spatial import (
     PANEL_INCHES,
-    RASTERIZE_ABOVE,
     TITLE_SIZE,
     _add_legend,
     _default_spot_size,
     _frame,
     category_palette,
+    observation_noun,
     spatial,
 )
 
@@ -39,6 +40,8 @@ def cell_type_maps(
     ncols: int = 4,
     spot_size: float | None = None,
     cmap: str = "magma_r",
+    max_points: int | None = MAX_POINTS,
+    random_state: int | None = 0,
 ) -> Figure:
     """One map per cell type of its fraction in each spot, on a shared 0-1 colour scale.
 
@@ -58,6 +61,9 @@ def cell_type_maps(
         Spot diameter in coordinate units (default: nearest-neighbour spacing).
     cmap
         Colour map of the fractions.
+    max_points, random_state
+        Most spots drawn and the seed of the subsample beyond (see
+        :func:`spatiome.pl.spatial`).
 
     Returns
     -------
@@ -83,7 +89,8 @@ def cell_type_maps(
     if unknown:
         raise SpatiomeInputError(f"cell types {unknown} are not in adata.obsm[{key!r}]")
     view = _panel_data(adata, fractions[names])
-    return spatial(view, names, vmin=0.0, vmax=1.0, cmap=cmap, spot_size=spot_size, ncols=ncols)
+    return spatial(view, names, vmin=0.0, vmax=1.0, cmap=cmap, spot_size=spot_size, ncols=ncols,
+                   max_points=max_points, random_state=random_state)  # fmt: skip
 
 
 def dominant_cell_type(
@@ -93,6 +100,8 @@ def dominant_cell_type(
     min_fraction: float = 0.0,
     ax: Axes | None = None,
     spot_size: float | None = None,
+    max_points: int | None = MAX_POINTS,
+    random_state: int | None = 0,
 ) -> Axes:
     """Each spot coloured by its most abundant cell type.
 
@@ -112,6 +121,9 @@ def dominant_cell_type(
         Axes to draw into; a new figure when ``None``.
     spot_size
         Spot diameter in coordinate units (default: nearest-neighbour spacing).
+    max_points, random_state
+        Most spots drawn and the seed of the subsample beyond (see
+        :func:`spatiome.pl.spatial`).
 
     Returns
     -------
@@ -138,7 +150,8 @@ def dominant_cell_type(
     view.obs[column] = pd.Categorical(labels, categories=list(fractions.columns))
     view.obs[column] = view.obs[column].cat.remove_unused_categories()
     colors = cell_type_colors(adata, key)
-    return spatial(view, column, ax=ax, spot_size=spot_size, palette=colors)
+    return spatial(view, column, ax=ax, spot_size=spot_size, palette=colors,
+                   max_points=max_points, random_state=random_state)  # fmt: skip
 
 
 def scatter_pies(
@@ -151,6 +164,9 @@ def scatter_pies(
     random_state: int = 0,
 ) -> Axes:
     """A pie of cell-type fractions at every spot (a random subset beyond ``max_spots``).
+
+    When a subset is drawn, the pies are enlarged by the square root of spots over pies
+    drawn (so that they cover the tissue as all would), and a note under the panel says so.
 
     Parameters
     ----------
@@ -183,10 +199,10 @@ def scatter_pies(
     fractions = _fractions(adata, key)
     coords = get_spatial(adata)[:, :2]
     values = fractions.to_numpy(dtype=np.float64)
-    keep = np.flatnonzero(np.isfinite(values).all(axis=1))
-    if keep.size > max_spots:
-        keep = np.sort(np.random.default_rng(random_state).choice(keep, max_spots, replace=False))
+    sample = sample_points(np.flatnonzero(np.isfinite(values).all(axis=1)), max_spots, random_state)
+    keep = sample.index
     size = _default_spot_size(coords) if spot_size is None else float(spot_size)
+    size *= sample.size_factor
     names = pd.Index(fractions.columns)
     palette = cell_type_colors(adata, key)
     colors = [palette[str(name)] for name in names]
@@ -201,11 +217,12 @@ def scatter_pies(
             faces.append(colors[t])
             start += sweep
     collection = PatchCollection(wedges, facecolors=faces, linewidths=0)
-    collection.set_rasterized(len(keep) > RASTERIZE_ABOVE)
+    rasterize(collection, len(keep))
     ax.add_collection(collection)
     _frame(ax, adata, coords, size, pixel=False, scalebar=True)
     _add_legend(ax, names, colors, "cell type")
     ax.set_title("cell-type fractions", fontsize=TITLE_SIZE)
+    annotate_sample(ax, sample, observation_noun(adata))
     return ax
 
 

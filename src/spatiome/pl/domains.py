@@ -11,8 +11,15 @@ import scipy.sparse as sp
 from anndata import AnnData
 from matplotlib.figure import Figure
 
-from .._core.validate import SpatiomeInputError, check_adata, get_matrix
-from .spatial import _category_colors, natural_key, observation_noun, spatial
+from .._core.validate import SpatiomeInputError, check_adata, get_matrix, get_spatial
+from ._points import MAX_POINTS
+from .spatial import (
+    _category_colors,
+    _default_spot_size,
+    natural_key,
+    observation_noun,
+    spatial,
+)
 
 #: The label of genes in no module: left unassigned, or alone in a "module" of one gene.
 UNASSIGNED = "unassigned"
@@ -136,6 +143,8 @@ def module_scores(
     max_modules: int = 8,
     ncols: int = 4,
     spot_size: float | None = None,
+    max_points: int | None = MAX_POINTS,
+    random_state: int | None = 0,
 ) -> Figure:
     """Map each gene module's score (mean z-scored expression of its genes) on the tissue.
 
@@ -156,6 +165,9 @@ def module_scores(
         Panels per row.
     spot_size
         Marker size passed to :func:`spatiome.pl.spatial`.
+    max_points, random_state
+        Most spots drawn per panel and the seed of the subsample beyond (see
+        :func:`spatiome.pl.spatial`).
 
     Returns
     -------
@@ -178,12 +190,16 @@ def module_scores(
     if not groups:
         raise SpatiomeInputError("no module has genes in adata.var_names")
     groups = dict(sorted(groups.items(), key=lambda item: -len(item[1]))[:max_modules])
-    matrix = get_matrix(adata, layer)
+    # One column selection for all modules: each selection of a CSR matrix reads all of it.
+    used = list(dict.fromkeys(g for genes in groups.values() for g in genes))
+    matrix = get_matrix(adata, layer)[:, adata.var_names.get_indexer(used)]
+    local = pd.Index(used)
     columns = []
     for name, genes in groups.items():
-        positions = adata.var_names.get_indexer(genes)
-        adata.obs[f"module_score_{name}"] = _zscore_mean(matrix, positions)
+        adata.obs[f"module_score_{name}"] = _zscore_mean(matrix, local.get_indexer(genes))
         columns.append(f"module_score_{name}")
+    if spot_size is None:
+        spot_size = _default_spot_size(get_spatial(adata)[:, :2])
     n = len(columns)
     ncols = max(1, min(ncols, n))
     nrows = int(np.ceil(n / ncols))
@@ -191,7 +207,8 @@ def module_scores(
     for ax, column, (name, genes) in zip(axes.ravel(), columns, groups.items(), strict=False):
         size = f"{len(genes)} gene{'s' if len(genes) != 1 else ''}"
         spatial(adata, column, ax=ax, spot_size=spot_size, cmap="magma",
-                title=f"module {name} ({size})")  # fmt: skip
+                title=f"module {name} ({size})", max_points=max_points,
+                random_state=random_state)  # fmt: skip
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
     fig.tight_layout()

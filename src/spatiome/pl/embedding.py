@@ -12,8 +12,8 @@ from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 
 from .._core.validate import SpatiomeInputError, check_adata
+from ._points import MAX_POINTS, PointSample, annotate_sample, rasterize, sample_points
 from .spatial import (
-    RASTERIZE_ABOVE,
     TITLE_SIZE,
     _add_colorbar,
     _add_legend,
@@ -23,6 +23,7 @@ from .spatial import (
     _grid,
     _limits,
     _missing_grey,
+    observation_noun,
 )
 
 _AXIS_NAMES = {"umap": "UMAP", "tsne": "t-SNE", "pca": "PC"}
@@ -42,11 +43,16 @@ def embedding(
     vmax: float | None = None,
     palette: Sequence[str] | Mapping[str, str] | None = None,
     ncols: int = 3,
+    max_points: int | None = MAX_POINTS,
+    random_state: int | None = 0,
 ) -> Axes | Figure:
     """Scatter plot of ``adata.obsm[f"X_{basis}"]`` coloured by a gene or an obs column.
 
     Categories are drawn in a fixed shuffled order so that no group hides the others;
-    numeric values are drawn low to high so that high values stay visible.
+    numeric values are drawn low to high so that high values stay visible. Beyond
+    ``max_points`` observations a random subsample of ``max_points`` is drawn (the same for
+    the same ``random_state``), and a note under the panel says so; colour ranges and
+    legends come from every observation.
 
     Parameters
     ----------
@@ -63,13 +69,18 @@ def embedding(
     ax
         Axes to draw into (single ``color`` only).
     point_size
-        Marker area in points^2; default ``24000 / n_obs`` clipped to [1, 30].
+        Marker area in points^2; default ``24000 / n`` clipped to [1, 30], ``n`` the
+        number of points drawn.
     cmap, vmin, vmax, palette
         Colours, as in :func:`spatiome.pl.spatial`.
     title
         Panel title; defaults to ``color``.
     ncols
         Panels per row when ``color`` is a list.
+    max_points
+        Most points drawn; ``None`` draws every point.
+    random_state
+        Seed of the subsample drawn beyond ``max_points``.
 
     Returns
     -------
@@ -86,6 +97,8 @@ def embedding(
     >>> ax = embedding(adata, "group")
     >>> [t.get_text() for t in ax.get_legend().get_texts()]
     ['a', 'b']
+    >>> embedding(adata, "group", max_points=20).collections[0].get_offsets().shape
+    (20, 2)
     """
     check_adata(adata)
     key = basis if basis in adata.obsm else f"X_{basis}"
@@ -95,11 +108,13 @@ def embedding(
             f"tsne=True) or pass basis= one of {sorted(adata.obsm.keys())}"
         )
     points = np.asarray(adata.obsm[key], dtype=np.float64)[:, :2]
-    size = point_size if point_size is not None else float(np.clip(24000 / adata.n_obs, 1, 30))
+    sample = sample_points(adata.n_obs, max_points, random_state)
+    size = point_size if point_size is not None else float(np.clip(24000 / sample.n_drawn, 1, 30))
     name = _AXIS_NAMES.get(key.removeprefix("X_"), key.removeprefix("X_"))
     options = dict(
-        layer=layer, size=size, cmap=cmap, vmin=vmin, vmax=vmax, palette=palette, axis_name=name
-    )
+        sample=sample, layer=layer, size=size, cmap=cmap, vmin=vmin, vmax=vmax,
+        palette=palette, axis_name=name,
+    )  # fmt: skip
     if isinstance(color, str):
         if ax is None:
             _, ax = plt.subplots(figsize=(5.4, 4.0), layout="constrained")
@@ -123,6 +138,7 @@ def _embedding_panel(
     color: str,
     *,
     title,
+    sample: PointSample,
     layer,
     size,
     cmap,
@@ -132,35 +148,31 @@ def _embedding_panel(
     axis_name,
 ) -> None:
     kind, values, label = _color_values(adata, color, layer=layer)
+    drawn = sample.take(points)
     if kind == "categorical":
         colors = _category_colors(adata, color, values.categories, palette)
-        order = np.random.default_rng(0).permutation(adata.n_obs)
-        faces = _face_colors(values, colors)[order]
-        ax.scatter(
-            points[order, 0],
-            points[order, 1],
-            c=faces,
-            s=size,
-            linewidths=0,
-            rasterized=adata.n_obs > RASTERIZE_ABOVE,
-        )
+        order = np.random.default_rng(0).permutation(sample.n_drawn)
+        faces = sample.take(_face_colors(values, colors))[order]
+        scatter = ax.scatter(drawn[order, 0], drawn[order, 1], c=faces, s=size, linewidths=0)
         _add_legend(ax, values.categories, colors, color)
     else:
-        order = np.argsort(np.nan_to_num(values, nan=-np.inf), kind="stable")
+        shown = sample.take(values)
+        order = np.argsort(np.nan_to_num(shown, nan=-np.inf), kind="stable")
         low, high = _limits(values, vmin, vmax)
         scatter = ax.scatter(
-            points[order, 0],
-            points[order, 1],
-            c=values[order],
+            drawn[order, 0],
+            drawn[order, 1],
+            c=shown[order],
             s=size,
             cmap=_missing_grey(cmap),
             vmin=low,
             vmax=high,
             linewidths=0,
             plotnonfinite=True,
-            rasterized=adata.n_obs > RASTERIZE_ABOVE,
         )
         _add_colorbar(ax, scatter, label)
+    rasterize(scatter, sample.n_drawn)
+    annotate_sample(ax, sample, observation_noun(adata))
     ax.set_xlabel(f"{axis_name}1", fontsize=10)
     ax.set_ylabel(f"{axis_name}2", fontsize=10)
     ax.set_xticks([])

@@ -11,6 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .._core.validate import SpatiomeInputError, check_adata
+from ._points import MAX_POINTS
 from .deconv import _panel_data
 from .spatial import spatial
 
@@ -127,6 +128,8 @@ def ligrec_local(
     key: str = "ligrec_local",
     n_pairs: int = 6,
     ncols: int = 3,
+    max_points: int | None = MAX_POINTS,
+    random_state: int | None = 0,
 ) -> Figure:
     """Maps of local ligand-receptor scores, one panel per pair.
 
@@ -144,6 +147,9 @@ def ligrec_local(
         Pairs drawn when ``pairs`` is None.
     ncols
         Panels per row.
+    max_points, random_state
+        Most spots drawn per panel and the seed of the subsample beyond (see
+        :func:`spatiome.pl.spatial`).
 
     Returns
     -------
@@ -176,7 +182,8 @@ def ligrec_local(
     view.obs.columns = names
     limit = float(np.nanpercentile(np.abs(scores[chosen].to_numpy(dtype=float)), 99)) or 1.0
     # coolwarm: a score near 0 is light grey, visible on the white page
-    figure = spatial(view, names, cmap="coolwarm", vmin=-limit, vmax=limit, ncols=ncols)
+    figure = spatial(view, names, cmap="coolwarm", vmin=-limit, vmax=limit, ncols=ncols,
+                     max_points=max_points, random_state=random_state)  # fmt: skip
     return figure if isinstance(figure, Figure) else figure.figure
 
 

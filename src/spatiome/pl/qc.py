@@ -12,6 +12,7 @@ from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 
 from .._core.validate import SpatiomeInputError, check_adata, get_spatial
+from ._points import MAX_POINTS, sample_points
 from .spatial import (
     LABEL_SIZE,
     TITLE_SIZE,
@@ -40,11 +41,16 @@ def qc_violin(
     *,
     groupby: str | None = None,
     color: str = "#4c72b0",
+    max_points: int | None = MAX_POINTS,
+    random_state: int | None = 0,
 ) -> Figure:
     """Violin plots of per-spot QC metrics, one panel per metric.
 
     Each violin shows the density of the metric with the interquartile range (thick line)
-    and the median (white dot); with ``groupby`` there is one violin per category. A
+    and the median (white dot); with ``groupby`` there is one violin per category. The
+    density of a group of more than ``max_points`` spots is estimated from a random
+    subsample of ``max_points`` (the same for the same ``random_state``); the median and
+    quartiles always come from every spot. A
     metric that is zero or missing in every spot (the mitochondrial share of a panel
     without mitochondrial genes) gets no panel.
 
@@ -59,6 +65,10 @@ def qc_violin(
         Optional categorical column of ``adata.obs``: one violin per category.
     color
         Violin colour when ``groupby`` is ``None``.
+    max_points
+        Most values a violin's density is estimated from; ``None``: every value.
+    random_state
+        Seed of the subsample beyond ``max_points``.
 
     Returns
     -------
@@ -88,7 +98,7 @@ def qc_violin(
     for ax, key in zip(axes.ravel(), keys, strict=True):
         values = pd.to_numeric(adata.obs[key], errors="coerce").to_numpy(dtype=np.float64)
         data = [values[g & np.isfinite(values)] for g in groups]
-        _violins(ax, data, colors)
+        _violins(ax, data, colors, max_points=max_points, random_state=random_state)
         ax.set_title(_pretty(key).capitalize(), fontsize=TITLE_SIZE)
         ax.set_xticks(
             np.arange(1, len(labels) + 1),
@@ -112,6 +122,8 @@ def qc_spatial(
     flag_colors: Sequence[str] | None = None,
     spot_size: float | None = None,
     cmap: str | Colormap = "viridis",
+    max_points: int | None = MAX_POINTS,
+    random_state: int | None = 0,
 ) -> Figure:
     """QC metrics on the tissue with flagged spots outlined.
 
@@ -140,6 +152,9 @@ def qc_spatial(
         Spot diameter in coordinate units; ``None``: the distance between nearest spots.
     cmap
         Colour map of the metrics.
+    max_points, random_state
+        Most spots drawn per panel and the seed of the subsample beyond (see
+        :func:`spatiome.pl.spatial`); every panel draws the same spots.
 
     Returns
     -------
@@ -186,6 +201,8 @@ def qc_spatial(
                 title=title,
                 outline=flag,
                 outline_color=colors[row] if flag is not None else FLAG_COLORS[0],
+                max_points=max_points,
+                random_state=random_state,
             )
     return fig
 
@@ -293,12 +310,16 @@ def _groups(
     return masks, [str(c) for c in categories], _category_colors(adata, groupby, categories)
 
 
-def _violins(ax, data: list[np.ndarray], colors: list[str]) -> None:
+def _violins(
+    ax, data: list[np.ndarray], colors: list[str], *, max_points: int | None, random_state
+) -> None:
     positions = np.arange(1, len(data) + 1)
-    drawable = [i for i, d in enumerate(data) if d.size > 1 and np.ptp(d) > 0]
+    # The kernel density costs values x grid points: a seeded subsample beyond the cap.
+    densities = [sample_points(d.size, max_points, random_state).take(d) for d in data]
+    drawable = [i for i, d in enumerate(densities) if d.size > 1 and np.ptp(d) > 0]
     if drawable:
         parts = ax.violinplot(
-            [data[i] for i in drawable],
+            [densities[i] for i in drawable],
             positions=positions[drawable],
             showextrema=False,
             widths=0.8,

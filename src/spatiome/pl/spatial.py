@@ -19,13 +19,20 @@ from matplotlib.lines import Line2D
 from scipy.spatial import cKDTree
 
 from .._core.validate import SpatiomeInputError, check_adata, get_matrix, get_spatial
+from ._points import (
+    GRID_COVER,
+    MAX_POINTS,
+    PointSample,
+    annotate_sample,
+    rasterize,
+    sample_points,
+    sample_spots,
+)
 
 MISSING_COLOR = "#d3d3d3"
 TITLE_SIZE = 12
 LABEL_SIZE = 10
 PANEL_INCHES = 4.0
-#: Collections of more points than this are drawn as a bitmap inside vector output.
-RASTERIZE_ABOVE = 1000
 
 
 def spatial(
@@ -45,6 +52,8 @@ def spatial(
     palette: Sequence[str] | Mapping[str, str] | None = None,
     scalebar: bool = True,
     ncols: int = 3,
+    max_points: int | None = MAX_POINTS,
+    random_state: int | None = 0,
 ) -> Axes | Figure:
     """Draw a gene or a spot annotation on the tissue.
 
@@ -55,6 +64,14 @@ def spatial(
     only the one column is extracted. The axes have equal aspect; the y axis points down
     when ``adata.uns["spatial_unit"] == "pixel"`` (image convention), and a scale bar is
     drawn when the unit is ``"um"``.
+
+    Beyond ``max_points`` spots at most ``max_points`` are drawn: the spot nearest the
+    centre of each cell of a grid over the tissue, whose origin ``random_state`` shifts.
+    Each drawn spot is enlarged by the square root of spots over spots drawn, and by 1.5
+    more, so that they cover the tissue without gaps; a note under the panel says so.
+    Colour ranges, categories and legends come from every spot; outlined spots are all
+    drawn (up to ``max_points``). A list of genes is read from the matrix in one column
+    selection.
 
     Parameters
     ----------
@@ -92,6 +109,10 @@ def spatial(
         Draw a scale bar when coordinates are in micrometres.
     ncols
         Panels per row when ``color`` is a list.
+    max_points
+        Most spots drawn; ``None`` draws every spot.
+    random_state
+        Seed of the grid's shift beyond ``max_points``.
 
     Returns
     -------
@@ -114,6 +135,8 @@ def spatial(
     >>> fig = spatial(adata, ["GeneA", "half"])
     >>> len(fig.axes) >= 2
     True
+    >>> len(spatial(adata, "half", max_points=40).collections[0].get_offsets()) <= 40
+    True
     """
     check_adata(adata)
     coords = get_spatial(adata)[:, :2]
@@ -124,6 +147,9 @@ def spatial(
     mask = None if outline is None else _outline_mask(adata, outline)
     image = _tissue_image(adata) if show_image else None
     options = dict(
+        sample=sample_spots(coords, max_points, random_state),
+        max_points=max_points,
+        random_state=random_state,
         layer=layer,
         spot_size=float(spot_size),
         cmap=cmap,
@@ -146,6 +172,8 @@ def spatial(
     if ax is not None:
         raise SpatiomeInputError("ax= works with a single color; a list of colors draws a grid")
     fig, axes = _grid(len(colors), ncols, _panel_size(coords))
+    # One column selection for all genes: each selection of a CSR matrix reads all of it.
+    options["genes"] = _gene_columns(adata, colors, layer)
     for panel, key in zip(axes, colors, strict=False):
         _spatial_panel(panel, adata, coords, key, title=None, **options)
     for unused in axes[len(colors) :]:
@@ -162,6 +190,9 @@ def _spatial_panel(
     color: str,
     *,
     title,
+    sample: PointSample,
+    max_points,
+    random_state,
     layer,
     spot_size,
     cmap,
@@ -172,51 +203,56 @@ def _spatial_panel(
     vmax,
     palette,
     scalebar,
+    genes: Mapping[str, np.ndarray] | None = None,
 ) -> None:
-    kind, values, label = _color_values(adata, color, layer=layer)
+    if genes and color in genes:
+        kind, values, label = "numeric", genes[color], _expression_label(adata, layer)
+    else:
+        kind, values, label = _color_values(adata, color, layer=layer)
     if image is not None:
         picture, scale = image
         height, width = picture.shape[:2]
         ax.imshow(picture, extent=(0, width / scale, height / scale, 0), zorder=0)
-    spots = EllipseCollection(
-        widths=np.full(adata.n_obs, spot_size),
-        heights=np.full(adata.n_obs, spot_size),
-        angles=np.zeros(adata.n_obs),
-        units="xy",
-        offsets=coords,
-        offset_transform=ax.transData,
-        linewidths=0,
-        zorder=1,
-    )
-    # Many spots as a bitmap inside vector output (PDF/SVG) keep files small.
-    spots.set_rasterized(adata.n_obs > RASTERIZE_ABOVE)
+    drawn_size = spot_size * sample.size_factor * (GRID_COVER if sample.subsampled else 1.0)
+    spots = _spot_collection(ax, sample.take(coords), drawn_size, linewidths=0, zorder=1)
     if kind == "categorical":
         colors = _category_colors(adata, color, values.categories, palette)
-        spots.set_facecolor(_face_colors(values, colors))
+        spots.set_facecolor(sample.take(_face_colors(values, colors)))
         ax.add_collection(spots)
         _add_legend(ax, values.categories, colors, color)
     else:
-        spots.set_array(values)
+        spots.set_array(sample.take(values))
         spots.set_cmap(_missing_grey(cmap))
         spots.set_clim(*_limits(values, vmin, vmax))
         ax.add_collection(spots)
         _add_colorbar(ax, spots, label)
     if outline is not None and outline.any():
-        flagged = EllipseCollection(
-            widths=np.full(int(outline.sum()), spot_size),
-            heights=np.full(int(outline.sum()), spot_size),
-            angles=np.zeros(int(outline.sum())),
-            units="xy",
-            offsets=coords[outline],
-            offset_transform=ax.transData,
-            facecolors="none",
-            edgecolors=outline_color,
-            linewidths=1.2,
-            zorder=2,
-        )
-        ax.add_collection(flagged)
-    _frame(ax, adata, coords, spot_size, pixel=image is not None, scalebar=scalebar)
+        # Flagged spots are few and the point of the map: outlined whether drawn or not.
+        flagged = sample_points(np.flatnonzero(outline), max_points, random_state)
+        ax.add_collection(
+            _spot_collection(ax, flagged.take(coords), drawn_size, facecolors="none",
+                             edgecolors=outline_color, linewidths=1.2, zorder=2)
+        )  # fmt: skip
+    _frame(ax, adata, coords, drawn_size, pixel=image is not None, scalebar=scalebar)
     ax.set_title(color if title is None else title, fontsize=TITLE_SIZE)
+    annotate_sample(ax, sample, observation_noun(adata))
+
+
+def _spot_collection(ax: Axes, offsets: np.ndarray, diameter: float, **style) -> EllipseCollection:
+    """Circles of ``diameter`` (data units) at ``offsets``, rasterized when many."""
+    n = offsets.shape[0]
+    spots = EllipseCollection(
+        widths=np.full(n, diameter),
+        heights=np.full(n, diameter),
+        angles=np.zeros(n),
+        units="xy",
+        offsets=offsets,
+        offset_transform=ax.transData,
+        **style,
+    )
+    # Many spots as a bitmap inside vector output (PDF/SVG) keep files small.
+    rasterize(spots, n)
+    return spots
 
 
 def _color_values(
@@ -256,6 +292,31 @@ def _color_values(
         f"color {color!r} is neither a column of adata.obs nor a gene in adata.var_names; "
         f"obs columns: {list(adata.obs.columns)[:10]}"
     )
+
+
+def _gene_columns(adata: AnnData, names: Sequence[str], layer: str | None) -> dict[str, np.ndarray]:
+    """Values of the genes among ``names`` (those not also obs columns), as
+    :func:`_color_values` gives them, from one column selection of the matrix.
+
+    Examples
+    --------
+    >>> import numpy as np, anndata as ad
+    >>> adata = ad.AnnData(np.array([[1.0, 2.0], [3.0, 4.0]]))
+    >>> {k: v.tolist() for k, v in _gene_columns(adata, ["1", "0"], None).items()}
+    {'1': [2.0, 4.0], '0': [1.0, 3.0]}
+    """
+    if not adata.var_names.is_unique:
+        return {}  # _color_values says which gene is repeated
+    genes = [
+        n
+        for n in dict.fromkeys(names)
+        if isinstance(n, str) and n not in adata.obs.columns and n in adata.var_names
+    ]
+    if len(genes) < 2:
+        return {}
+    block = get_matrix(adata, layer)[:, adata.var_names.get_indexer(genes)]
+    block = block.toarray() if sp.issparse(block) else np.asarray(block)
+    return {gene: block[:, i].astype(np.float64) for i, gene in enumerate(genes)}
 
 
 def category_palette(names: Sequence) -> dict[str, str]:
@@ -394,10 +455,16 @@ def _limits(values: np.ndarray, vmin: float | None, vmax: float | None) -> tuple
     return low, high
 
 
-def _default_spot_size(coords: np.ndarray) -> float:
+def _default_spot_size(coords: np.ndarray, max_points: int | None = MAX_POINTS) -> float:
+    """Median distance from a spot to its nearest other spot (1 when there is none).
+
+    Beyond ``max_points`` spots the median is taken over the distances of a fixed random
+    subset of ``max_points`` spots to their nearest spot among all.
+    """
     if coords.shape[0] < 2:
         return 1.0
-    distances, _ = cKDTree(coords).query(coords, k=2)
+    queries = sample_points(coords.shape[0], max_points, random_state=0).take(coords)
+    distances, _ = cKDTree(coords).query(queries, k=2)
     nearest = distances[:, 1]
     nearest = nearest[nearest > 0]
     return float(np.median(nearest)) if nearest.size else 1.0

@@ -38,6 +38,14 @@ _HARMONIC_MU = 1.5
 # Neighbourhood features are formed in blocks of genes holding about this many values
 # (32 MB as float64 per scratch array).
 _BLOCK_ENTRIES = 4_000_000
+# Exact PCA from the covariance of up to this many features (a 32 MB matrix), accumulated
+# over blocks of rows holding about _GRAM_BLOCK_ENTRIES values (64 MB as float64).
+_GRAM_MAX_FEATURES = 2_048 * 2
+_GRAM_BLOCK_ENTRIES = 8_000_000
+#: Most spots a UMAP layout is fitted on by default (see :func:`embed_umap`).
+UMAP_MAX_SPOTS = 50_000
+# Rounds of placing the spots left out of a subsampled UMAP from placed neighbours.
+_UMAP_PLACEMENT_ROUNDS = 20
 
 
 def reduce(
@@ -47,6 +55,7 @@ def reduce(
     n_top_genes: int | None = 2000,
     umap: bool = True,
     tsne: bool = False,
+    umap_max_spots: int | None = UMAP_MAX_SPOTS,
     n_neighbors: int = 15,
     neighbourhood_lambda: float | None = None,
     n_spatial_neighbors: int = 15,
@@ -67,12 +76,17 @@ def reduce(
        layer when :func:`spatiome.pp.normalize` used Pearson residuals; flags in
        ``adata.var["highly_variable"]`` (``seurat_v3`` is not used because it needs the
        optional scikit-misc package);
-    2. PCA on those genes (:func:`scanpy.pp.pca`, ARPACK with implicit centering, so a sparse
-       ``X`` is never densified) into ``adata.obsm[key_added]``; ``n_comps`` is clipped to
+    2. exact PCA on those genes (:func:`covariance_pca`: their covariance accumulated over
+       blocks of spots, so a sparse ``X`` is never densified as a whole, then its top
+       eigenvectors; one pass over the data, where ARPACK needs dozens; scanpy's ARPACK
+       for more than 4,096 genes) into ``adata.obsm[key_added]``, with loadings and
+       variances stored as :func:`scanpy.pp.pca` stores them; ``n_comps`` is clipped to
        ``min(n_obs, n_features) - 1``;
     3. the kNN graph on that embedding (:func:`scanpy.pp.neighbors`) into
        ``adata.obsp["connectivities"]`` / ``["distances"]``;
-    4. UMAP (:func:`scanpy.tl.umap`) into ``adata.obsm["X_umap"]`` and, optionally, t-SNE
+    4. UMAP (:func:`scanpy.tl.umap`; above ``umap_max_spots`` spots fitted on a random
+       subsample and the other spots placed from their expression neighbours, see
+       :func:`embed_umap`) into ``adata.obsm["X_umap"]`` and, optionally, t-SNE
        into ``adata.obsm["X_tsne"]`` (:func:`scanpy.tl.tsne`, or openTSNE when asked for and
        installed).
 
@@ -111,6 +125,11 @@ def reduce(
         all genes.
     umap, tsne
         Compute the UMAP / t-SNE embedding.
+    umap_max_spots
+        Most spots the UMAP layout is fitted on (``None``: all). Above, it is fitted on a
+        random subsample of this size under ``random_state`` and the others are placed at
+        the mean of their embedded expression neighbours; ``adata.uns["spatiome"]["reduce"]
+        ["umap_subsample"]`` then counts the fitted and placed spots.
     n_neighbors
         Neighbours per spot in the expression graph (clipped to the number of spots).
     neighbourhood_lambda
@@ -194,6 +213,14 @@ def reduce(
         raise SpatiomeInputError(
             "adata.X holds raw counts: run spatiome.pp.normalize(adata) before reduce"
         )
+    if umap_max_spots is not None and (
+        isinstance(umap_max_spots, bool)
+        or not isinstance(umap_max_spots, numbers.Integral)
+        or umap_max_spots < 3
+    ):
+        raise SpatiomeInputError(
+            f"umap_max_spots must be an integer >= 3 or None, got {umap_max_spots!r}"
+        )
     random_state = 0 if random_state is None else int(random_state)
     adata = adata.copy() if copy else adata
     flavor = _select_genes(adata, n_top_genes, normalized)
@@ -205,15 +232,9 @@ def reduce(
     n_blocks = 1 if neighbourhood_lambda is None else (3 if agf else 2)
     n_pcs = int(min(n_comps, adata.n_obs - 1, n_blocks * n_genes - 1))
     neighbourhood = None
+    pca_solver = "arpack"
     if neighbourhood_lambda is None:
-        sc.pp.pca(
-            adata,
-            n_comps=n_pcs,
-            mask_var="highly_variable",
-            svd_solver="arpack",
-            random_state=random_state,
-            key_added=None if key_added == "X_pca" else key_added,
-        )
+        pca_solver = _plain_pca(adata, n_pcs, key_added, random_state)
     else:
         neighbourhood = _neighbourhood_pca(
             adata,
@@ -229,14 +250,18 @@ def reduce(
         neighbourhood["spatial_key"] = spatial_key
     k = int(min(n_neighbors, adata.n_obs))
     sc.pp.neighbors(adata, n_neighbors=k, use_rep=key_added, random_state=random_state)
+    umap_spots = None
     if umap:
-        sc.tl.umap(adata, random_state=random_state)
+        umap_spots = embed_umap(
+            adata, key_added, max_spots=umap_max_spots, random_state=random_state, n_neighbors=k
+        )
     used_backend = _tsne(adata, key_added, tsne_backend, random_state) if tsne else None
     record: dict = {
         "n_comps": n_pcs,
         "n_top_genes": n_genes,
         "hvg_flavor": flavor,
         "n_neighbors": k,
+        "pca_solver": pca_solver,
         "umap": bool(umap),
         "tsne": bool(tsne),
         "random_state": int(random_state),
@@ -244,6 +269,8 @@ def reduce(
     }
     if used_backend is not None:
         record["tsne_backend"] = used_backend
+    if umap_spots is not None and umap_spots["placed"] + umap_spots["unplaced"] > 0:
+        record["umap_subsample"] = umap_spots
     if neighbourhood is not None:
         record["neighbourhood"] = neighbourhood
     adata.uns.setdefault("spatiome", {})
@@ -581,3 +608,164 @@ def _tsne(adata: AnnData, use_rep: str, backend: str, random_state: int) -> str:
             return "opentsne"
     sc.tl.tsne(adata, use_rep=use_rep, perplexity=perplexity, random_state=random_state)
     return "scanpy"
+
+
+def covariance_pca(matrix, n_comps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Exact PCA of the rows of ``matrix`` from its feature x feature covariance.
+
+    The covariance is accumulated over blocks of rows (each densified on its own, about 64
+    MB), so a sparse matrix is never densified as a whole and the cost is one pass over
+    the data plus an eigendecomposition of the ``p x p`` covariance: the right tool for
+    many rows and up to a few thousand features (here ``p`` is at most
+    ``_GRAM_MAX_FEATURES``), where ARPACK needs dozens of passes. Components are signed so
+    that the largest absolute loading is positive.
+
+    Parameters
+    ----------
+    matrix
+        Rows x features, dense or sparse.
+    n_comps
+        Number of components (at most ``min(n_rows, n_features) - 1``).
+
+    Returns
+    -------
+    scores, loadings, variance, total_variance
+        Scores ``(n_rows, n_comps)`` (float32), loadings ``(n_features, n_comps)``, the
+        variance of each component and the total variance of the features (``ddof=1``).
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse as sp
+    >>> x = sp.random(500, 40, density=0.3, random_state=0, format="csr")
+    >>> scores, loadings, variance, total = covariance_pca(x, 5)
+    >>> reference = np.linalg.svd(x.toarray() - x.toarray().mean(0), compute_uv=False)
+    >>> bool(np.allclose(variance, reference[:5] ** 2 / 499))
+    True
+    """
+    import scipy.linalg
+
+    n, p = matrix.shape
+    gram = np.zeros((p, p), dtype=np.float64, order="F")
+    sums = np.zeros(p, dtype=np.float64)
+    rows = max(1, _GRAM_BLOCK_ENTRIES // max(p, 1))
+    for start in range(0, n, rows):
+        block = matrix[start : start + rows]
+        block = block.toarray() if sp.issparse(block) else np.asarray(block)
+        block = np.asarray(block, dtype=np.float64, order="F")
+        # Upper triangle of block' block, accumulated in place.
+        gram = scipy.linalg.blas.dsyrk(1.0, block, beta=1.0, c=gram, trans=1, overwrite_c=1)
+        sums += block.sum(axis=0)
+    gram = np.triu(gram) + np.triu(gram, 1).T
+    mean = sums / n
+    covariance = (gram - n * np.outer(mean, mean)) / (n - 1)
+    values, vectors = scipy.linalg.eigh(covariance, subset_by_index=[p - n_comps, p - 1])
+    values, vectors = values[::-1], vectors[:, ::-1]
+    largest = np.abs(vectors).argmax(axis=0)
+    vectors = vectors * np.sign(vectors[largest, np.arange(vectors.shape[1])])
+    scores = np.asarray(matrix @ vectors) - mean @ vectors
+    return (
+        scores.astype(np.float32),
+        vectors,
+        np.maximum(values, 0.0),
+        float(np.trace(covariance)),
+    )
+
+
+def _plain_pca(adata: AnnData, n_pcs: int, key_added: str, random_state: int) -> str:
+    """PCA of the highly variable genes of ``adata.X``, stored as :func:`scanpy.pp.pca` does.
+
+    Exact, from the covariance of the selected genes when there are at most
+    ``_GRAM_MAX_FEATURES`` of them (one pass over the data); otherwise scanpy's ARPACK.
+    Returns the solver used.
+    """
+    mask = np.asarray(adata.var["highly_variable"], dtype=bool)
+    if mask.sum() > _GRAM_MAX_FEATURES:
+        sc.pp.pca(
+            adata, n_comps=n_pcs, mask_var="highly_variable", svd_solver="arpack",
+            random_state=random_state, key_added=None if key_added == "X_pca" else key_added,
+        )  # fmt: skip
+        return "arpack"
+    matrix = get_matrix(adata)
+    selected = matrix if mask.all() else matrix[:, np.flatnonzero(mask)]
+    scores, vectors, variance, total = covariance_pca(selected, n_pcs)
+    del selected
+    loadings = np.zeros((adata.n_vars, n_pcs), dtype=np.float64)
+    loadings[mask] = vectors
+    adata.obsm[key_added] = scores
+    record = {
+        "params": {"zero_center": True, "use_highly_variable": True, "mask_var": "highly_variable"},
+        "variance": variance,
+        "variance_ratio": variance / total if total > 0 else np.zeros_like(variance),
+    }
+    if key_added == "X_pca":
+        adata.varm["PCs"] = loadings
+        adata.uns["pca"] = record
+    else:
+        adata.uns[key_added] = {**record, "PCs": loadings}
+    return "covariance"
+
+
+def embed_umap(
+    adata: AnnData, use_rep: str, *, max_spots: int | None, random_state: int, n_neighbors: int = 15
+) -> dict:
+    """UMAP into ``adata.obsm["X_umap"]``, fitted on at most ``max_spots`` spots.
+
+    Up to ``max_spots`` spots (or with ``None``) this is :func:`scanpy.tl.umap` on the
+    expression graph already in ``adata.obsp``. Above, UMAP is fitted on a random
+    subsample of ``max_spots`` spots (its own kNN graph on ``use_rep``), and every other
+    spot is placed at the mean position of its embedded neighbours in the full expression
+    graph (``adata.obsp["connectivities"]``), spreading outwards round by round so that
+    spots whose neighbours were all left out are placed from placed ones. The layout's cost
+    stops growing with the data (UMAP is the only step of the pipeline whose time grows
+    faster than linearly). A spot with no path to the subsample stays NaN.
+
+    Returns
+    -------
+    dict
+        ``{"fitted": spots fitted, "placed": spots placed from neighbours, "unplaced": n}``.
+
+    Examples
+    --------
+    >>> import numpy as np, anndata as ad, scanpy as sc
+    >>> rng = np.random.default_rng(0)
+    >>> adata = ad.AnnData(rng.normal(size=(600, 10)).astype(np.float32))
+    >>> adata.obsm["X_pca"] = adata.X[:, :5]
+    >>> sc.pp.neighbors(adata, n_neighbors=10, use_rep="X_pca")
+    >>> embed_umap(adata, "X_pca", max_spots=300, random_state=0)["fitted"]
+    300
+    >>> bool(np.isfinite(adata.obsm["X_umap"]).all())
+    True
+    """
+    n = adata.n_obs
+    if max_spots is None or n <= max_spots:
+        sc.tl.umap(adata, random_state=random_state)
+        return {"fitted": int(n), "placed": 0, "unplaced": 0}
+    rng = np.random.default_rng(random_state)
+    chosen = np.sort(rng.choice(n, size=int(max_spots), replace=False))
+    sub = AnnData(obs={"spot": np.arange(chosen.size)})
+    sub.obsm[use_rep] = np.asarray(adata.obsm[use_rep])[chosen]
+    k = int(min(n_neighbors, chosen.size))
+    sc.pp.neighbors(sub, n_neighbors=k, use_rep=use_rep, random_state=random_state)
+    sc.tl.umap(sub, random_state=random_state)
+    embedding = np.full((n, 2), np.nan, dtype=np.float32)
+    embedding[chosen] = sub.obsm["X_umap"]
+    graph = sp.csr_matrix(adata.obsp["connectivities"])
+    graph = ((graph + graph.T) > 0).astype(np.float32)
+    placed = np.zeros(n, dtype=bool)
+    placed[chosen] = True
+    for _ in range(_UMAP_PLACEMENT_ROUNDS):
+        weight = graph @ placed.astype(np.float32)
+        todo = ~placed & (weight > 0)
+        if not todo.any():
+            break
+        known = np.where(placed[:, None], embedding, 0.0)
+        position = (graph[todo] @ known) / weight[todo, None]
+        embedding[todo] = position
+        placed |= todo
+    adata.obsm["X_umap"] = embedding
+    adata.uns["umap"] = {"params": {"subsample": int(max_spots), "random_state": random_state}}
+    return {
+        "fitted": int(chosen.size),
+        "placed": int(placed.sum() - chosen.size),
+        "unplaced": int(n - placed.sum()),
+    }

@@ -7,6 +7,8 @@ A configuration has these tables::
     [qc]         remove (the field ``qc_remove``)
     [interactions] run, resource, organism, n_permutations (the fields ``interactions``,
                  ``lr_resource``, ``organism``, ``lr_permutations``)
+    [dask]       scheduler (the field ``dask_scheduler``): run the per-gene and per-block
+                 work on a Dask cluster, e.g. ``scheduler = "tcp://host:8786"``
     [pipeline]   every other field of :class:`~spatiome.workflow.PipelineConfig`
 
 Unknown tables or keys, and values of the wrong type, are errors that name the key.
@@ -62,6 +64,7 @@ _FIELD_TABLES: dict[str, dict[str, str]] = {
         "organism": "organism",
         "n_permutations": "lr_permutations",
     },
+    "dask": {"scheduler": "dask_scheduler"},
 }
 
 
@@ -99,6 +102,11 @@ def load_config(path: str | Path) -> RunConfig:
         )
     try:
         document = tomllib.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise SpatiomeInputError(
+            f"{path} is not a TOML configuration (it is not text): the data go after "
+            f"--input, e.g. 'spatiome run --input {path}'"
+        ) from None
     except tomllib.TOMLDecodeError as err:
         raise SpatiomeInputError(f"{path} is not valid TOML: {err}") from None
     return config_from_dict(document, base=path.parent, source=path)
@@ -313,7 +321,7 @@ def default_toml() -> str:
         out.append(f"[{table}]")
         for key, name in fields.items():
             out += _comment(docs.get(name, ""))
-            out.append(f"{key} = {_toml_value(getattr(defaults, name))}")
+            out.append(_toml_line(key, getattr(defaults, name)))
         out.append("")
     out.append("[pipeline]")
     elsewhere = {name for fields in _FIELD_TABLES.values() for name in fields.values()}
@@ -326,8 +334,18 @@ def default_toml() -> str:
         if doc not in written:  # fields documented together are documented once
             out += _comment(doc)
             written.add(doc)
-        if value is None:
-            out.append(f"# {item.name} =   (unset by default)")
-        else:
-            out.append(f"{item.name} = {_toml_value(value)}")
+        out.append(_toml_line(item.name, value))
     return "\n".join(out) + "\n"
+
+
+def _toml_line(key: str, value: Any) -> str:
+    """``key = value``; commented out when the value is None (TOML has no null).
+
+    Examples
+    --------
+    >>> _toml_line("seed", 0), _toml_line("scheduler", None)
+    ('seed = 0', '# scheduler =   (unset by default)')
+    """
+    if value is None:
+        return f"# {key} =   (unset by default)"
+    return f"{key} = {_toml_value(value)}"

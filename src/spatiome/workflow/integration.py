@@ -76,6 +76,7 @@ def run_batch_correction(data: AnnData, config: PipelineConfig) -> list[str]:
     import scanpy as sc
 
     from .. import integrate
+    from ..pp.reduce import UMAP_MAX_SPOTS, embed_umap
 
     method = config.batch_correction
     data.obsm["X_pca_uncorrected"] = np.asarray(data.obsm["X_pca"]).copy()
@@ -89,7 +90,9 @@ def run_batch_correction(data: AnnData, config: PipelineConfig) -> list[str]:
     k = min(_EXPRESSION_NEIGHBORS, data.n_obs - 1)
     sc.pp.neighbors(data, n_neighbors=k, use_rep=corrected, random_state=config.seed)
     if config.umap:
-        sc.tl.umap(data, random_state=config.seed)
+        embed_umap(
+            data, corrected, max_spots=UMAP_MAX_SPOTS, random_state=config.seed, n_neighbors=k
+        )
     samples = data.obs[config.sample_key].astype(str).value_counts().sort_index()
     note = (
         f"{len(samples)} samples ({', '.join(f'{s}: {n} spots' for s, n in samples.items())}) "

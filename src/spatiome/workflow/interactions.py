@@ -230,8 +230,11 @@ def organism_of(symbols: pd.Index) -> str:
     return "human" if named and upper >= len(named) / 2 else "mouse"
 
 
-def run_interactions(data: AnnData, config: PipelineConfig) -> dict[str, Any]:
-    """Ligand-receptor pairs scored for spatial co-expression (and per pair of groups).
+def run_interactions(
+    data: AnnData, config: PipelineConfig, *, client: Any | None = None
+) -> dict[str, Any]:
+    """Ligand-receptor pairs scored for spatial co-expression (and per pair of groups);
+    the blocks of pairs run on ``client``'s Dask cluster when one is given.
 
     Returns ``{"table", "groups", "group_key", "group_kind", "notes"}``: the pairs, most
     significant first; the group-pair scores (or None); the groups' column (or None) and
@@ -261,6 +264,7 @@ def run_interactions(data: AnnData, config: PipelineConfig) -> dict[str, Any]:
             n_local=max(config.n_top_maps, 1),
             random_state=config.seed,
             key_added=LIGREC_KEY,
+            client=client,
         )
     except ImportError as err:
         raise SpatiomeInputError(str(err)) from None

@@ -33,6 +33,7 @@ from .cache import (
     step_dependencies,
     step_parameters,
 )
+from .dask_cluster import check_scheduler_address, cluster_summary, connect_scheduler
 from .inputs import check_writable, load_reference, output_errors, reference_files
 from .integration import (
     BATCH_METHODS,
@@ -198,6 +199,13 @@ class PipelineConfig:
         How the annotated data are written: "h5ad" (``results.h5ad``, default),
         "spatialdata" (a SpatialData zarr store ``results.zarr`` instead, needs the
         ``spatialdata`` extra) or "both".
+    dask_scheduler
+        Address of a running Dask scheduler (``"tcp://host:8786"``; ``[dask] scheduler`` in
+        a configuration file, ``--dask-scheduler`` on the command line); None (default)
+        runs everything in this process. The per-gene and per-block work of the steps in
+        :data:`spatiome.workflow.dask_cluster.CLUSTER_STEPS` then runs on the cluster, with
+        results identical to a local run: the address is recorded in the provenance but
+        keys no cached step. Needs the ``dask`` extra.
     """
 
     seed: int = 0
@@ -239,8 +247,11 @@ class PipelineConfig:
     organism: str = "auto"
     lr_permutations: int = 199
     output_format: str = "h5ad"
+    dask_scheduler: str | None = None
 
     def __post_init__(self) -> None:
+        if self.dask_scheduler is not None:
+            self.dask_scheduler = check_scheduler_address(self.dask_scheduler)
         if self.output_format not in OUTPUT_FORMATS:
             raise SpatiomeInputError(
                 f"output_format must be one of {OUTPUT_FORMATS}, got {self.output_format!r}"
@@ -750,13 +761,20 @@ def aeh_length_scale(data: AnnData, genes: list[str]) -> float:
 
 
 def run_svg_method(
-    data: AnnData, method: str, config: PipelineConfig, genes: list[str] | None = None
+    data: AnnData,
+    method: str,
+    config: PipelineConfig,
+    genes: list[str] | None = None,
+    *,
+    client: Any | None = None,
 ) -> pd.DataFrame:
     """Run one spatially variable gene test the way the pipeline does.
 
     Moran's I, Geary's C and trendsceek read the log-normalized ``X`` (trendsceek's marks
     are log expression); SPARK-X and SpatialDE read the raw counts layer, as the originals.
     ``genes`` limits the test to those genes (see :func:`tested_genes`); None tests all.
+    With a ``distributed.Client`` the gene chunks (SPARK-X: spot blocks) run on its
+    cluster, with identical results.
 
     Examples
     --------
@@ -768,17 +786,20 @@ def run_svg_method(
     from .. import svg
 
     if method in ("moran", "geary"):
-        return getattr(svg, method)(data, genes=genes, random_state=config.seed)
+        return getattr(svg, method)(data, genes=genes, random_state=config.seed, client=client)
     if method == "sparkx":
-        return svg.sparkx(data, layer="counts", genes=genes)
+        return svg.sparkx(data, layer="counts", genes=genes, client=client)
     if method == "spatialde":
-        return svg.spatialde(data, layer="counts", genes=genes, random_state=config.seed)
+        return svg.spatialde(
+            data, layer="counts", genes=genes, random_state=config.seed, client=client
+        )
     if method == "trendseek":
         return svg.trendseek(
             data,
             genes=genes,
             n_permutations=config.trendseek_permutations,
             random_state=config.seed,
+            client=client,
         )
     raise SpatiomeInputError(f"unknown SVG method {method!r}; choose from {SVG_METHODS}")
 
@@ -919,6 +940,7 @@ def run_pipeline(
     cache: bool = True,
     force: bool = False,
     until: str | None = None,
+    copy_input: bool = True,
 ) -> PipelineResult:
     """Run QC, normalization, reduction, clustering, domains, SVG tests and modules.
 
@@ -962,6 +984,11 @@ def run_pipeline(
         cache and a marker ``out_dir/steps/<step>.done``; the outputs and the report are
         written only by a run to the end. This is how a workflow manager runs one step per
         rule.
+    copy_input
+        Work on a copy of ``adata`` (default), leaving it unchanged. ``False`` works on
+        ``adata`` itself and leaves it in an unspecified state: for a caller that holds the
+        only reference (``spatiome run`` passes the object it read), which saves one copy
+        of the counts, the largest object of a run.
 
     Returns
     -------
@@ -983,9 +1010,12 @@ def run_pipeline(
     config = config or PipelineConfig()
     check_adata(adata)
     get_spatial(adata)
+    client = connect_scheduler(config.dask_scheduler)  # before any work: fails fast
     out = prepare_output_folder(out_dir)
     previous = previous_outputs(out)
     log_handler = attach_log(out)
+    if client is not None:
+        logger.info("%s", cluster_summary(client))
     record = Provenance(command=command, parameters=asdict(config), seed=config.seed)
     for path in inputs:
         record.add_input(path)
@@ -1006,7 +1036,7 @@ def run_pipeline(
         record.add_input(config.lr_resource)
         side_inputs.append(str(Path(config.lr_resource).resolve()))
 
-    data = adata.copy()
+    data = adata.copy() if copy_input else adata
     input_notes = make_names_unique(data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # each change is also returned, for the report
@@ -1067,9 +1097,9 @@ def run_pipeline(
     if reference is not None:
         actions["deconvolution"] = lambda: run_deconvolution(data, reference, config)
     actions["neighbourhoods"] = lambda: run_neighbourhoods(data, config)
-    actions["interactions"] = lambda: run_interactions(data, config)
+    actions["interactions"] = lambda: run_interactions(data, config, client=client)
     for method in config.svg_methods:
-        actions[method] = lambda method=method: _run_svg_step(data, method, config)
+        actions[method] = lambda method=method: _run_svg_step(data, method, config, client)
     for method in config.module_methods:
         actions[f"modules_{method}"] = lambda method=method: run_module_method(
             data, method, module_genes(data, outputs[config.svg_methods[0]][0], config), config
@@ -1193,6 +1223,8 @@ def run_pipeline(
         bar.close()
         logging.getLogger("spatiome").removeHandler(log_handler)
         log_handler.close()
+        if client is not None:
+            client.close()
     files["log"] = out / LOG_NAME
     primary = next(iter(tables.values()), pd.DataFrame(columns=["statistic", "pval", "qval"]))
     return PipelineResult(
@@ -1234,13 +1266,14 @@ def _normalize_like(data: AnnData) -> Callable[[AnnData], Any] | None:
 
 
 def _run_svg_step(
-    data: AnnData, method: str, config: PipelineConfig
+    data: AnnData, method: str, config: PipelineConfig, client: Any | None = None
 ) -> tuple[pd.DataFrame, list[str]]:
-    """Run one SVG test; its warnings go to the log and the report instead of stderr."""
+    """Run one SVG test (on ``client``'s Dask cluster when given); its warnings go to the
+    log and the report instead of stderr."""
     genes = tested_genes(data, config.min_gene_counts)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        table = run_svg_method(data, method, config, genes)
+        table = run_svg_method(data, method, config, genes, client=client)
     notes = list(dict.fromkeys(str(w.message) for w in caught))
     if genes is not None:
         notes.insert(

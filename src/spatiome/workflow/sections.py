@@ -212,9 +212,14 @@ def report_sections(
     sections = [
         overview,
         _qc_section(
-            extra.get("all_observations", data), notes.get("qc", []), summary, kind, figure
+            extra.get("all_observations", data),
+            notes.get("qc", []),
+            summary,
+            kind,
+            figure,
+            seed=config.seed,
         ),
-        _cluster_section(data, kind, figure),
+        _cluster_section(data, kind, figure, seed=config.seed),
     ]
     if config.domain_methods:
         sections.append(
@@ -223,7 +228,11 @@ def report_sections(
             )
         )
     if "cell_type_fractions" in data.obsm:
-        sections.append(_deconvolution_section(data, notes.get("deconvolution", []), kind, figure))
+        sections.append(
+            _deconvolution_section(
+                data, notes.get("deconvolution", []), kind, figure, seed=config.seed
+            )
+        )
     if notes.get("integration"):
         sections.append(
             integration_section(data, notes["integration"], extra.get("mixing"), config, figure)
@@ -259,7 +268,9 @@ def report_sections(
         )
         sections[first_svg].add_table(_agreement(tables, fdr), sortable=False)
     if config.module_methods:
-        sections.append(_module_section(data, modules, notes.get("modules", []), figure))
+        sections.append(
+            _module_section(data, modules, notes.get("modules", []), figure, seed=config.seed)
+        )
     truth = _truth_section(data, tables, summary, config, fdr, kind)
     if truth is not None:
         sections.append(truth)
@@ -456,7 +467,13 @@ def _module_counts(
 
 
 def _qc_section(
-    data: AnnData, notes: list[str], summary: Mapping[str, Any], kind: str, figure: FigureEncoder
+    data: AnnData,
+    notes: list[str],
+    summary: Mapping[str, Any],
+    kind: str,
+    figure: FigureEncoder,
+    *,
+    seed: int = 0,
 ) -> Section:
     from .. import pl
     from ..pl.qc import QC_KEYS, informative_metrics
@@ -469,7 +486,10 @@ def _qc_section(
         metrics = []
     if metrics:
         names = ", ".join(METRIC_NAMES.get(m, m) for m in metrics)
-        section.add_figure(figure(pl.qc_violin(data, metrics)), f"Per-{kind} QC metrics: {names}.")
+        section.add_figure(
+            figure(pl.qc_violin(data, metrics, random_state=seed)),
+            f"Per-{kind} QC metrics: {names}.",
+        )
     counts = _flag_counts(data)
     flags = list(counts)
     if flags:
@@ -491,7 +511,7 @@ def _qc_section(
             "statistics; the results keep them, marked (obs low_quality and "
             "low_quality_reason), with missing values for the statistics."
         )
-        _add_removal(section, data, summary, kind, figure)
+        _add_removal(section, data, summary, kind, figure, seed=seed)
     elif flags:
         section.add_text(f"Flags are recorded in the results; no {kind} was removed.")
     if metrics:
@@ -500,7 +520,9 @@ def _qc_section(
         caption = "QC metrics on the tissue" + (
             f"; flagged {units} are outlined." if outlined else "."
         )
-        section.add_figure(figure(pl.qc_spatial(data, metrics, flags=outlined)), caption)
+        section.add_figure(
+            figure(pl.qc_spatial(data, metrics, flags=outlined, random_state=seed)), caption
+        )
     for metric in QC_KEYS:
         if metric in data.obs and metric not in metrics:
             what = METRIC_NAMES.get(metric, metric)
@@ -519,6 +541,8 @@ def _add_removal(
     summary: Mapping[str, Any],
     kind: str,
     figure: FigureEncoder,
+    *,
+    seed: int = 0,
 ) -> None:
     """The removed observations by reason (a table) and where they lie (a map)."""
     from .. import pl
@@ -547,13 +571,31 @@ def _add_removal(
         obsm={"spatial": np.asarray(data.obsm["spatial"])},
         uns={k: data.uns[k] for k in ("spatial_unit", "spatiome") if k in data.uns},
     )
-    axes = pl.spatial(view, "quality control", palette={"kept": "#c8c8c8", "removed": "#e8000b"})
+    axes = pl.spatial(
+        view,
+        "quality control",
+        palette={"kept": "#c8c8c8", "removed": "#e8000b"},
+        random_state=seed,
+    )
     section.add_figure(
         figure(axes.figure), f"Where the {format_value(int(removed.sum()))} removed {units} lie."
     )
 
 
-def _cluster_section(data: AnnData, kind: str, figure: FigureEncoder) -> Section:
+def _umap_subsample_note(data: AnnData, kind: str) -> str:
+    """How the UMAP layout was fitted when it was fitted on a subsample, else ""."""
+    record = data.uns.get("spatiome", {}).get("reduce", {}).get("umap_subsample")
+    if not record:
+        return ""
+    total = record["fitted"] + record["placed"] + record["unplaced"]
+    return (
+        f" The layout was fitted on {format_value(record['fitted'])} of "
+        f"{format_value(total)} {_noun(kind)} chosen at random; the other "
+        f"{_noun(kind)} sit at the mean position of their expression neighbours."
+    )
+
+
+def _cluster_section(data: AnnData, kind: str, figure: FigureEncoder, *, seed: int = 0) -> Section:
     from .. import pl
 
     section = Section("Embedding and clusters", "clusters")
@@ -561,16 +603,18 @@ def _cluster_section(data: AnnData, kind: str, figure: FigureEncoder) -> Section
         section.add_text("No clusters: the clustering step did not run (see the summary).")
         return section
     section.add_figure(
-        figure(pl.spatial(data, "leiden").figure),
+        figure(pl.spatial(data, "leiden", random_state=seed).figure),
         f"Leiden clusters of the {_noun(kind)} (expression only) on the tissue.",
     )
     if "X_umap" in data.obsm:
         section.add_figure(
-            figure(pl.embedding(data, "leiden").figure),
-            "UMAP of expression coloured by Leiden cluster.",
+            figure(pl.embedding(data, "leiden", random_state=seed).figure),
+            "UMAP of expression coloured by Leiden cluster." + _umap_subsample_note(data, kind),
         )
     if "domain" in data.obs:
-        section.add_figure(figure(pl.spatial(data, "domain").figure), "Simulated true domains.")
+        section.add_figure(
+            figure(pl.spatial(data, "domain", random_state=seed).figure), "Simulated true domains."
+        )
     return section
 
 
@@ -590,7 +634,7 @@ def _domain_section(
         if key not in data.obs:
             continue
         section.add_figure(
-            figure(pl.spatial(data, key).figure),
+            figure(pl.spatial(data, key, random_state=config.seed).figure),
             f"Domains by {DOMAIN_TITLES[method]} (obs['{key}']).",
         )
     for note in notes:
@@ -619,7 +663,7 @@ def _domain_section(
 
 
 def _deconvolution_section(
-    data: AnnData, notes: list[str], kind: str, figure: FigureEncoder
+    data: AnnData, notes: list[str], kind: str, figure: FigureEncoder, *, seed: int = 0
 ) -> Section:
     from .. import pl
 
@@ -629,7 +673,8 @@ def _deconvolution_section(
         section.add_text(note)
     fractions = data.obsm["cell_type_fractions"]
     section.add_figure(
-        figure(pl.dominant_cell_type(data).figure), f"Most abundant cell type of each {kind}."
+        figure(pl.dominant_cell_type(data, random_state=seed).figure),
+        f"Most abundant cell type of each {kind}.",
     )
     section.add_figure(
         figure(pl.scatter_pies(data).figure),
@@ -637,7 +682,8 @@ def _deconvolution_section(
         "abundant type).",
     )
     section.add_figure(
-        figure(pl.cell_type_maps(data)), f"Fraction of each cell type in each {kind} (0 to 1)."
+        figure(pl.cell_type_maps(data, random_state=seed)),
+        f"Fraction of each cell type in each {kind} (0 to 1).",
     )
     dominant = fractions.dropna().idxmax(axis=1).value_counts()
     table = pd.DataFrame(
@@ -747,7 +793,7 @@ def _svg_section(
                 f" {', '.join(repeated)} {'is' if len(repeated) == 1 else 'are'} also among "
                 f"them, mapped under {' and '.join(where)}."
             )
-        section.add_figure(figure(pl.spatial(data, new)), caption)
+        section.add_figure(figure(pl.spatial(data, new, random_state=config.seed)), caption)
     elif top:
         section.add_text(f"The top genes by {title} are mapped above.")
     for gene in new:
@@ -796,6 +842,8 @@ def _module_section(
     tables: Mapping[str, pd.DataFrame | None],
     notes: list[str],
     figure: FigureEncoder,
+    *,
+    seed: int = 0,
 ) -> Section:
     from .. import pl
     from ..pl.domains import UNASSIGNED, module_labels, module_sizes
@@ -829,7 +877,7 @@ def _module_section(
         section.add_table(summary.rename_axis("module"), sortable=False)
         if n_modules:
             section.add_figure(
-                figure(pl.module_scores(data, column)),
+                figure(pl.module_scores(data, column, random_state=seed)),
                 "Module scores (mean z-scored expression of the module's genes) on the tissue.",
             )
     return section
