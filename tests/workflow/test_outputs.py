@@ -135,10 +135,10 @@ def test_console_summary_states_the_configured_fdr(capsys):
 def test_a_step_that_fails_on_the_data_is_skipped_with_its_reason(tissue, tmp_path, monkeypatch):
     original = pipeline_module.run_svg_method
 
-    def geary_fails(data, method, config, genes=None):
+    def geary_fails(data, method, config, genes=None, **options):
         if method == "geary":
             raise ValueError("no variance left in any gene")
-        return original(data, method, config, genes)
+        return original(data, method, config, genes, **options)
 
     monkeypatch.setattr(pipeline_module, "run_svg_method", geary_fails)
     config = PipelineConfig(**{**BASE, "svg_methods": ("geary", "moran")})

@@ -647,7 +647,7 @@ def run_choose_n_domains(data: AnnData, config: PipelineConfig) -> tuple[int, li
 
 
 def run_markers(data: AnnData, config: PipelineConfig) -> pd.DataFrame:
-    """Marker genes of the first domain method's domains (Wilcoxon, scanpy)."""
+    """Marker genes of the first domain method's domains (Wilcoxon rank-sum, equal to scanpy's)."""
     from .. import domains
 
     key = domain_key(config, config.domain_methods[0])
