@@ -73,7 +73,7 @@ from .outputs import (
     where,
 )
 from .provenance import Provenance
-from .removal import Removal, remove_low_quality, restore_removed
+from .removal import Removal, remove_low_quality, restore_removed, restore_source
 from .report import write_report
 from .sections import module_column, report_sections, subtitle
 
@@ -1158,6 +1158,7 @@ def run_pipeline(
             if name == "spatial_qc" and config.qc_remove and name not in skipped:
                 full, (data, removal) = data, remove_low_quality(data)
                 if removal.n_removed:
+                    full = restore_source(full, data)  # drops the second copy of the counts
                     # Every later step works on the kept spots: their cache keys say which.
                     root += json.dumps({"removed": removal.removed})
                     x_digest = None

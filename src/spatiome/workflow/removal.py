@@ -136,6 +136,42 @@ def restore_removed(kept: AnnData, full: AnnData, normalize_removed=None) -> Ann
     return restored
 
 
+def restore_source(full: AnnData, kept: AnnData) -> AnnData:
+    """Reduce ``full`` to what :func:`restore_removed` needs of it, in place, and return it.
+
+    ``obs``, ``obsm``, ``uns`` and ``var`` stay; sparse ``X`` and layers keep only the rows of
+    the spots not in ``kept`` (the other rows become empty), so a run that removed a few
+    spots holds one copy of the counts instead of two, even while a caller still refers to
+    ``full``. Dense matrices are kept whole.
+
+    Examples
+    --------
+    >>> import anndata, numpy as np, scipy.sparse as sp
+    >>> values = np.arange(1.0, 7.0).reshape(3, 2)
+    >>> full = anndata.AnnData(sp.csr_matrix(values))
+    >>> kept = full[[0, 2]].copy()
+    >>> source = restore_source(full, kept)
+    >>> source is full, full.X.nnz, full.X[1].toarray().tolist()
+    (True, 2, [[3.0, 4.0]])
+    >>> restored = restore_removed(kept, full, lambda spots: spots.X)
+    >>> restored.X.toarray().tolist() == values.tolist()
+    True
+    """
+    rows = full.obs_names.get_indexer(kept.obs_names)
+    removed = np.setdiff1d(np.arange(full.n_obs), rows)
+
+    def only_removed(matrix):
+        if not sp.issparse(matrix):
+            return matrix
+        part = sp.csr_matrix(matrix[removed])
+        return _expand_rows(part, removed, full.n_obs).astype(part.dtype, copy=False)
+
+    full.X = only_removed(full.X)
+    for key in list(full.layers.keys()):
+        full.layers[key] = only_removed(full.layers[key])
+    return full
+
+
 def _removed_x(full: AnnData, removed: np.ndarray, normalize_removed):
     if removed.size == 0 or normalize_removed is None:
         return None
