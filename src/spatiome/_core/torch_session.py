@@ -79,6 +79,24 @@ def glorot_uniform(shape: tuple[int, int], generator, gain: float = 1.0, device=
 DEVICES = ("cpu", "cuda", "auto")
 
 
+def check_training(minibatch: object, batch_size: object, device: object) -> None:
+    """One clear error for bad mini-batch or device options of a graph network."""
+    import numbers
+
+    from .validate import SpatiomeInputError
+
+    if minibatch is not None and not isinstance(minibatch, bool | np.bool_):
+        raise SpatiomeInputError(f"minibatch must be True, False or None, got {minibatch!r}")
+    if (
+        not isinstance(batch_size, numbers.Integral)
+        or isinstance(batch_size, bool)
+        or batch_size < 2
+    ):
+        raise SpatiomeInputError(f"batch_size must be an integer >= 2, got {batch_size!r}")
+    if device not in DEVICES:
+        raise SpatiomeInputError(f"device must be one of {DEVICES}, got {device!r}")
+
+
 def resolve_device(device: str, feature: str):
     """The ``torch.device`` for ``device``: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when
     available, else the CPU).

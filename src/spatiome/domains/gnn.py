@@ -18,7 +18,7 @@ from anndata import AnnData
 
 from .._core.near_empty import warn_near_empty
 from .._core.progress import Progress
-from .._core.torch_session import DEVICES, import_torch, resolve_device
+from .._core.torch_session import check_training, import_torch, resolve_device
 from .._core.validate import (
     SpatiomeInputError,
     check_adata,
@@ -372,7 +372,7 @@ def gnn(
     defaults = _OBJECTIVE_DEFAULTS[objective]
     hidden_dims = defaults["hidden_dims"] if hidden_dims is None else hidden_dims
     weight_decay = defaults["weight_decay"] if weight_decay is None else weight_decay
-    _check_training(minibatch, batch_size, device)
+    check_training(minibatch, batch_size, device)
     minibatch = adata.n_obs > MINIBATCH_MIN_SPOTS if minibatch is None else bool(minibatch)
     default_epochs = n_epochs is None
     n_epochs = defaults["n_epochs"] if default_epochs else n_epochs
@@ -491,15 +491,6 @@ def gnn(
 
 def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_training(minibatch: object, batch_size: object, device: object) -> None:
-    if minibatch is not None and not isinstance(minibatch, bool | np.bool_):
-        raise SpatiomeInputError(f"minibatch must be True, False or None, got {minibatch!r}")
-    if not _is_int(batch_size) or batch_size < 2:
-        raise SpatiomeInputError(f"batch_size must be an integer >= 2, got {batch_size!r}")
-    if device not in DEVICES:
-        raise SpatiomeInputError(f"device must be one of {DEVICES}, got {device!r}")
 
 
 def _default_epochs(full_batch_epochs: int, n_parts: int, minibatch: bool) -> int:

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .._core.progress import Progress
-from .._core.torch_session import DEVICES, import_torch, resolve_device
+from .._core.torch_session import check_training, import_torch, resolve_device
 from .._core.validate import (
     SpatiomeInputError,
     check_adata,
@@ -257,7 +257,7 @@ def multimodal(
     if modality not in MODALITIES:
         raise SpatiomeInputError(f"modality must be one of {MODALITIES}, got {modality!r}")
     preset = _PRESETS[modality]
-    _check_training(minibatch, batch_size, device)
+    check_training(minibatch, batch_size, device)
     minibatch = adata_rna.n_obs > MINIBATCH_MIN_SPOTS if minibatch is None else bool(minibatch)
     default_epochs = n_epochs is None
     n_epochs = preset["n_epochs"] if default_epochs else n_epochs
@@ -464,15 +464,6 @@ def _check_parameters(
         if not isinstance(value, str) or not value:
             raise SpatiomeInputError(f"{name} must be a non-empty string, got {value!r}")
     return weights  # type: ignore[return-value]
-
-
-def _check_training(minibatch: object, batch_size: object, device: object) -> None:
-    if minibatch is not None and not isinstance(minibatch, bool | np.bool_):
-        raise SpatiomeInputError(f"minibatch must be True, False or None, got {minibatch!r}")
-    if not _is_int(batch_size) or batch_size < 2:
-        raise SpatiomeInputError(f"batch_size must be an integer >= 2, got {batch_size!r}")
-    if device not in DEVICES:
-        raise SpatiomeInputError(f"device must be one of {DEVICES}, got {device!r}")
 
 
 def _aligned_spots(adata_rna: AnnData, adata_other: AnnData) -> np.ndarray | None:
