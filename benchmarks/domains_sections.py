@@ -18,7 +18,10 @@ The schedule goes breadth first (one seed of every cheap method, then one graph-
 seed per dataset, then the other seeds), so a short run still covers every section.
 
 ``--loso`` runs the leave-one-section-out selection of :func:`spatiome.domains.cluster`'s
-defaults (see :func:`loso_table`; ``domains_sections_loso.csv``); ``--signatures``
+defaults (see :func:`loso_table`; ``domains_sections_loso.csv``); ``--loso-n-init`` the
+same for the mixture's starts on the four labelled sections (:func:`n_init_loso_table`;
+``domains_sections_loso_n_init.csv``, runs in ``domains_sections_loso_n_init_runs.csv``);
+``--signatures``
 clusters each DLPFC section (``cluster`` and ``gnn``) with layer-marker scores built from
 another section as ``extra_features`` (``domains_sections_signatures.csv``);
 ``--consensus`` runs ``cluster`` over several seeds, with 10 mixture starts and with one,
@@ -30,6 +33,7 @@ Run with a Python that has spatiome::
 
     python benchmarks/domains_sections.py [--seeds 5] [--gnn-seeds 2] [--methods a,b]
     python benchmarks/domains_sections.py --loso [--seeds 3]
+    python benchmarks/domains_sections.py --loso-n-init [--seeds 3]
     python benchmarks/domains_sections.py --signatures [--seeds 2]
     python benchmarks/domains_sections.py --consensus [--seeds 5]
     python benchmarks/domains_sections.py --scale 100000
@@ -395,6 +399,117 @@ def loso(seeds: int, out: Path, datasets: list[str]) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# Leave-one-section-out choice of the mixture's starts (n_init) on the Seurat v3 genes.
+
+N_INIT_RESULTS = RESULTS_DIR / "domains_sections_loso_n_init_runs.csv"
+N_INIT_LOSO = RESULTS_DIR / "domains_sections_loso_n_init.csv"
+# Candidate mixture settings of cluster(); "n_init_40" is the reference fit the labels of
+# the others are compared with (agreement_with_40).
+N_INIT_CANDIDATES = {
+    "n_init_10": {"n_init": 10},
+    "n_init_20": {"n_init": 20},
+    "n_init_40": {"n_init": 40},
+}
+
+
+def _n_init_rows(dataset: str, seeds: int, out: Path, candidates: dict[str, dict]) -> None:
+    """Each candidate of ``candidates`` once per seed on the default features, to ``out``."""
+    from spatiome.domains.cluster import _domain_features
+
+    warnings.simplefilter("ignore")
+    done = set()
+    if out.exists():
+        old = pd.read_csv(out)
+        done = set(zip(old["dataset"], old["candidate"], old["seed"], strict=True))
+    adata, label, n_domains = load(dataset)
+    sm.pp.normalize(adata)
+    for seed in range(seeds):
+        todo = [name for name in candidates if (dataset, name, seed) not in done]
+        if not todo:
+            continue
+        start = time.perf_counter()
+        features, _ = _domain_features(
+            adata, neighbourhood_lambda=0.5, smoothing_steps=3, target_sum=1e4, n_comps=30,
+            n_top_genes=3000, n_spatial_neighbors=6, spatial_key="spatial",
+            random_state=seed, caller="benchmark",
+        )  # fmt: skip
+        feature_seconds = time.perf_counter() - start
+        labels, rows = {}, []
+        for name in todo:
+            shell = AnnData(np.zeros((adata.n_obs, 1)))
+            shell.obsm["spatial"] = adata.obsm["spatial"]
+            shell.obsm["f"] = features
+            start = time.perf_counter()
+            sm.domains.cluster(shell, n_domains, use_rep="f", random_state=seed, **candidates[name])
+            seconds = time.perf_counter() - start
+            labels[name] = shell.obs["spatial_domain"].to_numpy()
+            ari, nmi = score(adata.obs[label], labels[name])
+            rows.append({
+                "dataset": dataset, "candidate": name, "seed": seed, "ari": ari, "nmi": nmi,
+                "bic": shell.uns["spatiome"]["spatial_domain"]["clusterer"]["bic"],
+                "cluster_seconds": seconds, "feature_seconds": feature_seconds,
+                "load_average": os.getloadavg()[0],
+            })  # fmt: skip
+        for row in rows:
+            reference = labels.get("n_init_40")
+            row["agreement_with_40"] = (
+                float("nan") if reference is None
+                else score(pd.Series(reference), labels[row["candidate"]])[0]
+            )  # fmt: skip
+        pd.DataFrame(rows).to_csv(out, mode="a", header=not out.exists(), index=False)
+        print(f"  {dataset} seed {seed}: " + ", ".join(
+            f"{r['candidate']} ARI {r['ari']:.3f} ({r['cluster_seconds']:.1f} s)" for r in rows
+        ), flush=True)  # fmt: skip
+
+
+def n_init_loso_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """For each held-out section: the candidate with the best mean ARI on the other three.
+
+    Each dataset's ARI is first averaged over seeds; ties (within 0.005) go to the cheaper
+    candidate (fewer cluster seconds on the others). Reported: the chosen candidate, its
+    held-out seed-mean ARI and seed SD, and every candidate's held-out ARI beside it.
+    """
+    per = (
+        rows.groupby(["dataset", "candidate"])
+        .agg(ari=("ari", "mean"), sd=("ari", "std"), seconds=("cluster_seconds", "mean"))
+        .reset_index()
+    )
+    wide = per.pivot_table(index="candidate", columns="dataset", values="ari")
+    spread = per.pivot_table(index="candidate", columns="dataset", values="sd")
+    cost = per.pivot_table(index="candidate", columns="dataset", values="seconds")
+    out = []
+    for held in SELECTION:
+        others = [d for d in SELECTION if d != held and d in wide.columns]
+        if held not in wide.columns:
+            continue
+        complete = wide[[*others, held]].dropna()
+        selection = complete[others].mean(axis=1)
+        near = selection[selection >= selection.max() - 0.005].index
+        chosen = min(near, key=lambda name: cost.loc[name, others].sum())
+        out.append({
+            "held_out": held, "chosen": chosen,
+            "selection_score": float(selection[chosen]),
+            "held_out_ari": float(wide.loc[chosen, held]),
+            "held_out_seed_sd": float(spread.loc[chosen, held]),
+            **{f"held_out_ari_{name}": float(wide.loc[name, held]) for name in complete.index},
+        })  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def n_init_loso(seeds: int, datasets: list[str]) -> None:
+    for dataset in datasets:
+        _n_init_rows(dataset, seeds, N_INIT_RESULTS, N_INIT_CANDIDATES)
+    rows = pd.read_csv(N_INIT_RESULTS)
+    table = n_init_loso_table(rows)
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(rows.groupby(["dataset", "candidate"])[
+            ["ari", "bic", "cluster_seconds", "agreement_with_40"]
+        ].mean().round(3).to_string())  # fmt: skip
+        print(table.round(3).to_string(index=False))
+    table.to_csv(N_INIT_LOSO, index=False)
+
+
+# ---------------------------------------------------------------------------------------
 # Layer-marker signatures from ANOTHER section as cluster(extra_features=...).
 
 REFERENCE = {"dlpfc_151673": "dlpfc_151674", "dlpfc_151674": "dlpfc_151675",
@@ -649,6 +764,7 @@ def main() -> None:
     parser.add_argument("--gnn-seeds", type=int, default=2)
     parser.add_argument("--methods", default=None, help="comma-separated subset")
     parser.add_argument("--loso", action="store_true")
+    parser.add_argument("--loso-n-init", action="store_true", help="choose cluster's n_init")
     parser.add_argument("--signatures", action="store_true")
     parser.add_argument("--consensus", action="store_true")
     parser.add_argument("--pipeline", action="store_true")
@@ -662,6 +778,10 @@ def main() -> None:
     if args.loso:
         datasets = args.datasets.split(",") if args.datasets else list(SELECTION)
         loso(args.seeds, args.out or LOSO_RESULTS, datasets)
+        return
+    if args.loso_n_init:
+        datasets = args.datasets.split(",") if args.datasets else list(SELECTION)
+        n_init_loso(args.seeds, datasets)
         return
     if args.consensus:
         consensus(args.seeds, args.out or CONSENSUS_RESULTS)

@@ -8,7 +8,7 @@ Criteria, all on the default features of ``domains.cluster`` (30 principal compo
 - ``eigengap``: ``choose_n_domains(method="eigengap")``, the largest eigengap of the
   normalized Laplacian of the sqrt(n)-nearest-neighbour graph of the spots;
 - ``bic``, ``bic_elbow``: ``choose_n_domains(method=...)``, the lowest BIC of the Gaussian
-  mixtures (started from the cuts of one Ward tree), or the smallest k within 30% of the
+  mixtures (started from the cuts of one Ward tree), or the smallest k within 40% of the
   BIC drop from 1 component to the lowest BIC;
 - ``silhouette``: the k whose mixture labels have the highest silhouette on the features;
 - ``leiden_res1``: the number of Leiden clusters at resolution 1 on the expression PCA
@@ -29,9 +29,12 @@ under 5 spots.
 Run with a Python that has spatiome::
 
     python benchmarks/n_domains.py [--quick]
+    python benchmarks/n_domains.py --loso
 
 Prints the tables and writes ``benchmarks/results/n_domains.csv`` and
-``benchmarks/results/n_domains_loo.csv``.
+``benchmarks/results/n_domains_loo.csv``; ``--loso`` only runs ``choose_n_domains`` once
+per labelled section and chooses the BIC elbow's fraction leaving each section out
+(``benchmarks/results/n_domains_loso.csv``).
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ SIMULATED = [
 ]
 NEIGHBOUR_FACTORS = (0.5, 0.75, 1.0, 1.5, 2.0)
 SEEDS = (0, 1, 2)
-ELBOW = 0.3  # choose_n_domains' elbow fraction
+ELBOW = 0.4  # choose_n_domains' elbow fraction
 ELBOW_FRACTIONS = (0.02, 0.03, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3)
 
 
@@ -285,11 +288,93 @@ def leave_one_out(results: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+RESULTS_LOSO = RESULTS_DIR / "n_domains_loso.csv"
+LOSO_FRACTIONS = (*ELBOW_FRACTIONS, 0.4, 0.5)
+PREVIOUS_ELBOW = 0.3  # the fraction before the leave-one-section-out choice; ties go near it
+
+
+def _section_choices(name: str) -> dict:
+    """``choose_n_domains(method="auto")`` once (seed 0), and its k for every elbow fraction.
+
+    The record holds the eigengap's verdict and, where the elbow decides, the BIC curve, so
+    every fraction's choice follows from one scan.
+    """
+    warnings.simplefilter("ignore")
+    label, k_true = LABELLED[name]
+    adata = _load_real(name)
+    sm.pp.normalize(adata)
+    begin = time.perf_counter()
+    k_auto = sm.domains.choose_n_domains(adata, k_range=K_RANGE, key_added="choice")
+    seconds = time.perf_counter() - begin
+    record = adata.uns["spatiome"]["choice"]
+    if record["decided_by"] == "eigengap":
+        choices = dict.fromkeys(LOSO_FRACTIONS, k_auto)
+    else:
+        bic, one = np.asarray(record["bic"]), float(record["bic_one_component"])
+        choices = {f: _elbow_k(bic, one, f) for f in LOSO_FRACTIONS}
+    print(f"{name}: auto {k_auto} by {record['decided_by']} in {seconds:.1f} s; by fraction "
+          f"{choices}", flush=True)  # fmt: skip
+    return {"adata": adata, "truth": adata.obs[label], "k_true": k_true, "choices": choices,
+            "decided_by": record["decided_by"], "seconds": seconds, "ari": {}}  # fmt: skip
+
+
+def _ari_at(section: dict, k: int) -> float:
+    """ARI of ``domains.cluster``'s defaults (seed 0) with ``k`` domains, cached."""
+    if k not in section["ari"]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            labelled = sm.domains.cluster(section["adata"], k, random_state=0, copy=True)
+        truth = section["truth"]
+        keep = truth.notna().to_numpy()
+        section["ari"][k] = float(
+            adjusted_rand_score(truth[keep], labelled.obs["spatial_domain"].to_numpy()[keep])
+        )
+    return section["ari"][k]
+
+
+def leave_one_section_out(sections: dict[str, dict]) -> pd.DataFrame:
+    """The elbow fraction chosen on three labelled sections, applied to the fourth.
+
+    Selection: fewest summed ``|k - true k|`` on the other three; ties go to the fraction
+    nearest the previous default (``PREVIOUS_ELBOW``), so it moves only where the data ask.
+    """
+    rows = []
+    for held_out, section in sections.items():
+        others = [name for name in sections if name != held_out]
+
+        def error(fraction: float, names: list[str] = others) -> int:
+            return sum(abs(sections[n]["choices"][fraction] - sections[n]["k_true"]) for n in names)
+
+        chosen = min(LOSO_FRACTIONS, key=lambda f: (error(f), abs(f - PREVIOUS_ELBOW)))
+        k = section["choices"][chosen]
+        rows.append({
+            "held_out": held_out, "fraction": chosen, "error_on_others": error(chosen),
+            "decided_by": section["decided_by"], "chosen_k": k, "true_k": section["k_true"],
+            "ari_chosen": _ari_at(section, k), "ari_true_k": _ari_at(section, section["k_true"]),
+            "choose_seconds": section["seconds"], "load_average": os.getloadavg()[0],
+            **{f"k_at_{f:g}": section["choices"][f] for f in LOSO_FRACTIONS},
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def loso_main() -> None:
+    sections = {name: _section_choices(name) for name in LABELLED if (SHARED / name).is_dir()}
+    table = leave_one_section_out(sections)
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(table.round(3).to_string(index=False))
+    write_csv(with_environment(table), RESULTS_LOSO)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one DLPFC section, two sims")
+    parser.add_argument("--loso", action="store_true", help="only choose the elbow fraction")
     args = parser.parse_args()
     print(environment_line())
+    if args.loso:
+        print(f"load average at start: {os.getloadavg()}")
+        loso_main()
+        return
     print(f"load average at start: {os.getloadavg()}")
     results = {name: run_dataset(name, *rest) for name, *rest in _datasets(args.quick)}
     table = pd.DataFrame([row for result in results.values() for row in result["rows"]])

@@ -258,23 +258,6 @@ def test_decoded_scores_are_pca_of_the_product():
     np.testing.assert_allclose(np.linalg.norm(scores, axis=0), values[:4], rtol=1e-10)
 
 
-def test_seurat_v3_genes_prefers_overdispersed_genes():
-    import scipy.sparse as sp
-
-    from spatiome.domains._hvg import seurat_v3_genes
-
-    rng = np.random.default_rng(1)
-    means = np.exp(rng.uniform(-2, 3, size=300))
-    counts = rng.poisson(means, size=(400, 300)).astype(np.float32)
-    # Genes 0-9 switch between a low and a high rate: far above the Poisson trend.
-    switch = rng.random(400) < 0.5
-    counts[:, :10] = rng.poisson(np.where(switch[:, None], 0.2, 5.0), size=(400, 10))
-    counts[:, 10] = 0.0
-    top = seurat_v3_genes(sp.csr_matrix(counts), 20)
-    assert top.size == 20 and np.all(np.diff(top) > 0)
-    assert set(range(10)) <= set(top.tolist()) and 10 not in top
-
-
 # Mini-batch training: parts of the tissue with a 2-hop halo, and the device argument.
 MINI = {**FAST, "minibatch": True, "batch_size": 200}
 

@@ -540,7 +540,7 @@ def cluster(
     smoothing_steps: int = 3,
     target_sum: float | None = 1e4,
     covariance_type: str = "tied",
-    n_init: int = 10,
+    n_init: int = 40,
     use_rep: str | None = None,
     n_comps: int = 30,
     n_top_genes: int | None = 3000,
@@ -558,7 +558,8 @@ def cluster(
     """Spatial domains from spatially smoothed principal components and a Gaussian mixture.
 
     Features: the ``n_comps`` principal components ``P`` of the ``n_top_genes`` highly
-    variable genes (Seurat v3 ranking of the raw counts; the counts scaled to
+    variable genes (scanpy's ``seurat_v3`` ranking of the raw counts, as in
+    :func:`spatiome.pp.reduce`; the counts scaled to
     ``target_sum`` per spot and log1p-transformed, not scaled per gene), next to their
     neighbourhood mean ``S^t P``: ``S`` averages each spot with its
     ``n_spatial_neighbors`` nearest spots, applied ``smoothing_steps`` times (the
@@ -570,11 +571,14 @@ def cluster(
 
     Every default was chosen by leave-one-section-out on three DLPFC sections and the
     olfactory bulb (``benchmarks/domains_sections.py --loso``; 48 candidates): each held-out
-    section's choice, made on the other two and the bulb, was this one. Measured, mean of 5
-    seeds: adjusted Rand index 0.607, 0.596 and 0.575 on DLPFC 151673, 151674 and 151675 (7
-    manual layers; seed standard deviation at most 0.004) and 0.54 on the olfactory bulb (5
-    layers; 0.48-0.60 by seed), 5-15 s per section on two cores. What mattered, each
-    alone: the shared covariance (full covariances on the same features: 0.39-0.41;
+    section's choice, made on the other two and the bulb, was this one; the mixture's 40
+    starts were chosen the same way on scanpy's Seurat v3 genes, all four sections held
+    out in turn (of 10, 20 and 40; ``--loso-n-init``). Measured, mean of 3 seeds: adjusted
+    Rand index 0.600, 0.596 and 0.576 on DLPFC 151673, 151674 and 151675 (7 manual layers;
+    seed standard deviation at most 0.009) and 0.586 on the olfactory bulb (5 layers;
+    0.56-0.60 by seed); 40 starts take 1.5-1.7 times the time of 10 on a DLPFC section.
+    What mattered, each alone (measured with the previous genes and 10 starts): the shared
+    covariance (full covariances on the same features: 0.39-0.41;
     k-means: 0.36-0.37), counts scaled to 10,000 rather than to the median library size
     (+0.05 to +0.18), three smoothing steps rather than one (+0.01 to +0.03 on DLPFC, +0.11
     on the bulb); the Potts smoothing adds 0-0.004.
@@ -628,6 +632,9 @@ def cluster(
         ``"full"``, ``"diag"`` or ``"spherical"``.
     n_init
         Starts of the mixture (k-means initializations); the most likely fit is kept.
+        40 by default, the number chosen leaving each labelled section out in turn (of
+        10, 20 and 40; ``docs/domains.md``): with 10, DLPFC 151674 and the bulb often
+        stopped at a less likely fit with a lower ARI.
     use_rep
         Cluster this existing ``adata.obsm`` representation instead of computing features.
     n_comps, n_top_genes, n_spatial_neighbors
@@ -759,8 +766,10 @@ def cluster(
         adata.obsm[use_rep] = _append_scaled(base, extra, float(extra_weight))
         record.update(use_rep=use_rep, extra_features=int(extra.shape[1]))
     # The fits multiply matrices of a few dozen columns: a second BLAS thread only waits
-    # there, and made the mixture ten times slower on a busy machine (as in the BIC scan).
-    with near_empty_checked(), threadpool_limits(limits=1, user_api="blas"):
+    # there, and made the mixture ten times slower on a busy machine (as in the BIC scan);
+    # the k-means starts' OpenMP threads likewise (one thread halved the time of 10
+    # starts on a loaded DLPFC run, with the same fits).
+    with near_empty_checked(), threadpool_limits(limits=1):
         # The clusterers are public: they would warn about near-empty spots again.
         _run_clusterer(adata, method, n_domains, use_rep, key_added, random_state, clusterer)
         record["clusterer"] = adata.uns["spatiome"][key_added]
@@ -1268,7 +1277,7 @@ def _domain_features(
     ``target_sum`` per spot. The principal components are exact (see
     :func:`_principal_components`), so ``random_state`` does not change them.
     """
-    from ..pp.reduce import _looks_like_counts
+    from ..pp.reduce import _looks_like_counts, _select_genes
 
     coords = get_spatial(adata, spatial_key)
     matrix = get_matrix(adata)
@@ -1284,7 +1293,7 @@ def _domain_features(
     layer = (normalized or {}).get("layer", "counts")
     if layer != "X" and layer in adata.layers:
         view.layers[layer] = adata.layers[layer]
-    hvg_flavor = _select_domain_genes(view, n_top_genes, normalized, layer)
+    hvg_flavor = _select_genes(view, n_top_genes, normalized)
     # Only with genes selected on the raw counts: scaling the counts of low-depth data
     # (targeted panels, a few hundred counts per cell) up to 10,000 lost half the ARI on
     # simulated tissues that keep every gene.
@@ -1387,34 +1396,6 @@ def _principal_components(blocks: _ExpressionBlocks, n_pcs: int) -> np.ndarray:
     loadings *= np.sign(loadings[largest, np.arange(n_pcs)])
     shift = mean @ loadings
     return np.vstack([block @ loadings - shift for block in blocks])
-
-
-def _select_domain_genes(
-    view: AnnData, n_top_genes: int | None, normalized: dict | None, layer: str
-) -> str:
-    """Mark ``view.var["highly_variable"]``: Seurat v3 on the raw counts where they exist.
-
-    The counts' variance-stabilized ranking (Stuart et al. 2019) is the gene selection of
-    the graph networks too; without a counts layer, or after Pearson residuals, the
-    selection of :func:`spatiome.pp.reduce` applies.
-    """
-    from ..pp.reduce import _select_genes
-    from ._hvg import seurat_v3_genes
-
-    log_normalized = normalized is not None and normalized.get("method") == "log1p"
-    if (
-        n_top_genes is None
-        or n_top_genes >= view.n_vars
-        or not log_normalized
-        or layer == "X"
-        or layer not in view.layers
-    ):
-        return _select_genes(view, n_top_genes, normalized)
-    if n_top_genes < 2:
-        raise SpatiomeInputError(f"n_top_genes must be >= 2 or None, got {n_top_genes}")
-    top = seurat_v3_genes(sp.csr_matrix(view.layers[layer]), int(n_top_genes))
-    view.var["highly_variable"] = np.isin(np.arange(view.n_vars), top)
-    return "seurat_v3"
 
 
 def smooth_features(

@@ -121,7 +121,8 @@ def gnn(
 
     1. preprocessing, on copies: the ``n_top_genes`` highly variable genes are selected,
        by default with the Seurat v3 rule on the raw counts (``hvg_flavor="seurat_v3"``,
-       as STAGATE and GraphST do; computed here, scikit-misc is not needed) or with
+       as STAGATE and GraphST do; :func:`scanpy.pp.highly_variable_genes`
+       ``flavor="seurat_v3"``, the selection of :func:`spatiome.pp.reduce`) or with
        :func:`scanpy.pp.highly_variable_genes` ``flavor="seurat"`` on the log-normalized
        values; counts are normalized to 10,000 per spot and log1p transformed. With
        ``scale`` each gene is divided by its standard deviation and clipped at 10 (as
@@ -315,7 +316,9 @@ def gnn(
     What matters most for accuracy is the input (``benchmarks/gnn.py``, DLPFC section
     151673, 7 domains): with the ``"seurat"`` genes and their scaled principal components
     as input (the earlier defaults) the adjusted Rand index was about 0.32; with the
-    Seurat v3 genes themselves it is about 0.60. The tied covariance adds about 0.15
+    Seurat v3 genes themselves it is 0.49-0.62 over seeds 0-2 (mean 0.57; 0.60-0.61 with
+    mini-batches of 1,024 spots): the training seed moves it more than anything below.
+    The tied covariance adds about 0.15
     over ``"full"`` on embeddings of the Seurat v3 genes. Scaling matters little on DLPFC
     (+0.02) but a lot on simulated tissues whose null genes are all kept (0.3-0.7
     unscaled, 0.95 scaled); on the 262-spot olfactory bulb it costs about 0.1.
@@ -633,9 +636,9 @@ def _preprocess(
     if n_top_genes is None or n_top_genes >= counts.shape[1]:
         selected = np.arange(counts.shape[1])
     elif hvg_flavor == "seurat_v3":
-        from ._hvg import seurat_v3_genes
+        from ..pp._hvg import seurat_v3_genes
 
-        selected = seurat_v3_genes(counts, int(n_top_genes))
+        selected = np.sort(seurat_v3_genes(counts, int(n_top_genes)))
     library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
     factor = np.divide(_TARGET_SUM, library, out=np.zeros_like(library), where=library > 0)
     counts.data *= np.repeat(factor, np.diff(counts.indptr)).astype(np.float32)

