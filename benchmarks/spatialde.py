@@ -7,28 +7,36 @@ Three measurements on simulated tissues (``spatiome.datasets.simulate_tissue``, 
    preprocessed once with ``pp.stabilize`` and ``pp.regress_out`` (NaiveDE's recipe), the
    resulting table is written to a temporary folder, and SpatialDE 1.1.3's
    ``SpatialDE.run(X, table)`` is timed in a subprocess of its own environment (numpy < 2,
-   scipy < 1.12; never a spatiome dependency) while spatiome runs
-   ``svg.spatialde(adata, layer="regressed", normalize=None)`` on the same values, with
+   scipy < 1.12; never a spatiome dependency) while spatiome runs ``svg.spatialde(adata,
+   layer="regressed", normalize=None, n_jobs=threads)`` on the same values, with
    coordinates in array units (spots 1 apart; in micrometres the original's rounding
    collapses its smallest length scales at 3,000 spots, see ``fidelity``). Reported:
    both times (medians of ``--repeats`` runs, 3 by default), the speed ratio, the largest
    LLR difference and the Spearman correlation of the LLRs, and the Jaccard index of the
-   genes called at Storey q < 0.05. In the same run spatiome is also timed with its former
-   dense path (``eigh`` with eigenvectors for every high-rank kernel, instead of the
+   genes called at Storey q < 0.05. In the same run spatiome is also timed on one thread
+   (``n_jobs=1``, one BLAS thread) and with its former path (one thread, one length scale
+   at a time, ``eigh`` with eigenvectors for every high-rank kernel instead of the
    tridiagonal reduction whose eigenvectors are never formed), with the largest LLR
-   difference between the two paths.
+   difference between the former path and the timed one and whether they call the same
+   genes.
 2. **Approximate against exact mode** at 5,000 spots, from raw counts: Jaccard index of the
    genes called at q < 0.05 (Benjamini-Hochberg) and both times.
 3. **Approximate mode alone** at 50,000 spots, from raw counts (sparse throughout).
 
+Both sides get the same number of cores, ``--threads`` (2 by default): the original as
+``OPENBLAS_NUM_THREADS`` (numpy's ``eigh`` and products are its only multi-threaded part),
+spatiome as ``n_jobs`` (length scales decomposed side by side, one BLAS thread each) under a
+BLAS limit of the same number of threads.
+
 Run with a Python that has spatiome::
 
-    python benchmarks/spatialde.py [--original PYTHON] [--repeats 3] [--skip-large]
+    python benchmarks/spatialde.py [--original PYTHON] [--repeats 3] [--threads 2]
+        [--sizes 1000 3000] [--skip-lowrank] [--skip-large]
 
 ``--original`` is the interpreter of an environment with SpatialDE 1.1.3 (default
 ``../venv-spatialde/bin/python`` beside the checkout); without it the comparison rows say
 so. Inputs are written under the system temporary folder, never into the repository.
-Prints a table and writes ``benchmarks/results/spatialde.csv``.
+Prints a table and appends its rows to ``benchmarks/results/spatialde.csv``.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 from scipy import stats
+from threadpoolctl import threadpool_limits
 
 import spatiome as sm
 from spatiome._core.files import atomic_path
@@ -67,12 +76,14 @@ import SpatialDE
 table = pd.read_csv(sys.argv[1], index_col=0)
 coords = pd.read_csv(sys.argv[2], index_col=0)
 times = []
+cpu = []
 for _ in range(int(sys.argv[4])):
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     result = SpatialDE.run(coords[["x", "y"]].values, table)
     times.append(time.perf_counter() - start)
+    cpu.append(time.process_time() - start_cpu)
 result.to_csv(sys.argv[3])
-print(sorted(times)[len(times) // 2])
+print(sorted(times)[len(times) // 2], sorted(cpu)[len(cpu) // 2])
 """
 
 
@@ -92,8 +103,11 @@ def load() -> str:
         return "unknown"
 
 
-def run_original(python: Path, adata, folder: Path, repeats: int) -> tuple[float, pd.DataFrame]:
-    """SpatialDE 1.1.3's run() on the regressed layer, timed inside its own process."""
+def run_original(
+    python: Path, adata, folder: Path, repeats: int, threads: int
+) -> tuple[float, float, pd.DataFrame]:
+    """SpatialDE 1.1.3's run() on the regressed layer, timed inside its own process: median
+    wall-clock and CPU seconds, and its table."""
     table = pd.DataFrame(adata.layers["regressed"], index=adata.obs_names, columns=adata.var_names)
     coords = pd.DataFrame(adata.obsm["spatial"], index=adata.obs_names, columns=["x", "y"])
     paths = [folder / "expression.csv", folder / "coords.csv", folder / "result.csv"]
@@ -101,40 +115,51 @@ def run_original(python: Path, adata, folder: Path, repeats: int) -> tuple[float
     coords.to_csv(paths[1])
     runner = folder / "run_spatialde.py"
     runner.write_text(RUNNER)
+    variables = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
     done = subprocess.run(
         [str(python), str(runner), *map(str, paths), str(repeats)],
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, **dict.fromkeys(variables, str(threads))},
     )
-    seconds = float(done.stdout.strip().splitlines()[-1])
+    seconds, cpu_seconds = map(float, done.stdout.strip().splitlines()[-1].split())
     result = pd.read_csv(paths[2], index_col=0).set_index("g")
     # The original returns one row per length scale that ties for the best likelihood.
-    return seconds, result[~result.index.duplicated(keep="first")]
+    return seconds, cpu_seconds, result[~result.index.duplicated(keep="first")]
 
 
-def timed_spatialde(adata: AnnData, repeats: int) -> tuple[float, pd.DataFrame]:
-    """Median time of exact-mode spatialde on the regressed layer, and its table."""
+def timed_spatialde(
+    adata: AnnData, repeats: int, threads: int
+) -> tuple[float, float, pd.DataFrame]:
+    """Median wall-clock and CPU seconds of exact-mode spatialde on the regressed layer, and
+    its table."""
     times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        table = sm.svg.spatialde(adata, layer="regressed", normalize=None, copy=True)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)), table
+    cpu = []
+    with threadpool_limits(limits=threads, user_api="blas"):
+        for _ in range(repeats):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            table = sm.svg.spatialde(
+                adata, layer="regressed", normalize=None, n_jobs=threads, copy=True
+            )
+            times.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+    return float(np.median(times)), float(np.median(cpu)), table
 
 
-def timed_former_path(adata: AnnData, repeats: int) -> tuple[float, pd.DataFrame]:
-    """The same with the former dense path: full ``eigh`` with eigenvectors."""
+def timed_former_path(adata: AnnData, repeats: int) -> tuple[float, float, pd.DataFrame]:
+    """The former exact path: one length scale at a time, full ``eigh`` with eigenvectors
+    for every dense kernel, on one thread."""
     tridiagonal = spatialde_module._tridiagonal_spectrum
     spatialde_module._tridiagonal_spectrum = spatialde_module._eigen_spectrum
     try:
-        return timed_spatialde(adata, repeats)
+        return timed_spatialde(adata, repeats, threads=1)
     finally:
         spatialde_module._tridiagonal_spectrum = tridiagonal
 
 
 def compare_with_original(
-    n_spots: int, n_genes: int, python: Path | None, folder: Path, repeats: int
+    n_spots: int, n_genes: int, python: Path | None, folder: Path, repeats: int, threads: int
 ) -> dict:
     adata = simulate(n_spots, n_genes)
     # Array units (spots 1 apart, as the ST coordinates of SpatialDE's examples): in
@@ -144,14 +169,17 @@ def compare_with_original(
     sm.pp.stabilize(adata)
     sm.pp.regress_out(adata)
     load_before = load()
-    seconds, ours = timed_spatialde(adata, repeats)
-    former_seconds, former = timed_former_path(adata, repeats)
+    seconds, cpu_seconds, ours = timed_spatialde(adata, repeats, threads)
+    serial_seconds, _, _ = timed_spatialde(adata, repeats, threads=1)
+    former_seconds, _, former = timed_former_path(adata, repeats)
     row = {
         "comparison": "exact vs SpatialDE 1.1.3",
         "n_spots": adata.n_obs,
         "n_genes": adata.n_vars,
         "repeats": repeats,
         "spatiome_seconds": seconds,
+        "spatiome_cpu_seconds": cpu_seconds,
+        "spatiome_one_thread_seconds": serial_seconds,
         "spatiome_former_seconds": former_seconds,
         "max_abs_diff_llr_former": float((ours["llr"] - former["llr"]).abs().max()),
         "calls_spatiome": int((ours["qval_storey"] < 0.05).sum()),
@@ -162,13 +190,16 @@ def compare_with_original(
     }
     if python is None:
         return row
-    original_seconds, original = run_original(python, adata, folder, repeats)
+    original_seconds, original_cpu, original = run_original(python, adata, folder, repeats, threads)
     original = original.loc[ours.index]
     difference = ours["llr"] - original["LLR"]
     row.update(
         {
             "other_seconds": original_seconds,
+            "other_cpu_seconds": original_cpu,
             "speedup": original_seconds / seconds,
+            # CPU seconds are less sensitive than wall time to other jobs on the machine.
+            "cpu_ratio": original_cpu / cpu_seconds,
             "former_speedup": original_seconds / former_seconds,
             "max_abs_diff_llr": float(difference.abs().max()),
             "median_abs_diff_llr": float(difference.abs().median()),
@@ -240,6 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--original", type=Path, default=DEFAULT_ORIGINAL)
     parser.add_argument("--n-genes", type=int, default=1_000)
     parser.add_argument("--repeats", type=int, default=3, help="runs per exact-mode timing")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="cores for each side in the exact comparison"
+    )
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[1_000, 3_000], help="spots, exact comparison"
+    )
+    parser.add_argument("--skip-lowrank", action="store_true", help="skip the approximate mode")
     parser.add_argument("--skip-large", action="store_true", help="skip the 50,000-spot run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -253,16 +291,19 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="spatiome-bench-spatialde-") as tmp:
-        for n_spots in (1_000, 3_000):
+        for n_spots in args.sizes:
             rows.append(
-                compare_with_original(n_spots, args.n_genes, python, Path(tmp), args.repeats)
+                compare_with_original(
+                    n_spots, args.n_genes, python, Path(tmp), args.repeats, args.threads
+                )
             )
             rows[-1]["load_average"] = load()
             print(rows[-1], flush=True)
-    rows.append(compare_lowrank(5_000, args.n_genes))
-    rows[-1]["load_average"] = load()
-    print(rows[-1], flush=True)
-    if not args.skip_large:
+    if not args.skip_lowrank:
+        rows.append(compare_lowrank(5_000, args.n_genes))
+        rows[-1]["load_average"] = load()
+        print(rows[-1], flush=True)
+    if not (args.skip_lowrank or args.skip_large):
         rows.append(lowrank_alone(50_000, args.n_genes))
         rows[-1]["load_average"] = load()
         print(rows[-1], flush=True)
@@ -273,8 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("spatiome", "numpy", "scipy", "numba", "anndata", "scanpy"):
         result[name] = package_version(name)
     result["original"] = "SpatialDE 1.1.3" if python is not None else "not run"
-    # Both sides inherit it; on a shared machine one BLAS thread per process is steadier.
-    result["openblas_threads"] = os.environ.get("OPENBLAS_NUM_THREADS", "default")
+    # The exact comparison gives both sides these BLAS threads (spatiome: as many n_jobs).
+    result["openblas_threads"] = args.threads
+    result["date"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
 
     print()
     print(f"machine: {machine()}; python {platform.python_version()}")
@@ -282,9 +324,11 @@ def main(argv: list[str] | None = None) -> int:
         "comparison",
         "n_spots",
         "spatiome_seconds",
+        "spatiome_one_thread_seconds",
         "spatiome_former_seconds",
         "other_seconds",
         "speedup",
+        "cpu_ratio",
         "former_speedup",
         "max_abs_diff_llr",
         "spearman_llr",
@@ -295,9 +339,12 @@ def main(argv: list[str] | None = None) -> int:
             index=False, float_format=lambda v: f"{v:.4g}"
         )
     )
+    if args.out.exists():
+        earlier = pd.read_csv(args.out, float_precision="round_trip")
+        result = pd.concat([earlier, result], ignore_index=True)
     with atomic_path(args.out) as tmp_path:
         result.to_csv(tmp_path, index=False)
-    print(f"\nwrote {args.out}")
+    print(f"\nappended to {args.out}")
     return 0
 
 

@@ -140,6 +140,31 @@ def test_tridiagonal_spectrum_equals_eigh(length_scale):
     np.testing.assert_allclose(fits[0][:, 1], fits[1][:, 1], atol=1e-5, rtol=0)
 
 
+def test_concurrent_length_scales_equal_the_serial_dense_eigh_path(monkeypatch):
+    # 400 spots: dense kernels (tridiagonal) and pivoted Cholesky factors, and
+    # over 100 genes so that Storey's pi0 is estimated, not set to 1.
+    adata = stabilized(tissue(n_spots=400, n_genes=120, seed=9))
+    seen = []
+    with sm._core.progress.listen(lambda *update: seen.append(update[1:3])):
+        concurrent = spatialde(adata, layer="regressed", normalize=None, n_jobs=2)
+    assert seen[-1] == (10, 10)
+    used = adata.uns["spatiome"]["spatialde"]["decompositions"]
+    assert used.count("tridiagonal") >= 2 and any(d.startswith("pivoted") for d in used)
+    serial = spatialde(adata, layer="regressed", normalize=None, copy=True)
+    # One BLAS thread per kernel rounds differently from several; log(delta) is refined
+    # to 1e-7, so delta and what derives from it agree to about that.
+    np.testing.assert_allclose(concurrent["llr"], serial["llr"], atol=1e-9, rtol=0)
+    pd.testing.assert_frame_equal(concurrent, serial, rtol=1e-5)
+    # The former exact path: eigh with eigenvectors for every dense kernel.
+    monkeypatch.setattr(spatialde_module, "_tridiagonal_spectrum", spatialde_module._eigen_spectrum)
+    former = spatialde(adata, layer="regressed", normalize=None, copy=True)
+    np.testing.assert_allclose(concurrent["llr"], former["llr"], atol=1e-6, rtol=0)
+    calls = concurrent["qval_storey"] < 0.05
+    assert 10 <= calls.sum() < len(calls)
+    assert (calls == (former["qval_storey"] < 0.05)).all()
+    assert (concurrent["length_scale"] == former["length_scale"]).mean() > 0.95
+
+
 def test_derivatives_and_standard_errors():
     adata = stabilized(tissue(n_spots=120, n_genes=10, seed=3))
     table = spatialde(adata, layer="regressed", normalize=None, copy=True)
@@ -233,7 +258,8 @@ def test_lowrank_mode_agrees_with_exact_calls():
     b = set(approx.index[approx["qval"] < 0.05])
     assert len(a & b) / len(a | b) >= 0.9
     assert np.corrcoef(exact["llr"], approx["llr"])[0, 1] > 0.99
-    again = spatialde(adata, method="lowrank", n_inducing=250, copy=True)
+    # The same inducing points and fits with the length scales on two threads.
+    again = spatialde(adata, method="lowrank", n_inducing=250, n_jobs=2, copy=True)
     pd.testing.assert_frame_equal(again, approx)
 
 

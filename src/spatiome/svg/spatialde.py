@@ -45,14 +45,21 @@ How it is computed here:
 - **One length scale at a time.** Each kernel is decomposed, every gene is fitted to it,
   and its eigenvectors are released before the next, so at most one ``n x rank`` basis is
   held; progress is reported per length scale.
+- **Or several side by side** with ``n_jobs > 1`` (and no Dask client): each worker thread
+  takes a whole length scale (decomposition and fit, one BLAS thread), the dense kernels
+  first. LAPACK releases the GIL, and a tridiagonal reduction is half matrix-vector
+  products bound by memory traffic, which threads of one call share poorly. The numbers
+  are those of the serial path up to rounding (LLR within 1e-9); up to ``n_jobs`` kernels
+  are held at once.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +73,7 @@ from scipy import interpolate
 from scipy.linalg import lapack
 from scipy.spatial import ConvexHull, QhullError, cKDTree
 from scipy.spatial.distance import cdist
+from threadpoolctl import threadpool_limits
 
 from .._core.near_empty import warn_near_empty
 from .._core.parallel import default_chunk_size, map_gene_chunks, resolve_n_jobs
@@ -311,7 +319,10 @@ def spatialde(
     spatial_key
         Coordinates in ``adata.obsm``.
     n_jobs
-        Worker threads over gene chunks (-1: all cores).
+        Worker threads (-1: all cores). Without ``client`` each thread takes whole length
+        scales (decomposition and fit, one BLAS thread each), which holds up to ``n_jobs``
+        kernels in memory at once; with ``client`` the length scales run in turn and
+        their gene chunks on the cluster.
     random_state
         Seed or generator for the choice of inducing points (approximate mode only).
     chunk_size
@@ -401,25 +412,16 @@ def spatialde(
     mode = (
         method if method != "auto" else ("exact" if adata.n_obs <= exact_max_spots else "lowrank")
     )
-    size = chunk_size or default_chunk_size(adata.n_obs, expression.n_genes, workers)
-
-    by_scale: dict[int, tuple[_Spectrum, np.ndarray]] = {}
-    with Progress("svg.spatialde", scales.size, "length scale") as bar:
-        pairs = _iter_se_spectra(
-            coordinates,
-            scales,
-            mode,
-            n_inducing,
-            random_state,
-            expression,
-            explicit_vectors=False,
-        )
-        for done, (k, spectrum) in enumerate(pairs, start=1):
-            fit = _fit_kernels([spectrum], expression, size, workers, client)[0]
-            # The table needs only the spectrum's summaries: release the basis now.
-            spectrum.release()
-            by_scale[k] = (spectrum, fit)
-            bar.update(done, f"l = {scales[k]:.4g} ({spectrum.decomposition})")
+    builders = _se_builders(
+        coordinates, scales, mode, n_inducing, random_state, expression, explicit_vectors=False
+    )
+    if workers > 1 and client is None:
+        # One thread per length scale: its genes are chunked for memory only.
+        size = chunk_size or default_chunk_size(adata.n_obs, expression.n_genes)
+        by_scale = _fit_scales_concurrently(builders, scales.size, expression, size, workers)
+    else:
+        size = chunk_size or default_chunk_size(adata.n_obs, expression.n_genes, workers)
+        by_scale = _fit_scales_in_turn(builders, scales, expression, size, workers, client)
     spectra = [by_scale[k][0] for k in range(scales.size)]
     fits = [by_scale[k][1] for k in range(scales.size)]
     table = _se_table(fits, spectra, scales, expression, adata.n_obs, fidelity)
@@ -489,7 +491,9 @@ def spatialde_model_search(
     exact_max_spots
         Largest number of spots accepted (the periodic kernels need dense
         eigendecompositions).
-    n_jobs, chunk_size, client, copy
+    n_jobs
+        Worker threads over gene chunks (-1: all cores).
+    chunk_size, client, copy
         As for :func:`spatialde`.
 
     Returns
@@ -940,6 +944,46 @@ def _iter_se_spectra(
     kernels keep their eigenvectors in factored form (only :meth:`_Spectrum.project`
     works), which is faster when only the projections of the genes are needed.
     """
+    for builder in _se_builders(
+        coordinates,
+        scales,
+        mode,
+        n_inducing,
+        random_state,
+        expression,
+        explicit_vectors=explicit_vectors,
+    ):
+        yield builder.index, builder.build()
+
+
+@dataclass
+class _ScaleBuilder:
+    """How to obtain the spectrum of ``scales[index]``: ``build()`` computes it.
+
+    ``deferred`` marks the expensive decompositions (dense kernels, Nystrom passes), which
+    depend on no other length scale and may run on any thread; the pivoted Cholesky
+    spectra are computed while the builders are listed, since their ranks decide which
+    length scales need a dense decomposition.
+    """
+
+    index: int
+    scale: float
+    deferred: bool
+    build: Callable[[], _Spectrum]
+
+
+def _se_builders(
+    coordinates: np.ndarray,
+    scales: np.ndarray,
+    mode: str,
+    n_inducing: int,
+    random_state: Any,
+    expression: _Expression | None = None,
+    *,
+    explicit_vectors: bool = True,
+) -> Iterator[_ScaleBuilder]:
+    """A :class:`_ScaleBuilder` for every length scale, largest first (see
+    :func:`_iter_se_spectra`)."""
     order = np.argsort(scales)[::-1]
     if mode == "lowrank":
         assert expression is not None
@@ -948,10 +992,10 @@ def _iter_se_spectra(
         matrix = expression.matrix
         by_rows = sp.csr_matrix(matrix) if sp.issparse(matrix) else matrix
         for k in order:
-            yield (
-                int(k),
-                _nystrom_spectrum(coordinates, candidates, float(scales[k]), expression, by_rows),
+            build = functools.partial(
+                _nystrom_spectrum, coordinates, candidates, float(scales[k]), expression, by_rows
             )
+            yield _ScaleBuilder(int(k), float(scales[k]), True, build)
         return
     n, dim = coordinates.shape
     limit = max(1, int(PIVOTED_MAX_FRACTION * n))
@@ -970,15 +1014,25 @@ def _iter_se_spectra(
             use_full = spectrum is None
             if spectrum is not None:
                 previous = (scale, spectrum.pivoted_rank)
-        if spectrum is None:
-            if squared is None:
-                squared = _squared_distances(coordinates)
-            kernel = np.exp(squared * (-0.5 / (scale * scale)))
-            if explicit_vectors:
-                spectrum = _eigen_spectrum(kernel, "eigh")
-            else:
-                spectrum = _tridiagonal_spectrum(kernel, "tridiagonal")
-        yield int(k), spectrum
+        if spectrum is not None:
+            yield _ScaleBuilder(int(k), scale, False, functools.partial(_given, spectrum))
+            continue
+        if squared is None:
+            squared = _squared_distances(coordinates)
+        build = functools.partial(_dense_spectrum, squared, scale, explicit_vectors)
+        yield _ScaleBuilder(int(k), scale, True, build)
+
+
+def _given(spectrum: _Spectrum) -> _Spectrum:
+    return spectrum
+
+
+def _dense_spectrum(squared: np.ndarray, scale: float, explicit_vectors: bool) -> _Spectrum:
+    """Spectrum of the dense kernel ``exp(-squared / (2 scale^2))``."""
+    kernel = np.exp(squared * (-0.5 / (scale * scale)))
+    if explicit_vectors:
+        return _eigen_spectrum(kernel, "eigh")
+    return _tridiagonal_spectrum(kernel, "tridiagonal")
 
 
 def _eigen_spectrum(kernel: np.ndarray, name: str) -> _Spectrum:
@@ -1242,6 +1296,70 @@ def _linear_spectrum(coordinates: np.ndarray) -> _Spectrum:
 
 # --------------------------------------------------------------------------------------
 # Fitting
+
+
+def _fit_scales_in_turn(
+    builders: Iterator[_ScaleBuilder],
+    scales: np.ndarray,
+    expression: _Expression,
+    chunk_size: int,
+    workers: int,
+    client: Any | None,
+) -> dict[int, tuple[_Spectrum, np.ndarray]]:
+    """Each length scale decomposed, then fitted over gene chunks, one after the other.
+
+    The basis of each kernel is released before the next one is decomposed, so at most
+    one ``n x n`` kernel is held; progress is reported per length scale.
+    """
+    by_scale: dict[int, tuple[_Spectrum, np.ndarray]] = {}
+    with Progress("svg.spatialde", scales.size, "length scale") as bar:
+        for done, builder in enumerate(builders, start=1):
+            spectrum = builder.build()
+            fit = _fit_kernels([spectrum], expression, chunk_size, workers, client)[0]
+            # The table needs only the spectrum's summaries: release the basis now.
+            spectrum.release()
+            by_scale[builder.index] = (spectrum, fit)
+            bar.update(done, f"l = {builder.scale:.4g} ({spectrum.decomposition})")
+    return by_scale
+
+
+def _fit_scales_concurrently(
+    builders: Iterator[_ScaleBuilder],
+    n_scales: int,
+    expression: _Expression,
+    chunk_size: int,
+    workers: int,
+) -> dict[int, tuple[_Spectrum, np.ndarray]]:
+    """The length scales on ``workers`` threads, each decomposed and fitted on one thread.
+
+    LAPACK releases the GIL, and a tridiagonal reduction is bound by memory traffic
+    (half of its work is matrix-vector products), so kernels reduced side by side with
+    one BLAS thread each use the cores better than one kernel at a time on several BLAS
+    threads. Expensive decompositions start first (smallest length scale first) so the
+    cheap ones fill the gaps. Each kernel gives the same numbers as in
+    :func:`_fit_scales_in_turn`; up to ``workers`` dense ``n x n`` kernels are held at
+    once. Progress is reported when all are done (worker threads do not reach the
+    listener). The pivoted factors that decide which kernels are dense are computed
+    first, on this thread, also with one BLAS thread: idle BLAS threads that spin after
+    a call would otherwise take cycles from the workers.
+    """
+    queue: list[_ScaleBuilder] = []
+    by_scale: dict[int, tuple[_Spectrum, np.ndarray]] = {}
+
+    def run(position: int, _stop: int) -> None:
+        builder = queue[position]
+        spectrum = builder.build()
+        fit = _fit_kernels([spectrum], expression, chunk_size, 1, None)[0]
+        spectrum.release()
+        by_scale[builder.index] = (spectrum, fit)
+
+    with (
+        Progress("svg.spatialde", n_scales, "length scale"),
+        threadpool_limits(limits=1, user_api="blas"),
+    ):
+        queue.extend(sorted(builders, key=lambda b: (not b.deferred, b.scale)))
+        map_gene_chunks(run, len(queue), chunk_size=1, n_jobs=workers)
+    return by_scale
 
 
 def _fit_kernels(
