@@ -22,10 +22,20 @@ trained for fewer epochs and the time extrapolated linearly in the epochs (``epo
 vs ``epochs_default``). Other jobs may share this machine: the load average is recorded
 with each timing.
 
+Mini-batches against full batch (``--minibatch-sections``): on each DLPFC section, for
+each seed, the default reconstruction call trained full batch and by forced mini-batches of
+``--minibatch-batch-size`` spots (default 1,024, so that a 3,600-spot section makes 4
+batches); the per-seed ARIs, the means and the paired mean difference (with its standard
+error over seeds) are printed, also from saved rows with ``--summarize CSV``. Runs can be
+split over processes with ``--seed-list`` and ``--minibatch-modes``.
+
 Run with a Python that has spatiome[deep]::
 
     python benchmarks/gnn.py [--seeds 5] [--sim-seeds 3] [--objectives reconstruction]
         [--sizes 3639 20000 100000] [--threads 1]
+    python benchmarks/gnn.py --skip-accuracy --sizes --minibatch-sections dlpfc_151673 \
+        dlpfc_151674 [--seed-list 0 1 2] [--minibatch-modes minibatch full]
+    python benchmarks/gnn.py --summarize benchmarks/results/gnn.csv
 
 Prints the tables and writes ``benchmarks/results/gnn.csv``.
 """
@@ -128,14 +138,18 @@ def accuracy(objective: str, seeds: int, sim_seeds: int, threads: int) -> pd.Dat
 
 
 def minibatch_accuracy(
-    sections: list[str], seeds: int, batch_size: int, threads: int
+    sections: list[str],
+    seeds: list[int],
+    batch_size: int,
+    threads: int,
+    modes: tuple[str, ...] = ("minibatch", "full"),
 ) -> pd.DataFrame:
     """Full batch against mini-batches forced on DLPFC-size sections, same seeds."""
     rows = []
     for name in sections:
         adata, label, n_domains = _dataset(name, -1)
-        for seed in range(seeds):
-            for minibatch in (True, False):
+        for seed in seeds:
+            for minibatch in [mode == "minibatch" for mode in modes]:
                 start = time.perf_counter()
                 out = gnn(adata, n_domains, random_state=seed, n_jobs=threads, copy=True,
                           minibatch=minibatch, batch_size=batch_size)  # fmt: skip
@@ -164,6 +178,36 @@ def minibatch_accuracy(
     return pd.DataFrame(rows)
 
 
+def minibatch_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per-seed ARI of each training mode on each section, their means and the difference.
+
+    Rows are ``{section}_minibatch_ari`` and ``{section}_full_ari``; where a seed was run
+    more than once, its last row counts.
+    """
+    rows = []
+    minibatch = table[table["benchmark"].str.endswith("_minibatch_ari")]
+    for benchmark, runs in minibatch.groupby("benchmark", sort=False):
+        section = benchmark.removesuffix("_minibatch_ari")
+        full = table[table["benchmark"] == f"{section}_full_ari"]
+        full_by_seed = full.groupby("seed")["ari"].last().to_dict()
+        for seed, ari in runs.groupby("seed")["ari"].last().items():
+            rows.append({"section": section, "seed": int(seed), "minibatch": ari,
+                         "full": full_by_seed.get(seed, np.nan)})  # fmt: skip
+    per_seed = pd.DataFrame(rows, columns=["section", "seed", "minibatch", "full"])
+    if per_seed.empty:
+        return per_seed
+    per_seed["difference"] = per_seed["minibatch"] - per_seed["full"]
+    print(per_seed.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    means = per_seed.dropna().groupby("section")[["minibatch", "full", "difference"]].mean()
+    grouped = per_seed.dropna().groupby("section")
+    means["n_seeds"] = grouped["seed"].count()
+    # Paired over seeds: the standard error of the mean difference.
+    means["difference_se"] = grouped["difference"].std(ddof=1) / np.sqrt(means["n_seeds"])
+    print("Means over seeds (difference = mini-batch - full batch, paired by seed):")
+    print(means.to_string(float_format=lambda v: f"{v:.3f}"))
+    return per_seed
+
+
 def speed(
     sizes: list[int], threads: int, epochs_large: int, n_genes: int, modes: list[str]
 ) -> pd.DataFrame:
@@ -182,11 +226,14 @@ def speed(
             default_epochs = module._default_epochs(DEFAULT_EPOCHS, n_parts, chosen)
             epochs = default_epochs if n_spots <= 5_000 else min(epochs_large, default_epochs)
             stamps: list[float] = []
-            start = time.perf_counter()
+            load_start = os.getloadavg()[0]
+            start, cpu_start = time.perf_counter(), time.process_time()
             with listen(lambda *_, stamps=stamps: stamps.append(time.perf_counter())):
                 out = gnn(adata, 7, n_epochs=epochs, n_jobs=threads, minibatch=minibatch,
                           copy=True)  # fmt: skip
-            seconds = time.perf_counter() - start
+            # CPU seconds of all this process's threads: what the call costs on an idle
+            # machine when the other jobs sharing it stretch the wall time.
+            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
             record = out.uns["spatiome"]["gnn"]
             train = float(record["train_seconds"])
             score = adjusted_rand_score(adata.obs["domain"], out.obs["gnn"])
@@ -208,6 +255,7 @@ def speed(
                     "n_batches": int(record["n_batches"]),
                     "train_seconds": train,
                     "total_seconds": float(seconds),
+                    "cpu_seconds": float(cpu_seconds),
                     "seconds_per_epoch": epoch,
                     "train_seconds_default_epochs": extrapolated,
                     "total_seconds_default_epochs": float(seconds) - train + extrapolated,
@@ -215,6 +263,7 @@ def speed(
                     "epochs_default": default_epochs,
                     "peak_rss_gb": peak_rss_gb(),
                     "threads": threads,
+                    "load_average_start": load_start,
                     "load_average": os.getloadavg()[0],
                 }
             )
@@ -223,7 +272,8 @@ def speed(
                 f"{default_epochs} epochs trained in {train:.1f} s ({epoch:.1f} s per later "
                 f"epoch; total {seconds:.1f} s, "
                 f"extrapolated {float(seconds) - train + extrapolated:.0f} s, ARI {score:.3f}), "
-                f"peak RSS {peak_rss_gb():.2f} GB, load {os.getloadavg()[0]:.1f}",
+                f"peak RSS {peak_rss_gb():.2f} GB, {cpu_seconds:.0f} CPU s, "
+                f"load {load_start:.1f} -> {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
             del out
@@ -255,7 +305,21 @@ def main() -> None:
         help="DLPFC sections (e.g. dlpfc_151673 dlpfc_151674) on which to compare full-batch "
         "with forced mini-batch training (--minibatch-batch-size spots per part)",
     )
-    parser.add_argument("--minibatch-batch-size", type=int, default=512)
+    parser.add_argument("--minibatch-batch-size", type=int, default=1024)
+    parser.add_argument(
+        "--minibatch-modes",
+        nargs="*",
+        default=["minibatch", "full"],
+        choices=["minibatch", "full"],
+        help="training modes run on --minibatch-sections (both by default)",
+    )
+    parser.add_argument(
+        "--seed-list",
+        type=int,
+        nargs="*",
+        default=None,
+        help="seeds of the mini-batch comparison (default: 0 .. --seeds - 1)",
+    )
     parser.add_argument(
         "--min-dlpfc-ari",
         type=float,
@@ -263,8 +327,17 @@ def main() -> None:
         help="exit with status 1 when the default objective's mean ARI on DLPFC 151673 is "
         "below this (GraphST's published mean over the 12 sections is 0.557)",
     )
+    parser.add_argument(
+        "--summarize",
+        type=Path,
+        default=None,
+        help="only print the full-batch vs mini-batch summary of the rows in this CSV",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.summarize is not None:
+        minibatch_summary(pd.read_csv(args.summarize))
+        return
     print(environment_line())
     print(f"torch {package_version('torch')}, {args.threads} thread(s)")
     tables = []
@@ -281,7 +354,11 @@ def main() -> None:
         print(f"Full batch vs mini-batches of {args.minibatch_batch_size} spots:")
         tables.append(
             minibatch_accuracy(
-                args.minibatch_sections, args.seeds, args.minibatch_batch_size, args.threads
+                args.minibatch_sections,
+                list(range(args.seeds)) if args.seed_list is None else args.seed_list,
+                args.minibatch_batch_size,
+                args.threads,
+                tuple(args.minibatch_modes),
             )
         )
     if args.sizes:
@@ -297,6 +374,8 @@ def main() -> None:
     columns += [c for c in ("train_seconds_default_epochs", "epochs_run", "peak_rss_gb")
                 if c in table]  # fmt: skip
     print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if args.minibatch_sections:
+        minibatch_summary(table)
     write_csv(with_environment(table), args.out)
     dlpfc = table[
         (table["benchmark"] == "dlpfc_151673_ari") & (table.get("objective") == "reconstruction")
