@@ -136,6 +136,15 @@ def test_unsorted_sparse_input_is_not_modified():
     assert np.array_equal(shuffled.data, before[0]) and np.array_equal(shuffled.indices, before[1])
 
 
+@pytest.mark.parametrize("method", [moran, geary])
+def test_csr_input_gives_the_same_table_as_csc_chunk_by_chunk(method):
+    adata = tissue(n_spots=300, n_genes=23, seed=4)
+    by_rows = method(adata, chunk_size=4, n_permutations=20, copy=True)  # CSR, 6 chunks
+    adata.X = sp.csc_matrix(adata.X)
+    by_columns = method(adata, chunk_size=4, n_permutations=20, copy=True)
+    pd.testing.assert_frame_equal(by_rows, by_columns, check_exact=True)
+
+
 def test_randomization_variance_matches_permutation_distribution():
     adata = tissue(n_spots=30, n_genes=3, n_neighbors=4)
     w = dense_weights(adata, "row")

@@ -153,6 +153,23 @@ def test_a_step_that_fails_on_the_data_is_skipped_with_its_reason(tissue, tmp_pa
     assert not (tmp_path / "out" / "svg_geary.csv").exists()
 
 
+def test_a_failed_domain_step_skips_its_dependants_and_the_run_finishes(
+    tissue, tmp_path, monkeypatch
+):
+    def cluster_fails(data, method, n_domains, config):
+        raise ValueError("the mixture did not converge")
+
+    monkeypatch.setattr(pipeline_module, "run_domain_method", cluster_fails)
+    config = PipelineConfig(**{**BASE, "svg_methods": ("moran",)})
+    result = run_pipeline(tissue, tmp_path / "out", config, progress=False, cache=False)
+    steps = {s["name"]: s for s in _steps(tmp_path / "out")}
+    assert "the mixture did not converge" in steps["domains_cluster"]["skipped"]
+    assert "domains_cluster step, which was skipped" in steps["markers"]["skipped"]
+    assert not steps["moran"].get("skipped") and "n_domains_cluster" not in result.summary
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "the mixture did not converge" in report
+
+
 def test_sigterm_leaves_no_temporaries_and_the_next_run_finishes(tissue, tmp_path):
     import signal
     import subprocess

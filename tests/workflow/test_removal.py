@@ -146,3 +146,83 @@ def test_restore_removed_pads_every_slot():
     assert restored.obsp["graph"][2].nnz == 0 and restored.obsp["graph"].nnz == 9
     assert (restored.layers["counts"] != full.layers["counts"]).nnz == 0
     assert restored.X[2].nnz == 0  # no normalization given: zeros
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_restore_removed_places_every_row_in_the_order_of_full(dense):
+    rng = np.random.default_rng(3)
+    values = sp.random(50, 7, density=0.4, format="csr", random_state=4, dtype=np.float32)
+    full = ad.AnnData(values.toarray() if dense else values)
+    full.layers["counts"] = values.copy()
+    # kept spots in a scrambled order, removed ones in runs and alone (including both ends)
+    removed = [0, 1, 2, 9, 20, 21, 49]
+    kept_rows = rng.permutation(np.setdiff1d(np.arange(50), removed))
+    kept = full[kept_rows].copy()
+    restored = restore_removed(kept, full, lambda spots: spots.X * 2)
+    expected = values.toarray()
+    expected[removed] *= 2
+    x = restored.X if dense else restored.X.toarray()
+    assert x.dtype == np.float32 and np.array_equal(x, expected)
+    counts = restored.layers["counts"]
+    assert counts.has_canonical_format and np.array_equal(counts.toarray(), values.toarray())
+
+
+def test_counts_are_held_once_until_normalization_and_removal_keeps_it_so():
+    from spatiome.workflow.removal import share_counts
+
+    tissue = sm.datasets.simulate_tissue(n_spots=120, n_genes=20, random_state=1)
+    assert tissue.layers["counts"] is not tissue.X  # stored twice, with equal values
+    share_counts(tissue)
+    assert tissue.layers["counts"] is tissue.X
+    tissue.obs["low_quality"] = np.arange(tissue.n_obs) % 40 == 0
+    before = tissue.X.copy()
+    kept, removal = remove_low_quality(tissue)
+    assert len(removal.removed) == 3 and kept.layers["counts"] is kept.X
+    assert tissue.X is tissue.layers["counts"] and (tissue.X != before).nnz == 0
+    assert (kept.X != before[~tissue.obs["low_quality"].to_numpy()]).nnz == 0
+    sm.pp.normalize(kept)
+    assert kept.X is not kept.layers["counts"]
+    assert (kept.layers["counts"] != before[~tissue.obs["low_quality"].to_numpy()]).nnz == 0
+    differing = sm.datasets.simulate_tissue(n_spots=100, n_genes=10, random_state=2)
+    differing.layers["counts"] = differing.layers["counts"] * 2
+    share_counts(differing)
+    assert differing.layers["counts"] is not differing.X
+
+
+def test_released_matrices_grow_in_place_and_equal_the_copying_restore(monkeypatch):
+    from spatiome.workflow import removal
+    from spatiome.workflow.removal import restore_matrices
+
+    values = sp.random(2_000, 50, density=0.25, format="csr", random_state=1, dtype=np.float32)
+    full = ad.AnnData(values.copy())
+    full.layers["counts"] = values.copy()
+    removed = np.array([0, 1, 500, 900, 1_999])
+    keep = np.setdiff1d(np.arange(full.n_obs), removed)
+    kept, expected = full[keep].copy(), restore_removed(full[keep].copy(), full)
+    restored = restore_removed(kept, full, matrices=False)
+
+    def no_copy(*args):
+        raise AssertionError("a released CSR matrix was copied instead of grown in place")
+
+    monkeypatch.setattr(removal, "_restore_matrix", no_copy)
+    restore_matrices(restored, kept, full, release=True)
+    assert kept.X is None and "counts" not in kept.layers
+    for mine, theirs in (
+        (restored.X, expected.X),
+        (restored.layers["counts"], expected.layers["counts"]),
+    ):
+        assert mine.has_canonical_format and (mine != theirs).nnz == 0
+
+
+def test_a_matrix_still_viewed_elsewhere_is_copied_not_grown():
+    from spatiome.workflow.removal import restore_matrices
+
+    values = sp.random(300, 20, density=0.3, format="csr", random_state=2, dtype=np.float32)
+    full = ad.AnnData(values.copy())
+    kept = full[10:].copy()
+    elsewhere = kept.X.data[:5]  # a view someone still holds: growing would free it
+    before = elsewhere.copy()
+    restored = restore_removed(kept, full, matrices=False)
+    restore_matrices(restored, kept, full, lambda spots: spots.X, release=True)
+    assert np.array_equal(elsewhere, before)
+    assert (restored.X != values).nnz == 0  # the removed rows' entries came first

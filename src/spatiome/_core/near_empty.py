@@ -187,7 +187,9 @@ def _looks_like_counts(matrix: sp.spmatrix | np.ndarray) -> bool:
 
 
 def _row_sums(matrix: sp.spmatrix | np.ndarray) -> np.ndarray:
-    return np.asarray(matrix.sum(axis=1), dtype=np.float64).ravel()
+    from .sums import row_sums  # compiled: imported on first use
+
+    return row_sums(matrix)
 
 
 def _row_sums_expression(layer: str | None) -> str:

@@ -13,6 +13,8 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._core.sums import row_sums
+
 #: Warn when the depth pattern is this significant.
 DEPTH_WARNING_PVALUE = 1e-3
 
@@ -35,7 +37,7 @@ def spot_depth(adata: AnnData) -> np.ndarray | None:
     if "total_counts" in adata.obs:
         values = np.asarray(adata.obs["total_counts"], dtype=np.float64)
     elif "counts" in adata.layers:
-        values = np.asarray(adata.layers["counts"].sum(axis=1), dtype=np.float64).ravel()
+        values = row_sums(adata.layers["counts"])
     else:
         return None
     return values if np.isfinite(values).all() else None

@@ -529,14 +529,19 @@ def _check_options(
 def _gene_matrix(
     adata: AnnData, layer: str | None, positions: np.ndarray
 ) -> sp.csc_matrix | np.ndarray:
-    """The tested genes as canonical CSC (one column per gene) or a dense array."""
+    """The tested genes as canonical CSR or CSC, or a dense array.
+
+    CSR stays CSR: each gene chunk is converted on its own (:func:`_csc_columns`), so no
+    column-major copy of the whole matrix is ever held.
+    """
     matrix = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     subset = positions.size != adata.n_vars or not np.array_equal(
         positions, np.arange(adata.n_vars)
     )
     if sp.issparse(matrix):
-        selected = sp.csc_matrix(matrix[:, positions] if subset else matrix)
+        selected = matrix[:, positions] if subset else matrix
+        selected = sp.csr_matrix(selected) if selected.format == "csr" else sp.csc_matrix(selected)
         if not selected.has_canonical_format:
             # Canonicalizing works in place: never do that to the user's matrix.
             selected = selected.copy() if selected is matrix else selected
@@ -626,12 +631,16 @@ def _chunk_sums(
     if sp.issparse(matrix):
         out = np.empty((stop - start, 6))
         upper = weights.upper
+        data, indices, indptr, first = matrix.data, matrix.indices, matrix.indptr, start
+        if matrix.format == "csr":
+            data, indices, indptr = _csc_columns(matrix, start, stop)
+            first = 0
         _sparse_sums(
-            matrix.data,
-            matrix.indices,
-            matrix.indptr,
-            start,
-            stop,
+            data,
+            indices,
+            indptr,
+            first,
+            first + stop - start,
             matrix.shape[0],
             upper.indptr,
             upper.indices,
@@ -658,6 +667,52 @@ def _chunk_sums(
             np.ptp(block, axis=0),
         ]
     )
+
+
+def _csc_columns(
+    matrix: sp.csr_matrix, start: int, stop: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Columns ``start:stop`` of a canonical CSR matrix as CSC arrays (data, indices, indptr).
+
+    Equal to ``matrix[:, start:stop].tocsc()`` (row indices ascending in each column), in
+    two compiled passes that find each row's range by binary search.
+
+    Examples
+    --------
+    >>> x = sp.random(6, 5, density=0.5, random_state=0, format="csr")
+    >>> data, indices, indptr = _csc_columns(x, 1, 4)
+    >>> block = sp.csc_matrix((data, indices, indptr), shape=(6, 3))
+    >>> bool((block != x[:, 1:4]).nnz == 0)
+    True
+    """
+    return _csc_columns_kernel(
+        matrix.data, matrix.indices, matrix.indptr, int(start), int(stop), matrix.shape[0]
+    )
+
+
+@numba.njit(cache=True, nogil=True)
+def _csc_columns_kernel(data, indices, indptr, start, stop, n_rows):  # pragma: no cover
+    width = stop - start
+    column_starts = np.zeros(width + 1, dtype=np.int64)
+    first = np.empty(n_rows, dtype=np.int64)
+    last = np.empty(n_rows, dtype=np.int64)
+    for row in range(n_rows):
+        lo, hi = indptr[row], indptr[row + 1]
+        first[row] = lo + np.searchsorted(indices[lo:hi], start)
+        last[row] = lo + np.searchsorted(indices[lo:hi], stop)
+        for k in range(first[row], last[row]):
+            column_starts[indices[k] - start + 1] += 1
+    column_starts = np.cumsum(column_starts)
+    out_data = np.empty(column_starts[-1], dtype=data.dtype)
+    out_rows = np.empty(column_starts[-1], dtype=np.int64)
+    cursor = column_starts[:-1].copy()
+    for row in range(n_rows):
+        for k in range(first[row], last[row]):
+            column = indices[k] - start
+            out_data[cursor[column]] = data[k]
+            out_rows[cursor[column]] = row
+            cursor[column] += 1
+    return out_data, out_rows, column_starts
 
 
 @numba.njit(cache=True, nogil=True)

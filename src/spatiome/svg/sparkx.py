@@ -47,6 +47,7 @@ from anndata import AnnData
 from .._core.near_empty import warn_near_empty
 from .._core.parallel import map_gene_chunks, resolve_n_jobs
 from .._core.stats import bh_adjust, by_adjust, cauchy_combination, chi2_logsf
+from .._core.sums import row_sums
 from .._core.validate import (
     SpatiomeInputError,
     check_adata,
@@ -579,20 +580,7 @@ def _check_non_negative(matrix: sp.spmatrix | np.ndarray, where: str) -> None:
 
 
 def _spot_totals(counts: sp.csr_matrix | np.ndarray) -> np.ndarray:
-    if sp.issparse(counts):
-        return _row_sums(counts.indptr, counts.data)
-    return np.asarray(counts.sum(axis=1), dtype=np.float64).ravel()
-
-
-@numba.njit(cache=True, nogil=True)
-def _row_sums(indptr, data):  # pragma: no cover - compiled
-    out = np.zeros(indptr.size - 1)
-    for row in range(indptr.size - 1):
-        total = 0.0
-        for k in range(indptr[row], indptr[row + 1]):
-            total += data[k]
-        out[row] = total
-    return out
+    return row_sums(counts)
 
 
 def _covariate_matrix(

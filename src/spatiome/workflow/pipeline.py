@@ -6,6 +6,7 @@ calling them in the same order.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -72,8 +73,15 @@ from .outputs import (
     staged_outputs,
     where,
 )
-from .provenance import Provenance
-from .removal import Removal, remove_low_quality, restore_removed, restore_source
+from .provenance import Provenance, peak_rss_gb
+from .removal import (
+    Removal,
+    remove_low_quality,
+    restore_matrices,
+    restore_removed,
+    restore_source,
+    share_counts,
+)
 from .report import write_report
 from .sections import module_column, report_sections, subtitle
 
@@ -817,7 +825,9 @@ def tested_genes(data: AnnData, min_counts: int) -> list[str] | None:
     >>> tested_genes(a, 3)
     ['five']
     """
-    totals = np.asarray(data.layers["counts"].sum(axis=0)).ravel()
+    from .._core.sums import column_sums
+
+    totals = column_sums(data.layers["counts"])
     kept = totals >= min_counts
     if kept.all():
         return None
@@ -920,7 +930,9 @@ class _Progress:
 
     def done(self, name: str, seconds: float) -> None:
         self.bar.update(1)
-        logger.info("step %s: done in %.2f s", name, seconds)
+        peak = peak_rss_gb()
+        memory = "" if peak is None else f" (memory peak so far {peak:.1f} GB)"
+        logger.info("step %s: done in %.2f s%s", name, seconds, memory)
 
     def close(self) -> None:
         self.bar.close()
@@ -1041,8 +1053,7 @@ def run_pipeline(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # each change is also returned, for the report
         input_notes += check_writable(data)
-    if "counts" not in data.layers:
-        data.layers["counts"] = data.X.copy()
+    share_counts(data)
     data.uns.setdefault("spatiome", {})["observation"] = observation_kind(data)
     graph_method = (
         graph.default_method(data) if config.graph_method == "auto" else config.graph_method
@@ -1210,8 +1221,12 @@ def run_pipeline(
         results = data
         if removal.n_removed:
             summary.update(removal_summary(removal))
-            results = restore_removed(data, full, _normalize_like(data))
+            # The expression is added after the figures, moving each matrix out of `data`.
+            results = restore_removed(data, full, matrices=False)
             extra["all_observations"] = results
+            extra["complete_results"] = functools.partial(
+                restore_matrices, results, data, full, _normalize_like(data), release=True
+            )
         bar.start("report")
         with record.step("report") as entry, output_errors(out), staged_outputs(out) as staging:
             names = _write_outputs(
@@ -1381,6 +1396,8 @@ def _summary(
 
     for method in [*config.domain_methods, *(["multimodal"] if config.modality else [])]:
         key = domain_key(config, method)
+        if key not in data.obs:  # the step was skipped; the report says why
+            continue
         summary[f"n_domains_{method}"] = int(data.obs[key].nunique())
         if truth and "domain" in data.obs:
             summary[f"domain_ari_{method}"] = float(
@@ -1459,6 +1476,8 @@ def _write_outputs(
     info = results.uns.setdefault("spatiome", {})
     info["provenance"] = json.dumps(record.to_dict(), default=str)
     info["summary"] = {k: v for k, v in summary.items() if v is not None}
+    if extra.get("complete_results") is not None:
+        extra["complete_results"]()
     if "results" in files:
         write_h5ad(results, files["results"])
     if "results_spatialdata" in files:

@@ -99,6 +99,27 @@ def _dependency_versions(root: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(found.items()))
 
 
+def peak_rss_gb() -> float | None:
+    """The process's resident-memory peak so far in GB, or None where the OS does not say.
+
+    Recorded at the end of each step, it shows which step set the run's peak: the first
+    step whose value reaches the final one.
+
+    Examples
+    --------
+    >>> peak = peak_rss_gb()
+    >>> peak is None or peak > 0
+    True
+    """
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, kilobytes on Linux
+    return round(kilobytes * scale / 1e9, 3)
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -141,6 +162,9 @@ class Provenance:
         finally:
             entry["end"] = _now()
             entry["seconds"] = round(time.perf_counter() - tic, 3)
+            peak = peak_rss_gb()
+            if peak is not None:
+                entry["peak_rss_gb"] = peak
             self.steps.append(entry)
 
     def to_dict(self) -> dict[str, Any]:

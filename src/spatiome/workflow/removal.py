@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -85,10 +86,76 @@ def remove_low_quality(data: AnnData) -> tuple[AnnData, Removal]:
         n_flagged, data.n_obs, unit,
         ", ".join(f"{k}: {v}" for k, v in removal.reasons.items()) or "no reason recorded",
     )  # fmt: skip
-    return data[~flagged].copy(), removal
+    return _kept_copy(data, ~flagged), removal
 
 
-def restore_removed(kept: AnnData, full: AnnData, normalize_removed=None) -> AnnData:
+def share_counts(data: AnnData) -> None:
+    """Hold the raw counts once: ``layers["counts"]`` and ``X`` become the same matrix.
+
+    Without a counts layer, ``X`` becomes it; with one whose values equal ``X`` (as in
+    files that store both), ``X`` is replaced by it. Normalization later assigns a new
+    ``X`` and never edits the counts in place, so sharing halves the memory the counts
+    take until then. A counts layer that differs from ``X`` is left alone.
+
+    Examples
+    --------
+    >>> import anndata, numpy as np, scipy.sparse as sp
+    >>> a = anndata.AnnData(sp.csr_matrix(np.eye(3)))
+    >>> a.layers["counts"] = a.X.copy()
+    >>> share_counts(a)
+    >>> a.layers["counts"] is a.X
+    True
+    """
+    counts = data.layers.get("counts")
+    if counts is None:
+        data.layers["counts"] = data.X
+    elif counts is not data.X and _same_matrix(counts, data.X):
+        data.X = counts
+
+
+def _same_matrix(a, b) -> bool:
+    """Equal shape, storage and values (compared array by array, without temporaries)."""
+    if a is None or b is None or a.shape != b.shape or type(a) is not type(b):
+        return False
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and np.array_equal(a, b)
+    if not isinstance(a, sp.csr_matrix | sp.csc_matrix) or a.dtype != b.dtype:
+        return False
+    return (
+        np.array_equal(a.indptr, b.indptr)
+        and np.array_equal(a.indices, b.indices)
+        and np.array_equal(a.data, b.data)
+    )
+
+
+def _kept_copy(data: AnnData, keep: np.ndarray) -> AnnData:
+    """``data[keep].copy()`` with each matrix copied once, and a matrix shared by ``X`` and
+    a layer copied once for both.
+
+    AnnData's view-then-copy would subset every matrix and then copy the subset; here the
+    matrices are set aside while the rest is copied, then subset directly.
+    """
+    x, layers = data.X, dict(data.layers)
+    shared = next((key for key, value in layers.items() if value is x), None)
+    try:
+        data.X = None
+        for key in layers:
+            del data.layers[key]
+        kept = data[keep].copy()
+    finally:
+        data.X = x
+        for key, value in layers.items():
+            data.layers[key] = value
+    for key, value in layers.items():
+        kept.layers[key] = value[keep]
+    if x is not None:
+        kept.X = kept.layers[shared] if shared is not None else x[keep]
+    return kept
+
+
+def restore_removed(
+    kept: AnnData, full: AnnData, normalize_removed=None, *, matrices: bool = True
+) -> AnnData:
     """``kept``'s results over every spot of ``full``: removed spots get missing values.
 
     - ``obs``: ``full``'s columns (metrics and flags computed before removal) with every
@@ -101,6 +168,9 @@ def restore_removed(kept: AnnData, full: AnnData, normalize_removed=None) -> Ann
       ``normalize_removed(full[removed])`` when given (the same normalization), else zeros;
     - ``layers``: ``full``'s layer where it has one (raw counts), otherwise zeros;
     - ``var`` and ``uns`` come from ``kept``.
+
+    With ``matrices=False``, ``X`` is left empty (None) and layers absent: everything but
+    the expression, for figures; :func:`restore_matrices` adds them later.
 
     Examples
     --------
@@ -117,13 +187,10 @@ def restore_removed(kept: AnnData, full: AnnData, normalize_removed=None) -> Ann
     rows = names.get_indexer(kept.obs_names)
     if (rows < 0).any():
         raise ValueError("restore_removed: the kept spots must be spots of the full data")
-    removed = np.setdiff1d(np.arange(full.n_obs), rows)
     obs = _restore_obs(kept.obs, full.obs, names)
-    matrix = _restore_matrix(kept.X, rows, removed, _removed_x(full, removed, normalize_removed))
-    restored = AnnData(matrix, obs=obs, var=kept.var.copy(), uns=kept.uns.copy())
-    for key, value in kept.layers.items():
-        fill = full.layers[key][removed] if key in full.layers else None
-        restored.layers[key] = _restore_matrix(value, rows, removed, fill)
+    restored = AnnData(obs=obs, var=kept.var.copy(), uns=kept.uns.copy())
+    if matrices:
+        restore_matrices(restored, kept, full, normalize_removed)
     for key, value in kept.obsm.items():
         if key in full.obsm and np.shape(full.obsm[key])[1:] == np.shape(value)[1:]:
             restored.obsm[key] = full.obsm[key]
@@ -134,6 +201,53 @@ def restore_removed(kept: AnnData, full: AnnData, normalize_removed=None) -> Ann
     for key, value in kept.varm.items():
         restored.varm[key] = value
     return restored
+
+
+def restore_matrices(
+    restored: AnnData,
+    kept: AnnData,
+    full: AnnData,
+    normalize_removed=None,
+    *,
+    release: bool = False,
+) -> None:
+    """Fill ``restored``'s ``X`` and layers as :func:`restore_removed` describes, in place.
+
+    With ``release=True`` each of ``kept``'s matrices is taken out of ``kept`` and grown
+    into its full-size version in place where it can be (a sparse matrix that owns its
+    arrays and no other reference holds), so the expression is never held twice; use it
+    when ``kept`` is not needed afterwards.
+
+    Examples
+    --------
+    >>> import anndata, numpy as np
+    >>> full = anndata.AnnData(np.arange(6.0).reshape(3, 2))
+    >>> kept = full[[0, 2]].copy()
+    >>> restored = restore_removed(kept, full, matrices=False)
+    >>> restored.X is None
+    True
+    >>> restore_matrices(restored, kept, full, lambda spots: spots.X, release=True)
+    >>> restored.X.tolist(), kept.X is None
+    ([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]], True)
+    """  # fmt: skip
+    rows = full.obs_names.get_indexer(kept.obs_names)
+    removed = np.setdiff1d(np.arange(full.n_obs), rows)
+    fill = _removed_x(full, removed, normalize_removed)
+    shared = any(layer is kept.X for layer in kept.layers.values())
+    restore = _restore_in_place if release and not shared else _restore_matrix
+    x = kept.X
+    if release:
+        kept.X = None
+    restored.X = restore(x, rows, removed, fill)
+    del x
+    for key in list(kept.layers.keys()):
+        fill = full.layers[key][removed] if key in full.layers else None
+        layer = kept.layers[key]
+        if release:
+            del kept.layers[key]
+        restore = _restore_in_place if release else _restore_matrix
+        restored.layers[key] = restore(layer, rows, removed, fill)
+        del layer
 
 
 def restore_source(full: AnnData, kept: AnnData) -> AnnData:
@@ -207,18 +321,139 @@ def _reindex(values: pd.Series, names: pd.Index) -> pd.Series:
 
 
 def _restore_matrix(matrix, rows: np.ndarray, removed: np.ndarray, fill):
-    """Rows of ``matrix`` placed at ``rows``, those of ``fill`` (or zeros) at ``removed``."""
-    order = np.argsort(np.concatenate([rows, removed]), kind="stable")
+    """Rows of ``matrix`` placed at ``rows``, those of ``fill`` (or zeros) at ``removed``.
+
+    The result is allocated once and filled in place: no stacked intermediate and no
+    reordered second copy, so the peak is the inputs plus the result.
+    """
+    n_obs = rows.size + removed.size
     if sp.issparse(matrix):
+        matrix = sp.csr_matrix(matrix)
         other = sp.csr_matrix((removed.size, matrix.shape[1]), dtype=matrix.dtype)
         if fill is not None:
             other = sp.csr_matrix(fill, dtype=matrix.dtype)
-        return sp.vstack([sp.csr_matrix(matrix), other], format="csr")[order]
+        return _interleave_csr([(matrix, rows), (other, removed)], n_obs)
     dense = np.asarray(matrix)
-    other = np.zeros((removed.size, *dense.shape[1:]), dtype=dense.dtype)
+    restored = np.zeros((n_obs, *dense.shape[1:]), dtype=dense.dtype)
+    restored[rows] = dense
     if fill is not None:
-        other = np.asarray(fill.toarray() if sp.issparse(fill) else fill, dtype=dense.dtype)
-    return np.concatenate([dense, other])[order]
+        restored[removed] = np.asarray(fill.toarray() if sp.issparse(fill) else fill)
+    return restored
+
+
+def _restore_in_place(matrix, rows: np.ndarray, removed: np.ndarray, fill):
+    """:func:`_restore_matrix`, growing a CSR ``matrix``'s own arrays when it can.
+
+    The arrays are enlarged by ``realloc`` (page remapping for large arrays, no copy) and
+    the kept rows moved back to their places from the last one down, so a matrix only
+    gains the removed rows' entries. Anything else falls back to :func:`_restore_matrix`.
+    """
+    if not (sp.issparse(matrix) and matrix.format == "csr" and removed.size):
+        return _restore_matrix(matrix, rows, removed, fill)
+    other = sp.csr_matrix(
+        fill if fill is not None else (removed.size, matrix.shape[1]), dtype=matrix.dtype
+    )
+    n_obs = rows.size + removed.size
+    lengths = np.zeros(n_obs, dtype=np.int64)
+    lengths[rows] = np.diff(matrix.indptr)
+    lengths[removed] = np.diff(other.indptr)
+    indptr = np.zeros(n_obs + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    nnz = int(indptr[-1])
+    data, indices = _owner(matrix.data), _owner(matrix.indices)
+    growable = (
+        nnz < np.iinfo(matrix.indices.dtype).max
+        and np.all(np.diff(rows) > 0)  # kept rows in the order of full
+        and data is not None
+        and indices is not None
+    )
+    if not growable:
+        return _restore_matrix(matrix, rows, removed, fill)
+    old_indptr = matrix.indptr.astype(np.int64)
+    shape = (n_obs, matrix.shape[1])
+    # Take the arrays out of the matrix (released by the caller); resize checks that no
+    # other reference, such as a view, still points into them, and copies otherwise.
+    matrix.data, matrix.indices = data[:0].copy(), indices[:0].copy()
+    try:
+        data.resize(nnz)
+        indices.resize(nnz)
+    except ValueError:  # referenced elsewhere: leave them as they were
+        matrix.data, matrix.indices = data[: old_indptr[-1]], indices[: old_indptr[-1]]
+        return _restore_matrix(matrix, rows, removed, fill)
+    _move_rows_back(data, indices, old_indptr, rows.astype(np.int64), indptr)
+    for start, stop in _consecutive_runs(removed):
+        first, last = other.indptr[start], other.indptr[stop]
+        at = indptr[removed[start]]
+        data[at : at + last - first] = other.data[first:last]
+        indices[at : at + last - first] = other.indices[first:last]
+    return sp.csr_matrix((data, indices, indptr.astype(indices.dtype)), shape=shape, copy=False)
+
+
+def _owner(array: np.ndarray) -> np.ndarray | None:
+    """The array that owns ``array``'s memory when it is ``array`` itself or a base of the
+    same dtype and shape (as scipy's arrays often are), else None."""
+    for candidate in (array, array.base):
+        if (
+            isinstance(candidate, np.ndarray)
+            and candidate.base is None
+            and candidate.flags.owndata
+            and candidate.flags.c_contiguous
+            and candidate.dtype == array.dtype
+            and candidate.shape == array.shape
+        ):
+            return candidate
+    return None
+
+
+@numba.njit(cache=True, nogil=True)
+def _move_rows_back(data, indices, old_indptr, rows, indptr):  # pragma: no cover - compiled
+    # Kept row i moves from old_indptr[i] to indptr[rows[i]] >= old_indptr[i] (rows only
+    # gain spots before them); going from the last row down and copying each row from its
+    # end never overwrites an entry that has not moved yet.
+    for i in range(rows.size - 1, -1, -1):
+        source, target = old_indptr[i], indptr[rows[i]]
+        if target == source:
+            continue
+        for k in range(old_indptr[i + 1] - source - 1, -1, -1):
+            data[target + k] = data[source + k]
+            indices[target + k] = indices[source + k]
+
+
+def _interleave_csr(parts: list[tuple[sp.csr_matrix, np.ndarray]], n_obs: int) -> sp.csr_matrix:
+    """One CSR matrix with row ``i`` of each part's matrix at that part's ``targets[i]``.
+
+    Rows whose targets are consecutive are copied as one slice, so a run that removed a
+    few spots copies a few slices rather than every row.
+    """
+    lengths = np.zeros(n_obs, dtype=np.int64)
+    for matrix, targets in parts:
+        lengths[targets] = np.diff(matrix.indptr)
+    nnz = int(lengths.sum())
+    index_dtype = np.int32 if max(nnz, parts[0][0].shape[1]) < np.iinfo(np.int32).max else np.int64
+    indptr = np.zeros(n_obs + 1, dtype=index_dtype)
+    np.cumsum(lengths, out=indptr[1:])
+    data = np.empty(nnz, dtype=parts[0][0].dtype)
+    indices = np.empty(nnz, dtype=index_dtype)
+    for matrix, targets in parts:
+        for start, stop in _consecutive_runs(targets):
+            first, last = matrix.indptr[start], matrix.indptr[stop]
+            at = indptr[targets[start]]
+            data[at : at + last - first] = matrix.data[first:last]
+            indices[at : at + last - first] = matrix.indices[first:last]
+    shape = (n_obs, parts[0][0].shape[1])
+    restored = sp.csr_matrix((data, indices, indptr), shape=shape, copy=False)
+    restored.has_sorted_indices = all(m.has_sorted_indices for m, _ in parts)
+    return restored
+
+
+def _consecutive_runs(targets: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, stop)`` position ranges over which ``targets`` rises by exactly one."""
+    if targets.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(targets) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    stops = np.concatenate([breaks, [targets.size]])
+    return list(zip(starts.tolist(), stops.tolist(), strict=True))
 
 
 def _pad_rows(value, rows: np.ndarray, names: pd.Index):
