@@ -9,6 +9,8 @@ with the same size). Then, one after the other, each in a fresh process:
   default settings; per-step seconds from ``OUT/provenance.json``, and from the
   ``step ...: done in ...`` lines of ``OUT/spatiome.log`` for the steps the provenance
   lacks (``report``, during which the provenance is written; every step after a crash);
+  each step row also carries the process's memory peak at the end of that step
+  (``peak_so_far_gb``), so the step that set the run's peak is the first to reach it;
 * the peer: ``_scanpy_squidpy_pipeline.py`` (read, QC metrics, normalize_total + log1p,
   HVG seurat 2,000, PCA 30 ARPACK, kNN 15, UMAP, Leiden, Visium hex grid graph, Moran's I
   on all genes with BH, Wilcoxon markers with ``pts=True``, six figures, write_h5ad);
@@ -110,7 +112,7 @@ STAGES = (
 )
 OUTSIDE = "(outside steps)"
 TOTAL = "(total)"
-STEP_LINE = re.compile(r"step (\S+): done in ([0-9.]+) s")
+STEP_LINE = re.compile(r"step (\S+): done in ([0-9.]+) s(?: \(memory peak so far ([0-9.]+) GB\))?")
 
 
 @dataclass
@@ -259,13 +261,15 @@ def spatiome_steps(out: Path) -> list[dict]:
     record = out / "provenance.json"
     if record.is_file():
         recorded = [{"step": s["name"], "seconds": s["seconds"], "why": s.get("skipped", ""),
-                     "status": "skipped" if s.get("skipped") else "ran"}
+                     "status": "skipped" if s.get("skipped") else "ran",
+                     "peak_so_far_gb": s.get("peak_rss_gb")}
                     for s in json.loads(record.read_text())["steps"]]  # fmt: skip
     names = {step["step"] for step in recorded}
     log = out / "spatiome.log"
     lines = log.read_text().splitlines() if log.is_file() else []
     found = (STEP_LINE.search(line) for line in lines)
-    logged = [{"step": m[1], "seconds": float(m[2]), "status": "ran"} for m in found if m]
+    logged = [{"step": m[1], "seconds": float(m[2]), "status": "ran",
+               "peak_so_far_gb": float(m[3]) if m[3] else None} for m in found if m]  # fmt: skip
     return recorded + [step for step in logged if step["step"] not in names]
 
 
