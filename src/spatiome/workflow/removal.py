@@ -329,10 +329,7 @@ def _restore_matrix(matrix, rows: np.ndarray, removed: np.ndarray, fill):
     n_obs = rows.size + removed.size
     if sp.issparse(matrix):
         matrix = sp.csr_matrix(matrix)
-        other = sp.csr_matrix((removed.size, matrix.shape[1]), dtype=matrix.dtype)
-        if fill is not None:
-            other = sp.csr_matrix(fill, dtype=matrix.dtype)
-        return _interleave_csr([(matrix, rows), (other, removed)], n_obs)
+        return _interleave_csr([(matrix, rows), (_removed_rows(matrix, removed, fill), removed)])
     dense = np.asarray(matrix)
     restored = np.zeros((n_obs, *dense.shape[1:]), dtype=dense.dtype)
     restored[rows] = dense
@@ -350,15 +347,8 @@ def _restore_in_place(matrix, rows: np.ndarray, removed: np.ndarray, fill):
     """
     if not (sp.issparse(matrix) and matrix.format == "csr" and removed.size):
         return _restore_matrix(matrix, rows, removed, fill)
-    other = sp.csr_matrix(
-        fill if fill is not None else (removed.size, matrix.shape[1]), dtype=matrix.dtype
-    )
-    n_obs = rows.size + removed.size
-    lengths = np.zeros(n_obs, dtype=np.int64)
-    lengths[rows] = np.diff(matrix.indptr)
-    lengths[removed] = np.diff(other.indptr)
-    indptr = np.zeros(n_obs + 1, dtype=np.int64)
-    np.cumsum(lengths, out=indptr[1:])
+    other = _removed_rows(matrix, removed, fill)
+    indptr = _target_indptr([(matrix, rows), (other, removed)], np.int64)
     nnz = int(indptr[-1])
     data, indices = _owner(matrix.data), _owner(matrix.indices)
     growable = (
@@ -370,7 +360,7 @@ def _restore_in_place(matrix, rows: np.ndarray, removed: np.ndarray, fill):
     if not growable:
         return _restore_matrix(matrix, rows, removed, fill)
     old_indptr = matrix.indptr.astype(np.int64)
-    shape = (n_obs, matrix.shape[1])
+    shape = (indptr.size - 1, matrix.shape[1])
     # Take the arrays out of the matrix (released by the caller); resize checks that no
     # other reference, such as a view, still points into them, and copies otherwise.
     matrix.data, matrix.indices = data[:0].copy(), indices[:0].copy()
@@ -381,11 +371,7 @@ def _restore_in_place(matrix, rows: np.ndarray, removed: np.ndarray, fill):
         matrix.data, matrix.indices = data[: old_indptr[-1]], indices[: old_indptr[-1]]
         return _restore_matrix(matrix, rows, removed, fill)
     _move_rows_back(data, indices, old_indptr, rows.astype(np.int64), indptr)
-    for start, stop in _consecutive_runs(removed):
-        first, last = other.indptr[start], other.indptr[stop]
-        at = indptr[removed[start]]
-        data[at : at + last - first] = other.data[first:last]
-        indices[at : at + last - first] = other.indices[first:last]
+    _copy_rows(other, removed, indptr, data, indices)
     return sp.csr_matrix((data, indices, indptr.astype(indices.dtype)), shape=shape, copy=False)
 
 
@@ -419,28 +405,48 @@ def _move_rows_back(data, indices, old_indptr, rows, indptr):  # pragma: no cove
             indices[target + k] = indices[source + k]
 
 
-def _interleave_csr(parts: list[tuple[sp.csr_matrix, np.ndarray]], n_obs: int) -> sp.csr_matrix:
-    """One CSR matrix with row ``i`` of each part's matrix at that part's ``targets[i]``.
+def _removed_rows(matrix: sp.csr_matrix, removed: np.ndarray, fill) -> sp.csr_matrix:
+    """The removed spots' rows as CSR in ``matrix``'s dtype: ``fill``, or empty rows."""
+    if fill is None:
+        return sp.csr_matrix((removed.size, matrix.shape[1]), dtype=matrix.dtype)
+    return sp.csr_matrix(fill, dtype=matrix.dtype)
+
+
+def _target_indptr(parts: list[tuple[sp.csr_matrix, np.ndarray]], dtype) -> np.ndarray:
+    """Row pointer of the matrix holding row ``i`` of each part's matrix at ``targets[i]``."""
+    n_obs = sum(targets.size for _, targets in parts)
+    lengths = np.zeros(n_obs, dtype=np.int64)
+    for matrix, targets in parts:
+        lengths[targets] = np.diff(matrix.indptr)
+    indptr = np.zeros(n_obs + 1, dtype=dtype)
+    np.cumsum(lengths, out=indptr[1:])
+    return indptr
+
+
+def _copy_rows(matrix: sp.csr_matrix, targets: np.ndarray, indptr, data, indices) -> None:
+    """Copy row ``i`` of ``matrix`` to row ``targets[i]`` of the arrays ``indptr`` lays out.
 
     Rows whose targets are consecutive are copied as one slice, so a run that removed a
     few spots copies a few slices rather than every row.
     """
-    lengths = np.zeros(n_obs, dtype=np.int64)
-    for matrix, targets in parts:
-        lengths[targets] = np.diff(matrix.indptr)
-    nnz = int(lengths.sum())
-    index_dtype = np.int32 if max(nnz, parts[0][0].shape[1]) < np.iinfo(np.int32).max else np.int64
-    indptr = np.zeros(n_obs + 1, dtype=index_dtype)
-    np.cumsum(lengths, out=indptr[1:])
+    for start, stop in _consecutive_runs(targets):
+        first, last = matrix.indptr[start], matrix.indptr[stop]
+        at = indptr[targets[start]]
+        data[at : at + last - first] = matrix.data[first:last]
+        indices[at : at + last - first] = matrix.indices[first:last]
+
+
+def _interleave_csr(parts: list[tuple[sp.csr_matrix, np.ndarray]]) -> sp.csr_matrix:
+    """One CSR matrix with row ``i`` of each part's matrix at that part's ``targets[i]``."""
+    n_columns = parts[0][0].shape[1]
+    nnz = sum(matrix.nnz for matrix, _ in parts)
+    index_dtype = np.int32 if max(nnz, n_columns) < np.iinfo(np.int32).max else np.int64
+    indptr = _target_indptr(parts, index_dtype)
     data = np.empty(nnz, dtype=parts[0][0].dtype)
     indices = np.empty(nnz, dtype=index_dtype)
     for matrix, targets in parts:
-        for start, stop in _consecutive_runs(targets):
-            first, last = matrix.indptr[start], matrix.indptr[stop]
-            at = indptr[targets[start]]
-            data[at : at + last - first] = matrix.data[first:last]
-            indices[at : at + last - first] = matrix.indices[first:last]
-    shape = (n_obs, parts[0][0].shape[1])
+        _copy_rows(matrix, targets, indptr, data, indices)
+    shape = (indptr.size - 1, n_columns)
     restored = sp.csr_matrix((data, indices, indptr), shape=shape, copy=False)
     restored.has_sorted_indices = all(m.has_sorted_indices for m, _ in parts)
     return restored
