@@ -14,19 +14,17 @@ Three measurements on simulated tissues (``spatiome.datasets.simulate_tissue``, 
    both times (medians of ``--repeats`` runs, 3 by default), the speed ratio, the largest
    LLR difference and the Spearman correlation of the LLRs, and the Jaccard index of the
    genes called at Storey q < 0.05. In the same run spatiome is also timed on one thread
-   (``n_jobs=1``, one BLAS thread) and with its former path (one thread, one length scale
-   at a time, ``eigh`` with eigenvectors for every high-rank kernel instead of the
-   tridiagonal reduction whose eigenvectors are never formed), with the largest LLR
-   difference between the former path and the timed one and whether they call the same
-   genes.
+   (``n_jobs=1``, one BLAS thread) and with its former path (one thread, ``eigh`` with
+   eigenvectors for every high-rank kernel instead of the tridiagonal reduction whose
+   eigenvectors are never formed), with the largest LLR difference between the former
+   path and the timed one and whether they call the same genes.
 2. **Approximate against exact mode** at 5,000 spots, from raw counts: Jaccard index of the
    genes called at q < 0.05 (Benjamini-Hochberg) and both times.
 3. **Approximate mode alone** at 50,000 spots, from raw counts (sparse throughout).
 
 Both sides get the same number of cores, ``--threads`` (2 by default): the original as
 ``OPENBLAS_NUM_THREADS`` (numpy's ``eigh`` and products are its only multi-threaded part),
-spatiome as ``n_jobs`` (length scales decomposed side by side, one BLAS thread each) under a
-BLAS limit of the same number of threads.
+spatiome as ``n_jobs`` (the BLAS threads of its decompositions and projections).
 
 Run with a Python that has spatiome::
 

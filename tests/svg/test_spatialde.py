@@ -106,6 +106,43 @@ def test_partial_decompositions_equal_full_eigh(monkeypatch):
         np.testing.assert_allclose(fits[0][:, 0], fits[1][:, 0], atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("length_scale", [1.0, 3.0, 5.0])
+def test_lapack_pivoted_spectrum_equals_eigh(length_scale):
+    # Pivoted ranks of 150 (stops at the limit), 138 and fewer of 150 spots.
+    rng = np.random.default_rng(7)
+    xy = rng.uniform(0, 10, size=(150, 2))
+    squared = spatialde_module._squared_distances(xy)
+    kernel = np.exp(-squared / (2 * length_scale**2))
+    eigh = spatialde_module._eigen_spectrum(kernel.copy(), "eigh")
+    factored = spatialde_module._factored_spectrum(squared, length_scale, 145)
+    if length_scale == 1.0:
+        assert factored is None
+        return
+    assert factored.pivoted_rank < 145
+    assert factored.rank == eigh.rank
+    np.testing.assert_allclose(factored.values, eigh.values, rtol=0, atol=1e-11)
+    assert factored.gower == pytest.approx(eigh.gower, rel=1e-12)
+    # The same stopping rule as the coordinate-based pivoted Cholesky (rounding near the
+    # tolerance can stop one step apart).
+    pivoted = spatialde_module._pivoted_spectrum(xy, length_scale, 150)
+    assert abs(pivoted.pivoted_rank - factored.pivoted_rank) <= 1
+    block = rng.normal(size=(150, 6))
+    adata = anndata.AnnData(block - block.mean(axis=0), obsm={"spatial": xy})
+    expression, _ = spatialde_module._expression(adata, None, np.arange(6), None, None)
+    fits = spatialde_module._fit_kernels([factored, eigh], expression, 3, 1, None)
+    np.testing.assert_allclose(fits[0][:, 0], fits[1][:, 0], atol=1e-8, rtol=0)
+
+
+def test_kernel_cutoff_only_removes_subnormal_scale_entries():
+    xy = np.column_stack([np.arange(40.0), np.zeros(40)])
+    squared = spatialde_module._squared_distances(xy)
+    kernel = spatialde_module._se_kernel(squared, 0.5)
+    exact = np.exp(-squared / 0.5)
+    assert np.abs(kernel - exact).max() < 2e-35
+    assert kernel[0, 7] == 0.0 and 0 < exact[0, 7] < 1e-40
+    assert kernel[0, 4] == exact[0, 4] > 1e-30
+
+
 @pytest.mark.parametrize("length_scale", [0.3, 1.0, 3.0])
 def test_tridiagonal_spectrum_equals_eigh(length_scale):
     # Full rank (0.3), some eigenvalues at the floor (1.0), most of them there (3.0).
@@ -140,7 +177,7 @@ def test_tridiagonal_spectrum_equals_eigh(length_scale):
     np.testing.assert_allclose(fits[0][:, 1], fits[1][:, 1], atol=1e-5, rtol=0)
 
 
-def test_concurrent_length_scales_equal_the_serial_dense_eigh_path(monkeypatch):
+def test_threaded_run_equals_the_serial_and_the_dense_eigh_path(monkeypatch):
     # 400 spots: dense kernels (tridiagonal) and pivoted Cholesky factors, and
     # over 100 genes so that Storey's pi0 is estimated, not set to 1.
     adata = stabilized(tissue(n_spots=400, n_genes=120, seed=9))
@@ -151,8 +188,8 @@ def test_concurrent_length_scales_equal_the_serial_dense_eigh_path(monkeypatch):
     used = adata.uns["spatiome"]["spatialde"]["decompositions"]
     assert used.count("tridiagonal") >= 2 and any(d.startswith("pivoted") for d in used)
     serial = spatialde(adata, layer="regressed", normalize=None, copy=True)
-    # One BLAS thread per kernel rounds differently from several; log(delta) is refined
-    # to 1e-7, so delta and what derives from it agree to about that.
+    # Two BLAS threads round differently from one; log(delta) is refined to 1e-7, so
+    # delta and what derives from it agree to about that.
     np.testing.assert_allclose(concurrent["llr"], serial["llr"], atol=1e-9, rtol=0)
     pd.testing.assert_frame_equal(concurrent, serial, rtol=1e-5)
     # The former exact path: eigh with eigenvectors for every dense kernel.

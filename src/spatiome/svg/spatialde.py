@@ -26,14 +26,16 @@ How it is computed here:
 - **Only the eigenpairs that matter.** Eigenvalues below the floor all count as the
   floor, so only eigenpairs above it are needed; the rest of the spectrum enters through
   ``|y|^2 - |U_r^T y|^2`` and ``n - |U_r^T 1|^2``. Large length scales have a numerically
-  low rank: their eigenpairs come from a pivoted Cholesky factor ``K ~ L L^T`` (stopped
+  low rank: their eigenpairs come from a pivoted Cholesky factor ``K ~ F F^T`` (stopped
   when the largest residual variance is below ``PIVOTED_TOLERANCE``, so no eigenvalue is
-  off by more than ``n * PIVOTED_TOLERANCE``), which costs ``O(n r^2)`` instead of the
-  ``O(n^3)`` of a full eigendecomposition, used only for the high-rank small scales.
-  Those are reduced to tridiagonal form ``K = Q T Q^T`` and only T's eigenvectors V are
-  computed: the genes are projected as ``V^T (Q^T y)`` through Q's Householder
-  reflectors, which skips forming ``U = Q V`` (the O(n^3) half of ``eigh`` that the
-  projections do not need).
+  off by more than ``n * PIVOTED_TOLERANCE``) and the eigendecomposition of the r x r
+  ``F^T F``, which costs ``O(n r^2)`` instead of the ``O(n^3)`` of a full
+  eigendecomposition. Low ranks are factored from the coordinates without forming the
+  kernel, middle ranks (up to ``FACTORED_MAX_FRACTION`` of the spots) by LAPACK's blocked
+  ``dpstrf`` on the formed kernel. The full-rank small scales are reduced to
+  tridiagonal form ``K = Q T Q^T`` and only T's eigenvectors V are computed: the genes
+  are projected as ``V^T (Q^T y)`` through Q's Householder reflectors, which skips
+  forming ``U = Q V`` (the O(n^3) half of ``eigh`` that the projections do not need).
 - **Counts stay sparse.** With the default ``normalize="naive_de"``, raw counts are
   stabilized as ``log(y + c) = log c + log1p(y / c)`` (a sparse matrix plus a constant)
   and the log total count is regressed out, which adds a per-gene multiple of one spot
@@ -45,12 +47,11 @@ How it is computed here:
 - **One length scale at a time.** Each kernel is decomposed, every gene is fitted to it,
   and its eigenvectors are released before the next, so at most one ``n x rank`` basis is
   held; progress is reported per length scale.
-- **Or several side by side** with ``n_jobs > 1`` (and no Dask client): each worker thread
-  takes a whole length scale (decomposition and fit, one BLAS thread), the dense kernels
-  first. LAPACK releases the GIL, and a tridiagonal reduction is half matrix-vector
-  products bound by memory traffic, which threads of one call share poorly. The numbers
-  are those of the serial path up to rounding (LLR within 1e-9); up to ``n_jobs`` kernels
-  are held at once.
+- **Cores as BLAS threads.** With ``n_jobs > 1`` the decompositions and projections
+  run one length scale after the other, each on ``n_jobs`` BLAS threads. (SciPy's LAPACK
+  wrappers hold the GIL, so kernels reduced on separate Python threads would run one
+  after the other anyway.) Kernel entries below ``exp(KERNEL_LOG_CUTOFF)`` are set to 0,
+  which keeps subnormal numbers, and their slow arithmetic, out of LAPACK.
 """
 
 from __future__ import annotations
@@ -103,9 +104,21 @@ LOG_DELTA_GRID = np.linspace(-10.0, 20.0, 61)
 LOG_DELTA_TOLERANCE = 1e-7
 #: Pivoted Cholesky stops when every residual variance (diagonal of K - L L^T) is below this.
 PIVOTED_TOLERANCE = 1e-14
-#: A length scale uses a pivoted Cholesky factor while its rank stays below this fraction
-#: of the spots; above it a full eigendecomposition is cheaper.
+#: A length scale uses a pivoted Cholesky factor computed from the coordinates (the kernel
+#: is never formed) while its rank stays below this fraction of the spots.
 PIVOTED_MAX_FRACTION = 0.3
+#: Above that, the kernel is formed and factored by LAPACK's blocked pivoted Cholesky
+#: (``dpstrf``) while the rank stays below this fraction; above it a tridiagonal reduction
+#: of the whole kernel is cheaper.
+FACTORED_MAX_FRACTION = 0.7
+#: With ``n_jobs > 1``, the decompositions use several BLAS threads from this many spots
+#: on (1,000 spots x 1,000 genes: 1.29 s on two threads, 0.95 s on one; 3,000: 7.9 s on
+#: two, 12.1 s on one).
+BLAS_THREADS_MIN_SPOTS = 2000
+#: Kernel entries below exp(KERNEL_LOG_CUTOFF) (about 1.8e-35) are set to 0: this changes
+#: K by less than n * 1.8e-35 in norm and keeps subnormal numbers, on which arithmetic is
+#: many times slower, out of the decompositions.
+KERNEL_LOG_CUTOFF = -80.0
 #: Approximate mode: pivoted Cholesky over the inducing candidates stops at this residual.
 LOWRANK_TOLERANCE = 1e-8
 #: Spots per chunk when streaming kernel columns in approximate mode.
@@ -192,9 +205,12 @@ class _Spectrum:
 
     def project(self, block: np.ndarray) -> np.ndarray:
         """``U^T block`` for a dense (n, k) block."""
-        if self.householder is not None:
-            block = self.householder.apply_transpose(block)
-        return self.vectors.T @ block
+        if self.householder is None:
+            return self.vectors.T @ block
+        # Q leaves the first coordinate alone: V^T Q^T y = V[0] y[0] + V[1:]^T (Q^T y)[1:].
+        projected = self.vectors[1:].T @ self.householder.transpose_tail(block)
+        projected += np.outer(self.vectors[0], block[0])
+        return projected
 
     def release(self) -> None:
         """Drop the basis; the summaries (values, ut1, gower) stay."""
@@ -216,11 +232,11 @@ class _Householder:
     reflectors: np.ndarray  # (n - 1, n - 1), Fortran order
     tau: np.ndarray  # (n - 1,)
 
-    def apply_transpose(self, block: np.ndarray) -> np.ndarray:
-        out = np.array(block, dtype=np.float64, order="F", copy=True)
-        if self.tau.size == 0 or out.shape[1] == 0:
-            return out
-        tail = np.asfortranarray(out[1:])
+    def transpose_tail(self, block: np.ndarray) -> np.ndarray:
+        """Rows 1: of ``Q^T block`` (row 0 is ``block[0]``) for a dense (n, k) block."""
+        tail = np.array(block[1:], dtype=np.float64, order="F", copy=True)
+        if self.tau.size == 0 or tail.shape[1] == 0:
+            return tail
         _, work, _ = lapack.dormqr("L", "T", self.reflectors, self.tau, tail, -1)
         lwork = max(int(work[0]), 1)
         tail, _, info = lapack.dormqr(
@@ -228,8 +244,7 @@ class _Householder:
         )
         if info != 0:  # pragma: no cover - LAPACK argument error
             raise RuntimeError(f"LAPACK dormqr failed (info={info})")
-        out[1:] = tail
-        return out
+        return tail
 
 
 def spatialde(
@@ -319,10 +334,9 @@ def spatialde(
     spatial_key
         Coordinates in ``adata.obsm``.
     n_jobs
-        Worker threads (-1: all cores). Without ``client`` each thread takes whole length
-        scales (decomposition and fit, one BLAS thread each), which holds up to ``n_jobs``
-        kernels in memory at once; with ``client`` the length scales run in turn and
-        their gene chunks on the cluster.
+        Cores (-1: all). Without ``client`` they are the BLAS threads of the kernel
+        decompositions and gene projections (one length scale after the other); with
+        ``client`` the length scales run in turn and their gene chunks on the cluster.
     random_state
         Seed or generator for the choice of inducing points (approximate mode only).
     chunk_size
@@ -416,9 +430,13 @@ def spatialde(
         coordinates, scales, mode, n_inducing, random_state, expression, explicit_vectors=False
     )
     if workers > 1 and client is None:
-        # One thread per length scale: its genes are chunked for memory only.
+        # The decompositions and projections take the cores as BLAS threads (from
+        # BLAS_THREADS_MIN_SPOTS on: smaller kernels run faster on one); the genes are
+        # chunked for memory only.
         size = chunk_size or default_chunk_size(adata.n_obs, expression.n_genes)
-        by_scale = _fit_scales_concurrently(builders, scales.size, expression, size, workers)
+        threads = workers if adata.n_obs >= BLAS_THREADS_MIN_SPOTS else 1
+        with threadpool_limits(limits=threads, user_api="blas"):
+            by_scale = _fit_scales_in_turn(builders, scales, expression, size, 1, None)
     else:
         size = chunk_size or default_chunk_size(adata.n_obs, expression.n_genes, workers)
         by_scale = _fit_scales_in_turn(builders, scales, expression, size, workers, client)
@@ -958,17 +976,10 @@ def _iter_se_spectra(
 
 @dataclass
 class _ScaleBuilder:
-    """How to obtain the spectrum of ``scales[index]``: ``build()`` computes it.
-
-    ``deferred`` marks the expensive decompositions (dense kernels, Nystrom passes), which
-    depend on no other length scale and may run on any thread; the pivoted Cholesky
-    spectra are computed while the builders are listed, since their ranks decide which
-    length scales need a dense decomposition.
-    """
+    """How to obtain the spectrum of ``scales[index]``: ``build()`` computes it."""
 
     index: int
     scale: float
-    deferred: bool
     build: Callable[[], _Spectrum]
 
 
@@ -983,7 +994,15 @@ def _se_builders(
     explicit_vectors: bool = True,
 ) -> Iterator[_ScaleBuilder]:
     """A :class:`_ScaleBuilder` for every length scale, largest first (see
-    :func:`_iter_se_spectra`)."""
+    :func:`_iter_se_spectra`).
+
+    In exact mode the rank of the kernel grows as the length scale shrinks, and each
+    kernel takes the cheapest route that its rank allows: a pivoted Cholesky factor from
+    the coordinates (rank up to ``PIVOTED_MAX_FRACTION`` of the spots), LAPACK's pivoted
+    Cholesky of the formed kernel (up to ``FACTORED_MAX_FRACTION``), then a tridiagonal
+    reduction. The factored spectra are computed while the builders are listed, since
+    their ranks predict the route of the next length scale.
+    """
     order = np.argsort(scales)[::-1]
     if mode == "lowrank":
         assert expression is not None
@@ -995,12 +1014,15 @@ def _se_builders(
             build = functools.partial(
                 _nystrom_spectrum, coordinates, candidates, float(scales[k]), expression, by_rows
             )
-            yield _ScaleBuilder(int(k), float(scales[k]), True, build)
+            yield _ScaleBuilder(int(k), float(scales[k]), build)
         return
     n, dim = coordinates.shape
-    limit = max(1, int(PIVOTED_MAX_FRACTION * n))
+    limits = {
+        "pivoted": max(1, int(PIVOTED_MAX_FRACTION * n)),
+        "factored": max(1, int(FACTORED_MAX_FRACTION * n)),
+    }
+    route = "pivoted"
     squared = None
-    use_full = False
     previous: tuple[float, int] | None = None
     for k in order:
         scale = float(scales[k])
@@ -1008,28 +1030,42 @@ def _se_builders(
         if previous is not None:
             # The rank grows about like (1 / l)^dim: skip attempts that would overrun.
             predicted = 0.7 * previous[1] * (previous[0] / scale) ** dim
-            use_full = use_full or predicted > limit
-        if not use_full:
-            spectrum = _pivoted_spectrum(coordinates, scale, limit)
-            use_full = spectrum is None
-            if spectrum is not None:
-                previous = (scale, spectrum.pivoted_rank)
+            while route != "dense" and predicted > limits[route]:
+                route = "factored" if route == "pivoted" else "dense"
+        if route == "pivoted":
+            spectrum = _pivoted_spectrum(coordinates, scale, limits["pivoted"])
+            route = "pivoted" if spectrum is not None else "factored"
+        if route == "factored":
+            if squared is None:
+                squared = _squared_distances(coordinates)
+            spectrum = _factored_spectrum(squared, scale, limits["factored"])
+            route = "factored" if spectrum is not None else "dense"
         if spectrum is not None:
-            yield _ScaleBuilder(int(k), scale, False, functools.partial(_given, spectrum))
+            previous = (scale, spectrum.pivoted_rank)
+            yield _ScaleBuilder(int(k), scale, functools.partial(_given, spectrum))
             continue
         if squared is None:
             squared = _squared_distances(coordinates)
         build = functools.partial(_dense_spectrum, squared, scale, explicit_vectors)
-        yield _ScaleBuilder(int(k), scale, True, build)
+        yield _ScaleBuilder(int(k), scale, build)
 
 
 def _given(spectrum: _Spectrum) -> _Spectrum:
     return spectrum
 
 
+def _se_kernel(squared: np.ndarray, scale: float) -> np.ndarray:
+    """``exp(-squared / (2 scale^2))``, entries below ``exp(KERNEL_LOG_CUTOFF)`` set to 0."""
+    kernel = np.multiply(squared, -0.5 / (scale * scale))
+    np.maximum(kernel, KERNEL_LOG_CUTOFF, out=kernel)
+    np.exp(kernel, out=kernel)
+    kernel[kernel <= math.exp(KERNEL_LOG_CUTOFF)] = 0.0
+    return kernel
+
+
 def _dense_spectrum(squared: np.ndarray, scale: float, explicit_vectors: bool) -> _Spectrum:
     """Spectrum of the dense kernel ``exp(-squared / (2 scale^2))``."""
-    kernel = np.exp(squared * (-0.5 / (scale * scale)))
+    kernel = _se_kernel(squared, scale)
     if explicit_vectors:
         return _eigen_spectrum(kernel, "eigh")
     return _tridiagonal_spectrum(kernel, "tridiagonal")
@@ -1078,15 +1114,15 @@ def _tridiagonal_spectrum(kernel: np.ndarray, name: str) -> _Spectrum:
     values, rotation, info = lapack.dstevd(diagonal, off_diagonal, compute_v=1)
     if info != 0:  # pragma: no cover - convergence failure
         raise RuntimeError(f"LAPACK dstevd failed (info={info})")
-    keep = values > EIGEN_FLOOR
     householder = _Householder(
         reflectors=np.asfortranarray(reduced[1:, : n - 1]), tau=np.asarray(tau)
     )
     del reduced
-    rotation = np.ascontiguousarray(rotation[:, keep])
+    # The eigenvalues ascend: those above the floor are the last columns (a view).
+    first = int(np.searchsorted(values, EIGEN_FLOOR, side="right"))
     spectrum = _Spectrum(
-        vectors=rotation,
-        values=values[keep],
+        vectors=rotation[:, first:],
+        values=values[first:],
         ut1=np.empty(0),
         n=n,
         gower=_gower(trace, ones_sum, n),
@@ -1111,19 +1147,53 @@ def _pivoted_spectrum(coordinates: np.ndarray, scale: float, limit: int) -> _Spe
     if rank >= limit and limit < n:
         return None
     features = factor[:rank].T
-    # K ~ F F^T with F = Q R: the eigenpairs are (Q V, S) for R R^T = V S V^T.
-    basis, triangle = sla.qr(features, mode="economic", check_finite=False)
-    values, rotation = np.linalg.eigh(triangle @ triangle.T)
-    keep = values > EIGEN_FLOOR
-    vectors = np.ascontiguousarray(basis @ rotation[:, keep])
     column_sums = features.sum(axis=0)
+    gower = _gower(float(n), float(column_sums @ column_sums), n)
+    return _factor_spectrum(features, gower, f"pivoted_cholesky(rank={rank})")
+
+
+def _factored_spectrum(squared: np.ndarray, scale: float, limit: int) -> _Spectrum | None:
+    """Eigenpairs from LAPACK's pivoted Cholesky (``dpstrf``, blocked) of the formed kernel,
+    with the same stopping rule as :func:`_pivoted_cholesky`; None if the rank reaches
+    ``limit``."""
+    n = squared.shape[0]
+    kernel = _se_kernel(squared, scale)
+    gower = _gower(float(np.trace(kernel)), float(kernel.sum()), n)
+    # The transpose of the symmetric kernel is the same matrix in Fortran order, which
+    # LAPACK then overwrites instead of copying.
+    factor, pivots, rank, info = lapack.dpstrf(
+        kernel.T, tol=PIVOTED_TOLERANCE, lower=1, overwrite_a=1
+    )
+    if info < 0:  # pragma: no cover - LAPACK argument error
+        raise RuntimeError(f"LAPACK dpstrf failed (info={info})")
+    if rank >= limit and limit < n:
+        return None
+    # P^T K P = L L^T, so K = F F^T with the rows of L put back in the spots' order.
+    features = np.empty((n, rank))
+    features[pivots - 1] = np.tril(factor[:, :rank])
+    del factor, kernel
+    return _factor_spectrum(features, gower, f"pivoted_cholesky(rank={rank})")
+
+
+def _factor_spectrum(features: np.ndarray, gower: float, name: str) -> _Spectrum:
+    """Eigenpairs above the floor of ``K = F F^T`` (F: n x r) from the r x r Gram matrix.
+
+    ``F^T F = W S W^T`` gives ``K = U S U^T`` with ``U = F W S^(-1/2)``; the eigenvalues
+    carry an absolute error of about machine epsilon times ``|K|``, as those of a dense
+    ``eigh`` of K, and only the eigenpairs above the floor (``S > 1e-8``) are formed.
+    """
+    n, rank = features.shape
+    values, rotation = np.linalg.eigh(features.T @ features)
+    keep = values > EIGEN_FLOOR
+    values = values[keep]
+    vectors = features @ (rotation[:, keep] / np.sqrt(values))
     return _Spectrum(
         vectors=vectors,
-        values=values[keep],
+        values=values,
         ut1=vectors.sum(axis=0),
         n=n,
-        gower=_gower(float(n), float(column_sums @ column_sums), n),
-        decomposition=f"pivoted_cholesky(rank={rank})",
+        gower=gower,
+        decomposition=name,
         pivoted_rank=rank,
     )
 
@@ -1320,45 +1390,6 @@ def _fit_scales_in_turn(
             spectrum.release()
             by_scale[builder.index] = (spectrum, fit)
             bar.update(done, f"l = {builder.scale:.4g} ({spectrum.decomposition})")
-    return by_scale
-
-
-def _fit_scales_concurrently(
-    builders: Iterator[_ScaleBuilder],
-    n_scales: int,
-    expression: _Expression,
-    chunk_size: int,
-    workers: int,
-) -> dict[int, tuple[_Spectrum, np.ndarray]]:
-    """The length scales on ``workers`` threads, each decomposed and fitted on one thread.
-
-    LAPACK releases the GIL, and a tridiagonal reduction is bound by memory traffic
-    (half of its work is matrix-vector products), so kernels reduced side by side with
-    one BLAS thread each use the cores better than one kernel at a time on several BLAS
-    threads. Expensive decompositions start first (smallest length scale first) so the
-    cheap ones fill the gaps. Each kernel gives the same numbers as in
-    :func:`_fit_scales_in_turn`; up to ``workers`` dense ``n x n`` kernels are held at
-    once. Progress is reported when all are done (worker threads do not reach the
-    listener). The pivoted factors that decide which kernels are dense are computed
-    first, on this thread, also with one BLAS thread: idle BLAS threads that spin after
-    a call would otherwise take cycles from the workers.
-    """
-    queue: list[_ScaleBuilder] = []
-    by_scale: dict[int, tuple[_Spectrum, np.ndarray]] = {}
-
-    def run(position: int, _stop: int) -> None:
-        builder = queue[position]
-        spectrum = builder.build()
-        fit = _fit_kernels([spectrum], expression, chunk_size, 1, None)[0]
-        spectrum.release()
-        by_scale[builder.index] = (spectrum, fit)
-
-    with (
-        Progress("svg.spatialde", n_scales, "length scale"),
-        threadpool_limits(limits=1, user_api="blas"),
-    ):
-        queue.extend(sorted(builders, key=lambda b: (not b.deferred, b.scale)))
-        map_gene_chunks(run, len(queue), chunk_size=1, n_jobs=workers)
     return by_scale
 
 
