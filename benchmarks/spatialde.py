@@ -90,6 +90,18 @@ def simulate(n_spots: int, n_genes: int) -> AnnData:
     return sm.datasets.simulate_tissue(n_spots=n_spots, n_genes=n_genes, random_state=0)
 
 
+def prepared(n_spots: int, n_genes: int) -> AnnData:
+    """The exact comparison's input: :func:`simulate` in array units (spots 1 apart; in
+    micrometres the original's |x|^2 + |y|^2 - 2 x.y rounding collapses its smallest length
+    scales and puts noise on the kernel's diagonal, see svg.spatialde, fidelity), with
+    NaiveDE's recipe in ``layers["regressed"]``."""
+    adata = simulate(n_spots, n_genes)
+    adata.obsm["spatial"] = adata.obsm["spatial"] / 100.0
+    sm.pp.stabilize(adata)
+    sm.pp.regress_out(adata)
+    return adata
+
+
 def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a | b else 1.0
 
@@ -159,13 +171,7 @@ def timed_former_path(adata: AnnData, repeats: int) -> tuple[float, float, pd.Da
 def compare_with_original(
     n_spots: int, n_genes: int, python: Path | None, folder: Path, repeats: int, threads: int
 ) -> dict:
-    adata = simulate(n_spots, n_genes)
-    # Array units (spots 1 apart, as the ST coordinates of SpatialDE's examples): in
-    # micrometres the original's |x|^2 + |y|^2 - 2 x.y rounding collapses its smallest
-    # length scales and puts noise on the kernel's diagonal (see svg.spatialde, fidelity).
-    adata.obsm["spatial"] = adata.obsm["spatial"] / 100.0
-    sm.pp.stabilize(adata)
-    sm.pp.regress_out(adata)
+    adata = prepared(n_spots, n_genes)
     load_before = load()
     seconds, cpu_seconds, ours = timed_spatialde(adata, repeats, threads)
     serial_seconds, _, _ = timed_spatialde(adata, repeats, threads=1)
