@@ -76,6 +76,44 @@ def test_detect_species():
     assert detect_species(MOUSE) == "mouse"
     assert detect_species(HUMAN) == "human"
     assert detect_species(["ENSG000001", "ENSG000002", "Actb", "Gapdh"]) == "mouse"
+    assert detect_species(MOUSE_IDS) == "mouse"
+    assert detect_species(HUMAN_IDS) == "human"
+
+
+HUMAN_IDS = ["ENSG00000198804.2", "ENSG00000198712", "ENSG00000075624", "ENSG00000111640"]
+MOUSE_IDS = ["ENSMUSG00000064351", "ENSMUSG00000065947", "ENSMUSG00000029580", "ENSMUSG00000057666"]
+
+
+@pytest.mark.parametrize("ids, species", [(HUMAN_IDS, "human"), (MOUSE_IDS, "mouse")])
+def test_ensembl_ids_alone_find_mitochondrial_genes_by_id(ids, species):
+    # CO1 and CO2 (the first with a version suffix), then ACTB and GAPDH.
+    adata = _adata(ids)
+    dense = adata.layers["counts"].toarray().astype(float)
+    qc_metrics(adata)
+    record = adata.uns["spatiome"]["qc_metrics"]
+    assert record["species"] == species
+    assert record["n_mito_genes"] == 2
+    assert "Ensembl ids" in record["gene_names"]
+    mask = np.array([True, True, False, False])
+    np.testing.assert_array_equal(adata.var["mt"].to_numpy(), mask)
+    np.testing.assert_allclose(adata.obs["pct_counts_mt"], _reference(dense, mask))
+    # An explicit prefix is taken as given.
+    qc_metrics(adata, mito_prefix="MT-")
+    assert not adata.var["mt"].any()
+
+
+def test_symbol_column_is_used_when_var_names_are_ensembl_ids():
+    ids = [f"ENSG{i:011d}" for i in range(len(HUMAN))]
+    adata = _adata(ids)
+    adata.var["feature_name"] = HUMAN
+    by_symbol = _adata(HUMAN)
+    qc_metrics(adata)
+    qc_metrics(by_symbol)
+    assert adata.uns["spatiome"]["qc_metrics"]["gene_names"] == "var['feature_name']"
+    for name in ("mt", "ribo", "hb"):
+        np.testing.assert_array_equal(adata.var[name].to_numpy(), by_symbol.var[name].to_numpy())
+    np.testing.assert_allclose(adata.obs["pct_counts_mt"], by_symbol.obs["pct_counts_mt"])
+    assert adata.var_names.tolist() == ids
 
 
 def test_copy_leaves_input_untouched():

@@ -42,6 +42,32 @@ SPECIES_PREFIXES: dict[str, dict[str, object]] = {
     "mouse": {"mito": "mt-", "ribo": ("Rps", "Rpl"), "hb": r"^Hb[ab]"},
 }
 
+#: Mitochondrially encoded genes by Ensembl gene id, for data whose only gene names are
+#: ids: the 13 protein-coding genes (ND1-6, ND4L, CO1-3, ATP6, ATP8, CYTB; all that 10x
+#: references keep) and the two rRNAs. The 22 short tRNA genes are not listed.
+MITO_ENSEMBL_IDS: dict[str, frozenset[str]] = {
+    "human": frozenset(
+        f"ENSG00000{suffix}"
+        for suffix in "198888 198763 198804 198712 228253 198899 198938 198840 212907 "
+        "198886 198786 198695 198727 211459 210082".split()
+    ),
+    "mouse": frozenset(
+        f"ENSMUSG00000{suffix}"
+        for suffix in "064341 064345 064351 064354 064356 064357 064358 064360 065947 "
+        "064363 064367 064368 064370 064337 064339".split()
+    ),
+}
+
+#: Columns of ``adata.var`` that hold gene symbols when the var names are Ensembl ids
+#: (CELLxGENE: ``feature_name``; scanpy's 10x readers with ``var_names="gene_ids"``:
+#: ``gene_symbols``), in the order they are looked for.
+SYMBOL_COLUMNS = (
+    "feature_name", "gene_symbols", "gene_symbol", "gene_name", "gene_names", "symbol",
+    "Symbol", "SYMBOL",
+)  # fmt: skip
+
+_ENSEMBL_GENE_ID = r"^ENS[A-Z]*G\d{6,}"
+
 
 def qc_metrics(
     adata: AnnData,
@@ -71,7 +97,8 @@ def qc_metrics(
         when present, else ``adata.X`` when it holds counts.
     mito_prefix
         Prefix of mitochondrial gene names (case-sensitive). Default from ``species``:
-        ``"MT-"`` (human) or ``"mt-"`` (mouse).
+        ``"MT-"`` (human) or ``"mt-"`` (mouse); where the genes are named by Ensembl ids
+        only, the mitochondrial genes are also recognized by id (:data:`MITO_ENSEMBL_IDS`).
     ribo_prefix
         Prefix or prefixes of ribosomal protein genes. Default ``("RPS", "RPL")`` (human)
         or ``("Rps", "Rpl")`` (mouse).
@@ -80,7 +107,8 @@ def qc_metrics(
         ``"^HB[AB]"`` (human) or ``"^Hb[ab]"`` (mouse).
     species
         ``"human"``, ``"mouse"`` or ``"auto"``: decided from the case of the gene names
-        (mostly upper case -> human, mostly capitalized -> mouse).
+        (mostly upper case -> human, mostly capitalized -> mouse), or from the Ensembl ids
+        (``ENSG`` -> human, ``ENSMUSG`` -> mouse) when there are no symbols.
     copy
         Return a modified copy instead of writing into ``adata``.
 
@@ -88,7 +116,10 @@ def qc_metrics(
     -------
     AnnData or None
         The copy when ``copy=True``; otherwise None and ``adata`` is updated in place.
-        Parameters go to ``adata.uns["spatiome"]["qc_metrics"]``.
+        Parameters go to ``adata.uns["spatiome"]["qc_metrics"]``, with ``"gene_names"``:
+        where the names matched against the prefixes came from. When the var names are
+        Ensembl ids and a column of ``adata.var`` holds symbols (:data:`SYMBOL_COLUMNS`,
+        e.g. CELLxGENE's ``feature_name``), the symbols are used.
 
     Examples
     --------
@@ -109,7 +140,7 @@ def qc_metrics(
     counts = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     check_counts(counts, where=where)
-    names = pd.Index(adata.var_names.astype(str))
+    names, source = _gene_names(adata)
     resolved = _resolve_species(names, species)
     defaults = SPECIES_PREFIXES[resolved]
     mito = mito_prefix if mito_prefix is not None else str(defaults["mito"])
@@ -123,7 +154,12 @@ def qc_metrics(
         ) from None
 
     adata = adata.copy() if copy else adata
-    adata.var["mt"] = names.str.startswith(mito)
+    mitochondrial = np.asarray(names.str.startswith(mito), dtype=bool)
+    if mito_prefix is None and _mostly_ensembl(names):
+        unversioned = names.str.replace(r"\.\d+$", "", regex=True)
+        mitochondrial |= np.asarray(unversioned.isin(MITO_ENSEMBL_IDS[resolved]), dtype=bool)
+        source += " (Ensembl ids: mitochondrial genes by id, no ribosomal or hemoglobin genes)"
+    adata.var["mt"] = mitochondrial
     adata.var["ribo"] = np.asarray(names.str.startswith(ribo), dtype=bool)
     adata.var["hb"] = np.array([hb_regex.match(name) is not None for name in names], dtype=bool)
     sc.pp.calculate_qc_metrics(
@@ -138,6 +174,7 @@ def qc_metrics(
     adata.uns["spatiome"]["qc_metrics"] = {
         "layer": "X" if layer is None else layer,
         "species": resolved,
+        "gene_names": source,
         "mito_prefix": mito,
         "ribo_prefix": list(ribo),
         "hb_pattern": hb,
@@ -154,7 +191,8 @@ def detect_species(gene_names: Sequence[str]) -> str:
     Mitochondrial genes decide when only one convention is present (``MT-`` human,
     ``mt-`` mouse). Otherwise the case of the symbols does: human (HGNC) symbols are upper
     case (``ACTB``), mouse (MGI) symbols capitalized (``Actb``). Names without letters or
-    looking like Ensembl ids are ignored; ties and undecidable inputs fall back to
+    looking like Ensembl ids are ignored there; when nothing else is left, the ids decide
+    (``ENSMUSG`` mouse, ``ENSG`` human). Ties and undecidable inputs fall back to
     ``"human"``.
 
     Examples
@@ -165,9 +203,15 @@ def detect_species(gene_names: Sequence[str]) -> str:
     'human'
     >>> detect_species(["Gene0001", "Gene0002", "MT-ND1"])
     'human'
+    >>> detect_species(["ENSMUSG00000064341", "ENSMUSG00000000001"])
+    'mouse'
     """
     names = pd.Index(np.asarray(gene_names).astype(str))
-    names = names[~names.str.match(r"^ENS[A-Z]*G\d")]
+    ids = names.str.match(r"^ENS[A-Z]*G\d")
+    if ids.all():
+        n_mouse = int(names.str.startswith("ENSMUSG").sum())
+        return "mouse" if n_mouse > int(names.str.startswith("ENSG").sum()) else "human"
+    names = names[~ids]
     n_lower_mt = int(names.str.startswith("mt-").sum())
     n_upper_mt = int(names.str.startswith("MT-").sum())
     if (n_lower_mt > 0) != (n_upper_mt > 0):
@@ -179,6 +223,24 @@ def detect_species(gene_names: Sequence[str]) -> str:
     if n_capitalized + n_lower_mt > n_upper + n_upper_mt:
         return "mouse"
     return "human"
+
+
+def _mostly_ensembl(names: pd.Index) -> bool:
+    return bool(len(names)) and float(names.str.match(_ENSEMBL_GENE_ID).mean()) > 0.5
+
+
+def _gene_names(adata: AnnData) -> tuple[pd.Index, str]:
+    """The gene names to match against the prefixes, and where they come from: the var
+    names, or a column of gene symbols when the var names are Ensembl ids."""
+    names = pd.Index(adata.var_names.astype(str))
+    if not _mostly_ensembl(names):
+        return names, "var_names"
+    for column in SYMBOL_COLUMNS:
+        if column in adata.var.columns:
+            symbols = pd.Index(adata.var[column].astype(str))
+            if not _mostly_ensembl(symbols):
+                return symbols, f"var[{column!r}]"
+    return names, "var_names"
 
 
 def _resolve_species(names: pd.Index, species: str) -> str:
