@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -221,6 +222,48 @@ def test_read_cosmx_folder_uses_global_coordinates(tmp_path, cells):
     adata = read(folder)
     ids = [f"{i + 1}_{f}" for f, i in zip(fov, np.r_[np.arange(6), np.arange(6)], strict=True)]
     _by_id(adata, ids, counts, xy)
+
+
+def test_read_cosmx_moves_negative_probes_out_of_the_genes(tmp_path, cells):
+    counts, xy, genes = cells
+    folder = write_cosmx(tmp_path / "cosmx", counts, xy, genes, negprobes=2)
+    path = next(folder.glob("*exprMat_file.csv"))
+    table = pd.read_csv(path)
+    is_cell = table["cell_ID"] > 0
+    table.loc[is_cell, "NegPrb2"] = np.arange(1, int(is_cell.sum()) + 1)
+    table.to_csv(path, index=False)
+    adata = read(folder)
+    assert list(adata.var_names) == genes
+    controls = adata.obsm["control_counts"]
+    assert list(controls.columns) == ["NegPrb1", "NegPrb2"]
+    expected = dict(zip(table["cell_ID"].astype(str) + "_" + table["fov"].astype(str),
+                        table["NegPrb2"], strict=True))  # fmt: skip
+    np.testing.assert_array_equal(controls["NegPrb2"], [expected[n] for n in adata.obs_names])
+    np.testing.assert_array_equal(controls["NegPrb1"], 0)
+    assert set(adata.uns["control_feature_types"].values()) == {"Negative Control Probe"}
+    ids = [f"{i + 1}_1" for i in range(len(counts))]
+    _by_id(adata, ids, counts, xy)
+    # X and the counts layer still share one copy of the values.
+    assert np.shares_memory(adata.X.data, adata.layers["counts"].data)
+
+
+def test_cosmx_controls_under_atomx_names():
+    from spatiome.io.spatialdata import _CONTROL_PREFIXES, _split_controls
+
+    values = np.arange(12).reshape(3, 4)
+    adata = ad.AnnData(
+        sp.csr_matrix(values),
+        var=pd.DataFrame(index=["ACTB", "Negative1", "SystemControl3", "CD3E"]),
+    )
+    adata.layers["counts"] = sp.csr_matrix(adata.X)
+    genes = _split_controls(adata, _CONTROL_PREFIXES["cosmx"])
+    assert list(genes.var_names) == ["ACTB", "CD3E"]
+    np.testing.assert_array_equal(genes.layers["counts"].toarray(), values[:, [0, 3]])
+    np.testing.assert_array_equal(genes.obsm["control_counts"].to_numpy(), values[:, [1, 2]])
+    assert genes.uns["control_feature_types"] == {
+        "Negative1": "Negative Control Probe",
+        "SystemControl3": "System Control",
+    }
 
 
 def test_read_stereoseq_folder(tmp_path, cells):

@@ -97,7 +97,8 @@ def read(
         - a Xenium bundle with ``cell_feature_matrix*`` and ``cells.*`` (:func:`read_xenium`);
         - MERSCOPE (``cell_by_gene.csv``), CosMx (``*_exprMat_file.csv``), Stereo-seq
           (``02.count/`` or ``041.cellcut/``) and CODEX (``*.fcs``) folders, read through
-          spatialdata-io (:func:`read_vendor`);
+          spatialdata-io (:func:`read_vendor`; CosMx's negative probes and system controls
+          are moved out of the genes, as Xenium's controls are);
         - a folder with a count table (``counts.csv[.gz]``, ``counts.tsv[.gz]``,
           ``matrix.mtx[.gz]``) and ``coords.csv`` (:func:`read_table`; the coordinate columns
           are the first of ``x``/``y``, ``pxl_col_in_fullres``/``pxl_row_in_fullres``,

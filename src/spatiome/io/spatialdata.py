@@ -606,6 +606,16 @@ _VENDOR_READERS: dict[str, tuple[str, dict[str, Any], str]] = {
 #: Where a platform's table keeps the coordinates to use when it annotates no element
 #: (CosMx: global pixels; its obsm['spatial'] holds coordinates local to each field of view).
 _TABLE_COORDINATES = {"cosmx": "global"}
+#: Control probes that a platform's spatialdata-io table keeps among the genes, by name
+#: prefix, with their kind: CosMx's negative probes (``NegPrb<k>`` in flat files,
+#: ``Negative<k>`` in AtoMx exports) and false codes (``SystemControl<k>``).
+_CONTROL_PREFIXES = {
+    "cosmx": {
+        "NegPrb": "Negative Control Probe",
+        "Negative": "Negative Control Probe",
+        "SystemControl": "System Control",
+    },
+}
 
 
 def read_vendor(
@@ -639,6 +649,10 @@ def read_vendor(
     Returns
     -------
     AnnData or SpatialData
+        The AnnData holds genes only: control probes that spatialdata-io keeps among them
+        (CosMx: ``NegPrb*``/``Negative*`` negative probes, ``SystemControl*`` false codes)
+        go to ``obsm['control_counts']`` with their kinds in
+        ``uns['control_feature_types']``, as in :func:`spatiome.io.read_xenium`.
     """
     if platform not in _VENDOR_READERS:
         raise SpatiomeInputError(
@@ -681,7 +695,43 @@ def read_vendor(
     adata.uns["spatiome"]["source"].update(
         {"reader": f"spatialdata_io.{name}", "path": str(path), "platform": platform}
     )
+    if platform in _CONTROL_PREFIXES:
+        adata = _split_controls(adata, _CONTROL_PREFIXES[platform])
     return adata
+
+
+def _same_values(a: Any, b: Any) -> bool:
+    if sp.issparse(a) and sp.issparse(b):
+        return a.shape == b.shape and np.shares_memory(a.data, b.data)
+    return not sp.issparse(a) and not sp.issparse(b) and np.shares_memory(a, b)
+
+
+def _split_controls(adata: AnnData, prefixes: dict[str, str]) -> AnnData:
+    """Move the control probes (var names starting with a key of ``prefixes``) out of the
+    genes, as :func:`spatiome.io.read_xenium` does: their counts to
+    ``obsm['control_counts']``, their kinds to ``uns['control_feature_types']``."""
+    names = adata.var_names.astype(str)
+    kinds = pd.Series(
+        [next((k for p, k in prefixes.items() if n.startswith(p)), "") for n in names],
+        index=names,
+    )
+    is_control = (kinds != "").to_numpy()
+    if not is_control.any() or is_control.all():
+        return adata
+    counts = adata.layers["counts"] if "counts" in adata.layers else adata.X
+    block = counts[:, np.flatnonzero(is_control)]
+    block = block.toarray() if sp.issparse(block) else np.asarray(block)
+    controls = pd.DataFrame(block, index=adata.obs_names.copy(), columns=names[is_control])
+    # X and the counts layer share their values; subset them once and share them again.
+    shared = "counts" in adata.layers and _same_values(adata.X, adata.layers["counts"])
+    if shared:
+        del adata.layers["counts"]
+    genes = adata[:, ~is_control].copy()
+    if shared:
+        genes.layers["counts"] = sp.csr_matrix(genes.X) if sp.issparse(genes.X) else genes.X
+    genes.obsm["control_counts"] = controls
+    genes.uns["control_feature_types"] = kinds[is_control].to_dict()
+    return genes
 
 
 def _visium_library(folder: Path) -> str | None:
