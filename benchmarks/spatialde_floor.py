@@ -58,9 +58,9 @@ import spatiome as sm
 from spatiome._core.files import atomic_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, timed, with_environment  # noqa: E402
+from _common import machine, with_environment  # noqa: E402
 from spatialde import RESULTS as COMPARISON_RESULTS  # noqa: E402
-from spatialde import prepared  # noqa: E402
+from spatialde import load, prepared, timed_spatialde  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "spatialde_floor.csv"
 model = importlib.import_module("spatiome.svg.spatialde")
@@ -123,22 +123,14 @@ def single_precision_spectrum(kernel: np.ndarray, name: str):
 
 
 def run_single_precision(adata, threads: int, repeats: int) -> tuple[float, pd.DataFrame]:
+    """``timed_spatialde`` (median seconds, table) with the float32 dense spectra."""
     double = model._tridiagonal_spectrum
     model._tridiagonal_spectrum = single_precision_spectrum
     try:
-        return timed_run(adata, threads, repeats)
+        seconds, _, table = timed_spatialde(adata, repeats, threads)
     finally:
         model._tridiagonal_spectrum = double
-
-
-def timed_run(adata, threads: int, repeats: int) -> tuple[float, pd.DataFrame]:
-    with threadpool_limits(limits=threads, user_api="blas"):
-        return timed(
-            lambda: sm.svg.spatialde(
-                adata, layer="regressed", normalize=None, n_jobs=threads, copy=True
-            ),
-            repeats,
-        )
+    return seconds, table
 
 
 def one_stage_reduction(kernel: np.ndarray) -> tuple:
@@ -300,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     blas_threads = args.threads if adata.n_obs >= model.BLAS_THREADS_MIN_SPOTS else 1
     with threadpool_limits(limits=blas_threads, user_api="blas"):
         parts = floor_seconds(squared, scales, genes)
-    seconds, table = timed_run(adata, args.threads, args.repeats)
+    seconds, _, table = timed_spatialde(adata, args.repeats, args.threads)
     single_seconds, single = run_single_precision(adata, args.threads, args.repeats)
     kernels = [model._se_kernel(squared, scale) for scale in scales]
     in_turn, parallel, parallel_difference = side_by_side(kernels, args.threads)
@@ -333,9 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         "one_stage_eigenvalues_seconds": one_stage,
         "two_stage_eigenvalues_seconds": two_stage,
         "two_stage_max_abs_diff": two_stage_difference,
-        "load_average": " ".join(Path("/proc/loadavg").read_text().split()[:3])
-        if Path("/proc/loadavg").exists()
-        else "unknown",
+        "load_average": load(),
         "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
     }
     result = with_environment(pd.DataFrame([row]))
