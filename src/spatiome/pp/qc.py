@@ -140,7 +140,7 @@ def qc_metrics(
     counts = get_matrix(adata, layer)
     where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     check_counts(counts, where=where)
-    names, source = _gene_names(adata)
+    names, source, by_id = _gene_names(adata)
     resolved = _resolve_species(names, species)
     defaults = SPECIES_PREFIXES[resolved]
     mito = mito_prefix if mito_prefix is not None else str(defaults["mito"])
@@ -155,7 +155,7 @@ def qc_metrics(
 
     adata = adata.copy() if copy else adata
     mitochondrial = np.asarray(names.str.startswith(mito), dtype=bool)
-    if mito_prefix is None and _mostly_ensembl(names):
+    if mito_prefix is None and by_id:
         unversioned = names.str.replace(r"\.\d+$", "", regex=True)
         mitochondrial |= np.asarray(unversioned.isin(MITO_ENSEMBL_IDS[resolved]), dtype=bool)
         source += " (Ensembl ids: mitochondrial genes by id, no ribosomal or hemoglobin genes)"
@@ -229,18 +229,19 @@ def _mostly_ensembl(names: pd.Index) -> bool:
     return bool(len(names)) and float(names.str.match(_ENSEMBL_GENE_ID).mean()) > 0.5
 
 
-def _gene_names(adata: AnnData) -> tuple[pd.Index, str]:
-    """The gene names to match against the prefixes, and where they come from: the var
-    names, or a column of gene symbols when the var names are Ensembl ids."""
+def _gene_names(adata: AnnData) -> tuple[pd.Index, str, bool]:
+    """The gene names to match against the prefixes, where they come from (the var names,
+    or a column of gene symbols when the var names are Ensembl ids), and whether they are
+    Ensembl ids (no symbols found)."""
     names = pd.Index(adata.var_names.astype(str))
     if not _mostly_ensembl(names):
-        return names, "var_names"
+        return names, "var_names", False
     for column in SYMBOL_COLUMNS:
         if column in adata.var.columns:
             symbols = pd.Index(adata.var[column].astype(str))
             if not _mostly_ensembl(symbols):
-                return symbols, f"var[{column!r}]"
-    return names, "var_names"
+                return symbols, f"var[{column!r}]", False
+    return names, "var_names", True
 
 
 def _resolve_species(names: pd.Index, species: str) -> str:
